@@ -13,7 +13,6 @@ setup:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
-	$(BIN)/pip install -q -e . --no-deps
 
 test:
 	$(BIN)/python -m pytest -q
