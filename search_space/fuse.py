@@ -9,8 +9,9 @@ What changes (same logits within 1e-4 in fp32):
   The input stays untouched: it is the shortcut.
 - The shortcut add is fused into the last pointwise conv: out = x + W2 @ h is one GEMM
   with the shortcut as its accumulator (beta=1), so there is no separate add pass.
-- Stem and merges (non-overlapping k x k, stride k convs) run as one patch copy plus a
-  GEMM, which beats the convolution kernels on small inputs at batch 1.
+- Merges (non-overlapping k x k, stride k convs) run as one patch copy plus a GEMM, which
+  beats the convolution kernels at batch 1; the stem (3 input channels: the strided patch
+  copy would dominate) stays a convolution.
 
 Each layer stays a module of its own (`patch_embed`, `stages.i.downsample`,
 `stages.i.blocks.j`, `head`) so latency tables can time layers in deployment form.
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from .arch import ArchConfig
 from .model import MLPBlock, PConvFasterNet
 
-__all__ = ["fuse", "FusedFasterNet", "FusedPatchConv", "FusedBlock", "FusedHead"]
+__all__ = ["fuse", "FusedFasterNet", "FusedStem", "FusedPatchConv", "FusedBlock", "FusedHead"]
 
 
 def _fold_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,6 +46,20 @@ def _activation(name: str):
     return F.gelu  # no in-place GELU in ATen; exact (erf) form, as nn.GELU()
 
 
+class FusedStem(nn.Module):
+    """Stem conv with folded BN."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.stride = conv.stride
+        w, b = _fold_bn(conv.weight, bn)
+        self.register_buffer("weight", w)
+        self.register_buffer("bias", b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride)
+
+
 class FusedPatchConv(nn.Module):
     """Non-overlapping k x k, stride k conv with folded BN, as patch copy + GEMM."""
 
@@ -58,6 +73,8 @@ class FusedPatchConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
+        if n == 1:  # plain GEMM: no batch-broadcast of the weight
+            return self._forward_one(x)
         k = self.k
         ho, wo = h // k, w // k
         if ho * k != h or wo * k != w:  # conv drops the remainder; so do we
@@ -65,6 +82,14 @@ class FusedPatchConv(nn.Module):
         cols = x.reshape(n, c, ho, k, wo, k).permute(0, 1, 3, 5, 2, 4).reshape(n, c * k * k, ho * wo)
         out = torch.baddbmm(self.bias, self.weight.expand(n, -1, -1), cols)
         return out.view(n, self.out_chans, ho, wo)
+
+    def _forward_one(self, x: torch.Tensor) -> torch.Tensor:
+        _, c, h, w = x.shape
+        k = self.k
+        ho, wo = h // k, w // k
+        x = x[:, :, :ho * k, :wo * k]
+        cols = x.reshape(c, ho, k, wo, k).permute(0, 2, 4, 1, 3).reshape(c * k * k, ho * wo)
+        return torch.addmm(self.bias, self.weight, cols).view(1, self.out_chans, ho, wo)
 
 
 class FusedBlock(nn.Module):
@@ -88,6 +113,8 @@ class FusedBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         x = x.contiguous()
+        if n == 1:  # plain GEMMs: no batch-broadcast of the weights
+            return self._forward_one(x)
         flat = x.view(n, c, h * w)
         p = F.conv2d(x[:, :self.dc], self.w_pconv, None, 1, self.padding).view(n, self.dc, h * w)
         hidden = torch.baddbmm(self.b1, self.w1_pass.expand(n, -1, -1), flat[:, self.dc:])
@@ -95,6 +122,14 @@ class FusedBlock(nn.Module):
         hidden = self.act(hidden)
         out = torch.baddbmm(flat, self.w2.expand(n, -1, -1), hidden)
         return out.view(n, c, h, w)
+
+    def _forward_one(self, x: torch.Tensor) -> torch.Tensor:
+        _, c, h, w = x.shape
+        flat = x.view(c, h * w)
+        p = F.conv2d(x[:, :self.dc], self.w_pconv, None, 1, self.padding).view(self.dc, h * w)
+        hidden = torch.addmm(self.b1, self.w1_pass, flat[self.dc:])
+        hidden.addmm_(self.w1_conv, p)
+        return torch.addmm(flat, self.w2, self.act(hidden)).view(1, c, h, w)
 
 
 class FusedHead(nn.Module):
@@ -134,7 +169,7 @@ class FusedFasterNet(nn.Module):
         super().__init__()
         self.arch: ArchConfig = model.arch
         self.num_classes = model.num_classes
-        self.patch_embed = FusedPatchConv(model.patch_embed.proj, model.patch_embed.norm)
+        self.patch_embed = FusedStem(model.patch_embed.proj, model.patch_embed.norm)
         stages = []
         for stage in model.stages:
             ds = stage.downsample
