@@ -1,0 +1,173 @@
+"""CLI: `python -m latency_tables build|calibrate|validate|operators|show`.
+
+Bad input gives a one-line error on stderr and exit code 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from search_space import ArchError, SearchSpace
+
+from ._device import default_device_name, last_level_cache_bytes
+from .build import build_table
+from .measure import Protocol
+from .operators import compare_operators, time_operators
+from .table import SHIPPED_DIR, LatencyTable, TableNotFoundError
+from .validate import calibrate, plot_validation, validate
+
+REPORTS = Path(__file__).with_name("reports")
+
+
+def _protocol(args: argparse.Namespace) -> Protocol:
+    target = args.target or ("cuda" if torch.cuda.is_available() else "cpu")
+    if target == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--target cuda: no CUDA device visible to torch")
+    batch = args.batch or (32 if target == "cuda" else 1)  # the paper's GPU throughput protocol
+    for name in ("batch", "threads", "sweeps", "repeats"):
+        value = getattr(args, name, None) or 1
+        if value < 1:
+            raise ValueError(f"--{name}: {value} must be >= 1")
+    context = last_level_cache_bytes() if target == "cpu" else 0
+    kw = dict(target=target, batch=batch, threads=args.threads, context_bytes=context)
+    if args.repeats:
+        kw.update(min_repeats=args.repeats, max_repeats=max(args.repeats, 4 * args.repeats),
+                  min_time_s=args.min_time)
+    return Protocol(**kw)
+
+
+def _bar(desc: str):
+    bar = tqdm(total=1, desc=desc, unit="layer", dynamic_ncols=True)
+
+    def update(done: int, total: int, *_: object) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    proto = _protocol(args)
+    space = SearchSpace.from_file(args.space) if args.space else SearchSpace.default()
+    name = args.device or default_device_name(proto.target)
+    bar, update = _bar(f"build {name}")
+    t0 = time.time()
+    path = build_table(name, space, resolution=args.resolution, proto=proto, sweeps=args.sweeps,
+                       out_dir=args.out, progress=update)
+    bar.close()
+    print(f"wrote {path} and {path.with_suffix('.json').name} in {(time.time() - t0) / 60:.1f} min")
+    if args.calibrate:
+        table = LatencyTable.load(path)
+        bar, update = _bar("calibrate")
+        corr = calibrate(table, n=args.calibrate, seed=args.calib_seed, space=space, progress=update)
+        bar.close()
+        print(f"correction: ms = {corr['scale']:.4f} x sum + {corr['offset_ms']:.3f} ms "
+              f"(fitted on {corr['n']} networks, seed {corr['seed']})")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    table = LatencyTable.load(args.device)
+    space = SearchSpace.from_file(args.space) if args.space else None
+    bar, update = _bar("calibrate")
+    corr = calibrate(table, n=args.n, seed=args.seed, space=space, progress=update)
+    bar.close()
+    print(f"correction: ms = {corr['scale']:.4f} x sum + {corr['offset_ms']:.3f} ms "
+          f"(fitted on {corr['n']} networks, seed {corr['seed']})")
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    table = LatencyTable.load(args.device)
+    space = SearchSpace.from_file(args.space) if args.space else None
+    bar, update = _bar("validate")
+    v = validate(table, n=args.n, seed=args.seed, rounds=args.rounds, space=space, progress=update)
+    bar.close()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{table.name}_validate_n{args.n}_seed{args.seed}"
+    v.rows.to_csv(out / f"{stem}.csv", index=False, float_format="%.4f")
+    png = plot_validation(v, out / f"{stem}.png")
+    print(table.describe())
+    print(f"raw sum of layers : {v.raw}")
+    print(f"with correction   : {v.corrected}")
+    print(f"wrote {out / (stem + '.csv')} and {png}")
+
+
+def cmd_operators(args: argparse.Namespace) -> None:
+    proto = _protocol(args)
+    df = compare_operators(time_operators(proto), proto.target)
+    print(f"# {default_device_name(proto.target)}: batch {proto.batch}, {proto.threads} thread(s), "
+          f"{proto.resolved_clock} clock, 10 stacked 3x3 layers; gflops = G multiply-adds/s")
+    print(df.round(2).to_string(index=False))
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    print(LatencyTable.load(args.device).describe())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m latency_tables", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def proto_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--target", choices=("cpu", "cuda"), help="default: cuda if available")
+        sp.add_argument("--batch", type=int, help="default 1 on CPU, 32 on CUDA")
+        sp.add_argument("--threads", type=int, default=1)
+        sp.add_argument("--repeats", type=int, help="min timed passes per layer (default 10)")
+        sp.add_argument("--min-time", type=float, default=0.0, help="min seconds per layer with --repeats")
+
+    b = sub.add_parser("build", help="measure a latency table on this machine")
+    b.add_argument("--device", help="table name (default: this CPU/GPU model, slugified)")
+    b.add_argument("--space", help="search space YAML (default: search_space/default.yaml)")
+    b.add_argument("--resolution", type=int, default=224)
+    b.add_argument("--sweeps", type=int, default=2, help="passes over the layer list")
+    b.add_argument("--out", default=str(SHIPPED_DIR), help="output folder")
+    b.add_argument("--calibrate", type=int, default=10, help="calibration networks (0: none)")
+    b.add_argument("--calib-seed", type=int, default=1000)
+    proto_args(b)
+    b.set_defaults(func=cmd_build)
+
+    c = sub.add_parser("calibrate", help="fit a table's correction on calibration networks")
+    c.add_argument("--device", required=True)
+    c.add_argument("--n", type=int, default=10)
+    c.add_argument("--seed", type=int, default=1000)
+    c.add_argument("--space")
+    c.set_defaults(func=cmd_calibrate)
+
+    v = sub.add_parser("validate", help="compare predictions with whole-network measurements")
+    v.add_argument("--device", required=True)
+    v.add_argument("--n", type=int, default=50)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--rounds", type=int, default=2)
+    v.add_argument("--space")
+    v.add_argument("--out", default=str(REPORTS))
+    v.set_defaults(func=cmd_validate)
+
+    o = sub.add_parser("operators", help="the paper's operator table on this device")
+    proto_args(o)
+    o.set_defaults(func=cmd_operators)
+
+    s = sub.add_parser("show", help="describe a table")
+    s.add_argument("--device", required=True)
+    s.set_defaults(func=cmd_show)
+
+    args = p.parse_args(argv)
+    try:
+        args.func(args)
+    except (ArchError, TableNotFoundError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

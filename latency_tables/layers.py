@@ -1,0 +1,184 @@
+"""Layer signatures: the distinct layers an architecture, or a whole search space, is made of.
+
+Latency prediction by summing per-layer latencies is nn-Meter's kernel-level idea (Zhang et
+al., "nn-Meter: Towards Accurate Latency Prediction of Deep-Learning Model Inference on
+Diverse Edge Devices", MobiSys 2021), applied to the four layer kinds of a fused FasterNet
+(Chen et al., CVPR 2023): the stem, the merges, the FasterNet blocks and the head.
+
+A layer's latency depends only on its signature:
+
+- stem:  (input resolution, in_chans, width, patch_size)
+- merge: (input resolution, in width, out width, merge_size)
+- block: (stage resolution, width, n_div, mlp_ratio, kernel_size, act)
+- head:  (final resolution, width, feature_dim, act, num_classes)
+
+Batch size and thread count are properties of a whole table, not of a row. `space_layers`
+enumerates every signature a `SearchSpace` can produce from its choices (no sampling);
+`arch_layers` lists the layers of one architecture with the module names of the fused model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import types
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+from timm.layers import Linear, SelectAdaptivePool2d
+
+from search_space import ArchConfig, SearchSpace
+from search_space.fuse import FusedBlock, FusedHead, FusedPatchConv
+from search_space.model import MLPBlock, act_layer
+
+__all__ = ["LayerSig", "KINDS", "arch_layers", "space_layers", "make_layer"]
+
+#: Layer kinds, in network order.
+KINDS = ("stem", "merge", "block", "head")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSig:
+    """One distinct layer. Unused fields stay 0 / "" for kinds that do not have them.
+
+    `res` is the spatial size of the layer's input (square), `cin`/`cout` its input and
+    output channels (for a block both are the width; for the head `cout` is feature_dim).
+    """
+
+    kind: str
+    res: int
+    cin: int
+    cout: int
+    stride: int = 0
+    n_div: int = 0
+    mlp_ratio: float = 0.0
+    kernel_size: int = 0
+    act: str = ""
+    num_classes: int = 0
+
+    @property
+    def key(self) -> str:
+        """Canonical, human-readable row key, e.g. `block:r56:c40:n4:e2:k3:gelu`."""
+        if self.kind == "stem":
+            return f"stem:r{self.res}:c{self.cin}-{self.cout}:p{self.stride}"
+        if self.kind == "merge":
+            return f"merge:r{self.res}:c{self.cin}-{self.cout}:m{self.stride}"
+        if self.kind == "block":
+            return (f"block:r{self.res}:c{self.cin}:n{self.n_div}:e{self.mlp_ratio:g}"
+                    f":k{self.kernel_size}:{self.act}")
+        if self.kind == "head":
+            return f"head:r{self.res}:c{self.cin}-{self.cout}:{self.act}:o{self.num_classes}"
+        raise ValueError(f"kind: unknown layer kind {self.kind!r}; choose one of {KINDS}")
+
+    def to_row(self) -> dict[str, object]:
+        return {"key": self.key, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_row(cls, row: dict[str, object]) -> LayerSig:
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: row[n] for n in names})  # type: ignore[arg-type]
+
+
+def _stage_resolutions(resolution: int, patch: int, merge: int, stages: int) -> list[int]:
+    """Input resolution of each stage's blocks (floor division, as the fused patch convs)."""
+    res = [resolution // patch]
+    for _ in range(1, stages):
+        res.append(res[-1] // merge)
+    return res
+
+
+def arch_layers(arch: ArchConfig, resolution: int = 224, in_chans: int = 3,
+                num_classes: int = 1000) -> list[tuple[str, LayerSig]]:
+    """(fused-model module name, signature) for every layer of `arch`, in forward order."""
+    res = _stage_resolutions(resolution, arch.patch_size, arch.merge_size, arch.num_stages)
+    out = [("patch_embed", LayerSig("stem", resolution, in_chans, arch.widths[0], arch.patch_size))]
+    for i, w in enumerate(arch.widths):
+        if i > 0:
+            out.append((f"stages.{i}.downsample",
+                        LayerSig("merge", res[i - 1], arch.widths[i - 1], w, arch.merge_size)))
+        block = LayerSig("block", res[i], w, w, n_div=arch.n_divs[i], mlp_ratio=arch.mlp_ratios[i],
+                         kernel_size=arch.kernel_sizes[i], act=arch.act)
+        out.extend((f"stages.{i}.blocks.{j}", block) for j in range(arch.depths[i]))
+    out.append(("head", LayerSig("head", res[-1], arch.widths[-1], arch.feature_dim,
+                                 act=arch.act, num_classes=num_classes)))
+    return out
+
+
+def _stage_widths(space: SearchSpace, i: int) -> tuple[int, ...]:
+    if space.width_scale:
+        scaled = (e * space.width_scale[i] for e in space.stage_choices["widths"][0])
+        return tuple(int(w) for w in scaled)
+    return tuple(space.stage_choices["widths"][i])
+
+
+def _merge_pairs(space: SearchSpace, i: int) -> Iterator[tuple[int, int]]:
+    """(in width, out width) pairs the merge into stage i can see."""
+    prev, cur = _stage_widths(space, i - 1), _stage_widths(space, i)
+    if space.width_scale:  # one embed_dim sets every stage's width
+        yield from zip(prev, cur)
+    elif "widths" in space.tie:
+        yield from ((w, w) for w in cur)
+    else:
+        yield from itertools.product(prev, cur)
+
+
+def space_layers(space: SearchSpace, resolution: int = 224, in_chans: int = 3,
+                 num_classes: int = 1000) -> list[LayerSig]:
+    """Every distinct layer `space` can produce at `resolution`, in a stable order.
+
+    Enumerated from the space's choices (per stage: widths x n_divs x mlp_ratios x
+    kernel_sizes x act; merges from adjacent stage widths), so every architecture the space
+    samples is covered. Tying only restricts combinations across stages, never the set of
+    layers within a stage, except for widths (handled for merges).
+    """
+    g = space.global_choices
+    n = space.num_stages
+    seen: dict[str, LayerSig] = {}
+
+    def add(sig: LayerSig) -> None:
+        seen.setdefault(sig.key, sig)
+
+    for patch, merge in itertools.product(g["patch_size"], g["merge_size"]):
+        res = _stage_resolutions(resolution, patch, merge, n)
+        for w in _stage_widths(space, 0):
+            add(LayerSig("stem", resolution, in_chans, w, patch))
+        for i in range(n):
+            sc = space.stage_choices
+            for w, nd, e, k, act in itertools.product(
+                    _stage_widths(space, i), sc["n_divs"][i], sc["mlp_ratios"][i],
+                    sc["kernel_sizes"][i], g["act"]):
+                add(LayerSig("block", res[i], w, w, n_div=nd, mlp_ratio=float(e), kernel_size=k,
+                             act=act))
+            if i > 0:
+                for cin, cout in _merge_pairs(space, i):
+                    add(LayerSig("merge", res[i - 1], cin, cout, merge))
+        for w, feat, act in itertools.product(_stage_widths(space, n - 1), g["feature_dim"], g["act"]):
+            add(LayerSig("head", res[-1], w, feat, act=act, num_classes=num_classes))
+    order = {k: i for i, k in enumerate(KINDS)}
+    return sorted(seen.values(), key=lambda s: (order[s.kind], -s.res, s.key))
+
+
+def _bn(n: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(n).eval()
+
+
+@torch.no_grad()
+def make_layer(sig: LayerSig, batch: int = 1) -> tuple[nn.Module, torch.Tensor]:
+    """The deployment-form (fused, eval) module of `sig` and a random input for it."""
+    x = torch.randn(batch, sig.cin, sig.res, sig.res)
+    if sig.kind in ("stem", "merge"):
+        conv = nn.Conv2d(sig.cin, sig.cout, sig.stride, sig.stride, bias=False)
+        return FusedPatchConv(conv, _bn(sig.cout)).eval(), x
+    if sig.kind == "block":
+        block = MLPBlock(sig.cin, sig.n_div, sig.mlp_ratio, sig.kernel_size, sig.act).eval()
+        return FusedBlock(block, sig.act).eval(), x
+    if sig.kind == "head":
+        # FusedHead reads these five attributes of a PConvFasterNet; a namespace is enough.
+        stub = types.SimpleNamespace(
+            global_pool=SelectAdaptivePool2d(pool_type="avg"),
+            conv_head=nn.Conv2d(sig.cin, sig.cout, 1, bias=False),
+            act=act_layer(sig.act)(),
+            classifier=Linear(sig.cout, sig.num_classes) if sig.num_classes > 0 else nn.Identity())
+        return FusedHead(stub).eval(), x  # type: ignore[arg-type]
+    raise ValueError(f"kind: unknown layer kind {sig.kind!r}; choose one of {KINDS}")

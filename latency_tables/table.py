@@ -1,0 +1,189 @@
+"""`LatencyTable`: predict an architecture's latency from a table of per-layer latencies.
+
+A table is `<name>.csv` (one row per layer signature, `latency_tables.layers`) plus a
+`<name>.json` sidecar with its provenance (`source`: "measured" or "derived", the device, the
+protocol, and an optional linear `correction` fitted on calibration networks). Prediction is
+the kernel-level sum of nn-Meter (Zhang et al., MobiSys 2021): the latencies of an
+architecture's layers, looked up in a dict keyed by signature, summed, then corrected:
+
+    ms per batch = scale * sum(layer ms) + offset_ms         (scale 1, offset 0 without one)
+
+Tables are found in `latency_tables/tables/` (shipped) and then in the user directory
+`$PCONV_NAS_TABLES`, default `~/.cache/pconv-nas/tables`. The name "auto" means this
+machine's table (its CPU model, slugified; `_device.default_device_name`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from search_space import ArchConfig
+
+from ._device import default_device_name
+from .layers import arch_layers
+
+__all__ = ["LatencyTable", "MissingLayerError", "TableNotFoundError", "available", "SHIPPED_DIR",
+           "user_dir"]
+
+#: Tables that ship with the package.
+SHIPPED_DIR = Path(__file__).with_name("tables")
+
+
+def user_dir() -> Path:
+    """User tables: `$PCONV_NAS_TABLES`, default `~/.cache/pconv-nas/tables`."""
+    return Path(os.environ.get("PCONV_NAS_TABLES", Path.home() / ".cache" / "pconv-nas" / "tables"))
+
+
+def _search_dirs() -> list[Path]:
+    return [SHIPPED_DIR, user_dir()]
+
+
+def available() -> list[str]:
+    """Names of the shipped and user tables (a CSV with its JSON sidecar), sorted."""
+    names = set()
+    for d in _search_dirs():
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.csv")
+                         if not p.stem.endswith(".partial") and p.with_suffix(".json").exists())
+    return sorted(names)
+
+
+class TableNotFoundError(LookupError):
+    """No table of that name; the message lists the known ones."""
+
+
+class MissingLayerError(KeyError):
+    """A layer of an architecture has no row in the table (never predicted as zero)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class LatencyTable:
+    """Per-layer latencies of one device; use `LatencyTable.load(name)`.
+
+    Args:
+        rows: the table (columns of `build.TABLE_COLUMNS`; `key` and `ms` are required).
+        meta: the JSON sidecar (provenance).
+        name: the table name.
+    """
+
+    def __init__(self, *, rows: pd.DataFrame, meta: dict[str, Any], name: str) -> None:
+        for col in ("key", "ms"):
+            if col not in rows.columns:
+                raise ValueError(f"{name}: table has no column {col!r}")
+        self.name = name
+        self.meta = meta
+        self.rows = rows
+        self._ms: dict[str, float] = dict(zip(rows["key"], rows["ms"].astype(float)))
+        corr = meta.get("correction") or {}
+        self.scale = float(corr.get("scale", 1.0))
+        self.offset_ms = float(corr.get("offset_ms", 0.0))
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, name: str | Path) -> LatencyTable:
+        """A table by name (see `available()`), "auto" for this machine, or a CSV path."""
+        path = Path(name)
+        if path.suffix != ".csv":
+            stem = default_device_name() if str(name) == "auto" else str(name)
+            found = [d / f"{stem}.csv" for d in _search_dirs() if (d / f"{stem}.csv").exists()]
+            if not found:
+                known = ", ".join(available()) or "none"
+                raise TableNotFoundError(
+                    f"no latency table named {stem!r} (known: {known}); measure one with "
+                    f"`python -m latency_tables build --device {stem}`")
+            path = found[0]
+        if not path.exists():
+            raise TableNotFoundError(f"{path}: no such latency table")
+        sidecar = path.with_suffix(".json")
+        meta = json.loads(sidecar.read_text()) if sidecar.exists() else {"source": "unknown"}
+        meta["_path"] = str(sidecar)
+        return cls(rows=pd.read_csv(path), meta=meta, name=path.stem)
+
+    # ------------------------------------------------------------------ provenance
+    @property
+    def source(self) -> str:
+        """"measured" (timed on the device) or "derived" (cost model)."""
+        return str(self.meta.get("source", "unknown"))
+
+    @property
+    def batch(self) -> int:
+        return int(self.meta.get("batch", 1))
+
+    @property
+    def resolution(self) -> int:
+        return int(self.meta.get("resolution", 224))
+
+    @property
+    def throughput(self) -> bool:
+        """Whether the table follows a throughput protocol (batch > 1, e.g. GPU at 32)."""
+        return self.batch > 1
+
+    def describe(self) -> str:
+        """One line: name, source, device, protocol, correction."""
+        dev = self.meta.get("device", {})
+        hw = dev.get("gpu_name") or dev.get("cpu_model") or "unknown device"
+        corr = (f"correction {self.scale:.3f} x sum + {self.offset_ms:.2f} ms"
+                if self.meta.get("correction") else "no correction")
+        return (f"{self.name}: {self.source} table, {hw}, {self.meta.get('target', 'cpu')}, "
+                f"batch {self.batch}, {self.meta.get('threads', '?')} thread(s), "
+                f"{self.resolution}x{self.resolution}, {len(self._ms)} layers, torch "
+                f"{dev.get('torch', '?')}, {self.meta.get('date', '?')}, {corr}")
+
+    # ------------------------------------------------------------------ lookup
+    def _lookup(self, arch: ArchConfig, resolution: int | None) -> list[tuple[str, str, float]]:
+        res = self.resolution if resolution is None else resolution
+        out = []
+        for module, sig in arch_layers(arch, res, self.meta.get("in_chans", 3),
+                                       self.meta.get("num_classes", 1000)):
+            ms = self._ms.get(sig.key)
+            if ms is None:
+                raise MissingLayerError(
+                    f"latency table {self.name!r} has no entry for layer {module} ({sig.key}) "
+                    f"of {arch}; extend it with `python -m latency_tables build --device "
+                    f"{self.name} --space <space.yaml containing it> --resolution {res}`")
+            out.append((module, sig.key, ms))
+        return out
+
+    def covers(self, arch: ArchConfig, resolution: int | None = None) -> bool:
+        """Whether every layer of `arch` has a row."""
+        try:
+            self._lookup(arch, resolution)
+        except MissingLayerError:
+            return False
+        return True
+
+    def raw_ms(self, arch: ArchConfig, resolution: int | None = None) -> float:
+        """Uncorrected sum of layer latencies, ms per batch of `self.batch` images."""
+        return sum(ms for _, _, ms in self._lookup(arch, resolution))
+
+    def predict(self, arch: ArchConfig, resolution: int | None = None) -> float:
+        """Predicted latency of `arch`, ms per image (corrected sum / batch).
+
+        Raises `MissingLayerError` (naming the layer and the build command) for a layer the
+        table lacks. `resolution` defaults to the table's.
+        """
+        return (self.scale * self.raw_ms(arch, resolution) + self.offset_ms) / self.batch
+
+    def predict_throughput(self, arch: ArchConfig, resolution: int | None = None) -> float:
+        """Predicted throughput of `arch`, images/s (meaningful for batch > 1 tables)."""
+        return 1000.0 / self.predict(arch, resolution)
+
+    def breakdown(self, arch: ArchConfig, resolution: int | None = None) -> pd.DataFrame:
+        """Per-layer rows: module name, signature key, ms per batch (uncorrected), share."""
+        rows = pd.DataFrame(self._lookup(arch, resolution), columns=["module", "key", "ms"])
+        rows["share"] = rows["ms"] / rows["ms"].sum()
+        return rows
+
+    def __repr__(self) -> str:
+        return f"LatencyTable({self.describe()})"

@@ -1,0 +1,196 @@
+"""Validate a table against whole networks, and fit its calibration (`correction`).
+
+Whole networks are measured with the table's protocol (fused, eval, no grad, same batch,
+threads and clock), in `rounds` round-robin passes over the sample so that a burst of load
+on a shared machine hits one round of a network rather than all of them; a network's
+latency is the minimum over rounds of the per-round median (the table's estimator).
+
+Correction. A layer timed in its cache context (`latency_tables.measure`) still misses what
+only a whole network has: Python dispatch between modules, the allocator's behaviour over a
+full forward pass, and weights that fall out of the last-level cache in large networks.
+`calibrate` fits `ms = scale * sum + offset_ms` (least squares on relative error) on a few
+calibration networks sampled with their own seed; `validate` then reports the error, raw and
+corrected, on a fresh sample that excludes every calibration network, so the numbers are
+out-of-sample. nn-Meter (Zhang et al., MobiSys 2021) reports its kernel-level predictor the
+same way: share of models within +-10 % of the measured latency on held-out models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import kendalltau
+
+from search_space import ArchConfig, SearchSpace, build_model, fuse
+
+from .measure import Protocol, time_network
+from .table import LatencyTable
+
+__all__ = ["Accuracy", "Validation", "accuracy", "fit_correction", "measure_networks",
+           "sample_archs", "calibrate", "validate", "plot_validation"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Accuracy:
+    """Prediction error over a sample: MAPE (%), shares within +-5 % / +-10 %, Kendall tau."""
+
+    n: int
+    mape_pct: float
+    within_5_pct: float
+    within_10_pct: float
+    kendall_tau: float
+    mean_error_pct: float
+
+    def __str__(self) -> str:
+        return (f"N={self.n}  MAPE {self.mape_pct:.2f} %  within +-5 %: {self.within_5_pct:.0f} %  "
+                f"within +-10 %: {self.within_10_pct:.0f} %  Kendall tau {self.kendall_tau:.3f}  "
+                f"mean error {self.mean_error_pct:+.2f} %")
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation:
+    """Per-network rows (`rows`) and the accuracy of raw and corrected predictions."""
+
+    rows: pd.DataFrame
+    raw: Accuracy
+    corrected: Accuracy
+    table: str
+    seed: int
+
+
+def accuracy(measured: Iterable[float], predicted: Iterable[float]) -> Accuracy:
+    m, p = np.asarray(list(measured), float), np.asarray(list(predicted), float)
+    err = (p - m) / m * 100
+    tau = float(kendalltau(m, p).statistic) if len(m) > 1 else float("nan")
+    return Accuracy(len(m), float(np.abs(err).mean()), float((np.abs(err) <= 5).mean() * 100),
+                    float((np.abs(err) <= 10).mean() * 100), tau, float(err.mean()))
+
+
+def fit_correction(measured: Iterable[float], raw: Iterable[float]) -> tuple[float, float]:
+    """(scale, offset_ms) minimizing the squared relative error of scale * raw + offset."""
+    y, x = np.asarray(list(measured), float), np.asarray(list(raw), float)
+    a = np.stack([x / y, 1 / y], axis=1)
+    (scale, offset), *_ = np.linalg.lstsq(a, np.ones_like(y), rcond=None)
+    return float(scale), float(offset)
+
+
+def sample_archs(space: SearchSpace, n: int, seed: int,
+                 exclude: Iterable[str] = ()) -> list[ArchConfig]:
+    """`n` distinct architectures from `space` (seeded), none whose id is in `exclude`."""
+    rng = np.random.default_rng(seed)
+    skip, out = set(exclude), []
+    for _ in range(100 * n):  # bounded: a tiny space may hold fewer than n new architectures
+        arch = space.sample(rng)
+        if arch.arch_id not in skip:
+            skip.add(arch.arch_id)
+            out.append(arch)
+            if len(out) == n:
+                return out
+    raise ValueError(f"{space.source}: cannot draw {n} distinct architectures outside the "
+                     f"{len(set(exclude))} excluded ones (space too small?)")
+
+
+def measure_networks(archs: list[ArchConfig], proto: Protocol, resolution: int, rounds: int = 2,
+                     progress: Callable[[int, int], None] | None = None,
+                     num_classes: int = 1000) -> list[float]:
+    """Whole-network latency of each arch, ms per batch (min over rounds of the median)."""
+    if proto.target == "cpu":
+        torch.set_num_threads(proto.threads)
+    models = [fuse(build_model(a, num_classes=num_classes).eval()) for a in archs]
+    best = [float("inf")] * len(archs)
+    for r in range(rounds):
+        for i, model in enumerate(models):
+            best[i] = min(best[i], time_network(model, proto, resolution).median_ms)
+            if progress:
+                progress(r * len(archs) + i + 1, rounds * len(archs))
+    return best
+
+
+def _space_of(table: LatencyTable, space: SearchSpace | None) -> SearchSpace:
+    if space is not None:
+        return space
+    src = table.meta.get("space")
+    return SearchSpace.from_file(src) if src and Path(src).exists() else SearchSpace.default()
+
+
+def _table_proto(table: LatencyTable) -> Protocol:
+    return Protocol.from_dict(table.meta.get("protocol", {}))
+
+
+def calibrate(table: LatencyTable, *, n: int = 10, seed: int = 1000, rounds: int = 2,
+              space: SearchSpace | None = None, write: bool = True,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Fit the table's `correction` on `n` calibration networks; store it in the sidecar."""
+    archs = sample_archs(_space_of(table, space), n, seed)
+    archs = [a for a in archs if table.covers(a)]
+    measured = measure_networks(archs, _table_proto(table), table.resolution, rounds, progress)
+    raw = [table.raw_ms(a) for a in archs]
+    scale, offset = fit_correction(measured, raw)
+    corr = {"scale": scale, "offset_ms": offset, "n": len(archs), "seed": seed,
+            "fitted_on": [a.arch_id for a in archs],
+            "form": "ms per batch = scale * sum(layer ms) + offset_ms"}
+    if write:
+        sidecar = Path(table.meta.get("_path", ""))
+        if not sidecar.is_file():
+            raise ValueError(f"{table.name}: cannot locate the JSON sidecar to write the correction")
+        meta = json.loads(sidecar.read_text())
+        meta["correction"] = corr
+        sidecar.write_text(json.dumps(meta, indent=2) + "\n")
+        table.meta["correction"] = corr
+        table.scale, table.offset_ms = scale, offset
+    return corr
+
+
+def validate(table: LatencyTable, *, n: int = 50, seed: int = 0, rounds: int = 2,
+             space: SearchSpace | None = None,
+             progress: Callable[[int, int], None] | None = None) -> Validation:
+    """Measure `n` fresh networks (none used by the correction) and compare with `predict`."""
+    corr = table.meta.get("correction") or {}
+    archs = sample_archs(_space_of(table, space), n, seed, exclude=corr.get("fitted_on", ()))
+    archs = [a for a in archs if table.covers(a)]
+    measured = measure_networks(archs, _table_proto(table), table.resolution, rounds, progress)
+    b = table.batch
+    rows = pd.DataFrame({
+        "arch_id": [a.arch_id for a in archs], "arch": [str(a) for a in archs],
+        "measured_ms": [m / b for m in measured],
+        "raw_ms": [table.raw_ms(a) / b for a in archs],
+        "predicted_ms": [table.predict(a) for a in archs]})
+    rows["raw_error_pct"] = (rows["raw_ms"] / rows["measured_ms"] - 1) * 100
+    rows["error_pct"] = (rows["predicted_ms"] / rows["measured_ms"] - 1) * 100
+    return Validation(rows, accuracy(rows["measured_ms"], rows["raw_ms"]),
+                      accuracy(rows["measured_ms"], rows["predicted_ms"]), table.name, seed)
+
+
+def plot_validation(v: Validation, path: str | Path) -> Path:
+    """Scatter of predicted vs measured ms (raw and corrected), with the +-10 % band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    m = v.rows["measured_ms"]
+    ax.scatter(m, v.rows["raw_ms"], s=14, marker="x", color="0.55",
+               label=f"sum of layers ({v.raw.mape_pct:.1f} % MAPE)")
+    ax.scatter(m, v.rows["predicted_ms"], s=16, label=f"corrected ({v.corrected.mape_pct:.1f} % MAPE)")
+    lo, hi = float(m.min()) * 0.85, float(m.max()) * 1.15
+    xs = np.linspace(lo, hi, 10)
+    ax.plot(xs, xs, "k-", lw=0.8)
+    ax.fill_between(xs, xs * 0.9, xs * 1.1, color="C0", alpha=0.1, label="+-10 %")
+    ax.set(xscale="log", yscale="log", xlabel="measured latency (ms / image)",
+           ylabel="predicted latency (ms / image)",
+           title=f"{v.table}: N={v.corrected.n}, seed {v.seed}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

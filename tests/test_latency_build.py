@@ -1,0 +1,104 @@
+"""A tiny build (2-architecture space, few repeats), resume, calibration and validation."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from latency_tables import (
+    TABLE_COLUMNS,
+    LatencyTable,
+    Protocol,
+    accuracy,
+    build_table,
+    fit_correction,
+    make_layer,
+    space_layers,
+    validate,
+)
+from search_space import SearchSpace
+
+TINY = {"stages": 2, "widths": [[16], [32]], "depths": [[1], [1, 2]], "n_divs": [4],
+        "mlp_ratios": [2], "kernel_sizes": [3], "act": ["relu"], "feature_dim": [64]}
+FAST = Protocol(warmup=1, min_repeats=3, max_repeats=3, min_time_s=0.0, context_bytes=1 << 16,
+                max_copies=2)
+RES = 32
+
+
+@pytest.fixture()
+def space():
+    return SearchSpace.from_dict(TINY, source="tiny")
+
+
+def test_tiny_build(tmp_path, space):
+    path = build_table("tiny", space, resolution=RES, proto=FAST, sweeps=2, out_dir=tmp_path)
+    df = pd.read_csv(path)
+    assert list(df.columns) == TABLE_COLUMNS
+    assert len(df) == len(space_layers(space, RES)) == 5
+    assert (df["ms"] > 0).all() and (df["repeats"] == 6).all()
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["source"] == "measured" and meta["resolution"] == RES and meta["batch"] == 1
+    assert not list(tmp_path.glob("*.partial.*"))
+    table = LatencyTable.load(path)
+    for depth in (1, 2):
+        arch = space.to_arch({"depth_s1": depth})
+        assert table.covers(arch) and table.predict(arch) > 0
+    assert len(table.breakdown(space.to_arch({"depth_s1": 2}))) == 6  # stem, block, merge, 2 blocks, head
+
+
+def test_resume_skips_measured_rows(tmp_path, space):
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(done, total, key):
+        if done == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        build_table("tiny", space, resolution=RES, proto=FAST, sweeps=1, out_dir=tmp_path,
+                    progress=stop_after_two)
+    assert len(pd.read_csv(tmp_path / "tiny.partial.csv")) == 2
+    seen = []
+    build_table("tiny", space, resolution=RES, proto=FAST, sweeps=1, out_dir=tmp_path,
+                progress=lambda done, total, key: seen.append((done, total)))
+    assert seen[0] == (3, 5) and len(seen) == 3
+    assert len(pd.read_csv(tmp_path / "tiny.csv")) == 5
+
+
+def test_resume_refuses_other_protocol(tmp_path, space):
+    def stop(done, total, key):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_table("tiny", space, resolution=RES, proto=FAST, out_dir=tmp_path, progress=stop)
+    with pytest.raises(ValueError, match="another protocol"):
+        build_table("tiny", space, resolution=RES + 32, proto=FAST, out_dir=tmp_path)
+
+
+def test_validate_tiny(tmp_path, space):
+    path = build_table("tiny", space, resolution=RES, proto=FAST, sweeps=1, out_dir=tmp_path)
+    v = validate(LatencyTable.load(path), n=2, seed=0, rounds=1, space=space)
+    assert len(v.rows) == 2 and v.raw.n == 2
+    assert (v.rows["measured_ms"] > 0).all()
+    assert v.corrected.mape_pct == pytest.approx(v.raw.mape_pct)  # no correction fitted
+
+
+def test_fit_correction_recovers_linear_model():
+    raw = [1.0, 2.0, 5.0, 10.0]
+    scale, offset = fit_correction([1.1 * r + 0.3 for r in raw], raw)
+    assert scale == pytest.approx(1.1) and offset == pytest.approx(0.3)
+    acc = accuracy([10, 20, 30], [10.4, 21.5, 30])
+    assert acc.within_5_pct == pytest.approx(200 / 3) and acc.within_10_pct == 100
+    assert acc.kendall_tau == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", ["stem", "merge", "block", "head"])
+def test_make_layer_runs(kind, space):
+    sig = next(s for s in space_layers(space, RES) if s.kind == kind)
+    module, x = make_layer(sig)
+    with torch.no_grad():
+        out = module(x)
+    assert out.shape[0] == 1

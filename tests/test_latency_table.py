@@ -1,0 +1,94 @@
+"""Shipped latency tables: every preset predicted, broken down and covered (or a clear error)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from latency_tables import SHIPPED_DIR, LatencyTable, MissingLayerError, TableNotFoundError, available
+from latency_tables.layers import arch_layers, space_layers
+from search_space import PRESETS, SearchSpace, build_model, fuse
+
+SHIPPED = sorted(p.stem for p in SHIPPED_DIR.glob("*.csv") if p.with_suffix(".json").exists())
+
+
+def test_a_table_ships():
+    assert SHIPPED, "no measured table in latency_tables/tables/"
+    assert set(SHIPPED) <= set(available())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_predict_breakdown_covers(name, preset):
+    table = LatencyTable.load(name)
+    arch = PRESETS[preset]
+    in_space = SearchSpace.default().contains(arch)
+    if not table.covers(arch):
+        assert not in_space, f"{name} must cover {preset}, which is in the default space"
+        with pytest.raises(MissingLayerError):
+            table.predict(arch)
+        return
+    ms = table.predict(arch)
+    assert math.isfinite(ms) and ms > 0
+    rows = table.breakdown(arch)
+    assert list(rows["module"]) == [m for m, _ in arch_layers(arch, table.resolution)]
+    assert rows["ms"].sum() == pytest.approx(table.raw_ms(arch))
+    assert ms == pytest.approx((table.scale * table.raw_ms(arch) + table.offset_ms) / table.batch)
+    assert table.predict_throughput(arch) == pytest.approx(1000 / ms)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_table_provenance(name):
+    table = LatencyTable.load(name)
+    assert table.source == "measured"
+    assert table.meta["device"]["torch"]
+    assert name in table.describe() and "measured" in table.describe()
+    keys = {s.key for s in space_layers(SearchSpace.default(), table.resolution)}
+    assert keys <= set(table.rows["key"]), "shipped table misses layers of the default space"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_missing_layer_names_layer_and_command(name):
+    table = LatencyTable.load(name)
+    arch = PRESETS["fasternet_t0"].replace(widths=(40, 80, 160, 1000))
+    with pytest.raises(MissingLayerError) as err:
+        table.predict(arch)
+    msg = str(err.value)
+    assert "stages.3.downsample" in msg and "merge:r14:c160-1000:m2" in msg
+    assert f"python -m latency_tables build --device {name}" in msg
+    assert not table.covers(arch)
+    with pytest.raises(MissingLayerError):
+        table.predict(PRESETS["fasternet_t0"], resolution=96)
+
+
+def test_unknown_table_lists_known():
+    with pytest.raises(TableNotFoundError, match="known: "):
+        LatencyTable.load("no-such-device")
+
+
+def test_cli_unknown_table_exit_2():
+    r = subprocess.run([sys.executable, "-m", "latency_tables", "show", "--device", "nope"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_space_layers_cover_sampled_archs():
+    import numpy as np
+
+    space = SearchSpace.default()
+    keys = {s.key for s in space_layers(space)}
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        arch = space.sample(rng)
+        assert {s.key for _, s in arch_layers(arch)} <= keys
+
+
+def test_layer_names_are_fused_modules():
+    arch = PRESETS["fasternet_t0"]
+    names = dict(fuse(build_model(arch).eval()).named_modules())
+    assert all(m in names for m, _ in arch_layers(arch))
