@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import types
 from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
-from timm.layers import Linear, SelectAdaptivePool2d
 
-from search_space import ArchConfig, SearchSpace
-from search_space.fuse import FusedBlock, FusedHead, FusedPatchConv
-from search_space.model import MLPBlock, act_layer
+from search_space import ArchConfig, SearchSpace, build_model, fuse
+from search_space.fuse import FusedBlock
+from search_space.model import MLPBlock
 
 __all__ = ["LayerSig", "KINDS", "arch_layers", "space_layers", "make_layer"]
 
@@ -159,26 +157,29 @@ def space_layers(space: SearchSpace, resolution: int = 224, in_chans: int = 3,
     return sorted(seen.values(), key=lambda s: (order[s.kind], -s.res, s.key))
 
 
-def _bn(n: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(n).eval()
-
-
 @torch.no_grad()
 def make_layer(sig: LayerSig, batch: int = 1) -> tuple[nn.Module, torch.Tensor]:
-    """The deployment-form (fused, eval) module of `sig` and a random input for it."""
+    """The deployment-form module of `sig` and a random input for it.
+
+    Stem, merge and head are taken from `fuse(build_model(...))` of a minimal network that
+    contains the layer, so they are exactly what the fused network runs; a block is fused
+    directly, as `FusedFasterNet` does, to skip the slow weight init of a whole model.
+    """
     x = torch.randn(batch, sig.cin, sig.res, sig.res)
-    if sig.kind in ("stem", "merge"):
-        conv = nn.Conv2d(sig.cin, sig.cout, sig.stride, sig.stride, bias=False)
-        return FusedPatchConv(conv, _bn(sig.cout)).eval(), x
-    if sig.kind == "block":
+    if sig.kind == "stem":
+        arch = ArchConfig(widths=(sig.cout,), depths=(1,), n_divs=(1,), mlp_ratios=(1,),
+                          kernel_sizes=(1,), feature_dim=1, patch_size=sig.stride)
+        return fuse(build_model(arch, num_classes=0, in_chans=sig.cin)).patch_embed, x
+    if sig.kind == "merge":
+        arch = ArchConfig(widths=(sig.cin, sig.cout), depths=(1, 1), n_divs=(1, 1),
+                          mlp_ratios=(1, 1), kernel_sizes=(1, 1), feature_dim=1,
+                          merge_size=sig.stride)
+        return fuse(build_model(arch, num_classes=0)).stages[1].downsample, x
+    if sig.kind == "block":  # what FusedFasterNet does per block, without timm's slow init
         block = MLPBlock(sig.cin, sig.n_div, sig.mlp_ratio, sig.kernel_size, sig.act).eval()
         return FusedBlock(block, sig.act).eval(), x
     if sig.kind == "head":
-        # FusedHead reads these five attributes of a PConvFasterNet; a namespace is enough.
-        stub = types.SimpleNamespace(
-            global_pool=SelectAdaptivePool2d(pool_type="avg"),
-            conv_head=nn.Conv2d(sig.cin, sig.cout, 1, bias=False),
-            act=act_layer(sig.act)(),
-            classifier=Linear(sig.cout, sig.num_classes) if sig.num_classes > 0 else nn.Identity())
-        return FusedHead(stub).eval(), x  # type: ignore[arg-type]
+        arch = ArchConfig(widths=(sig.cin,), depths=(1,), n_divs=(1,), mlp_ratios=(1,),
+                          kernel_sizes=(1,), act=sig.act, feature_dim=sig.cout)
+        return fuse(build_model(arch, num_classes=sig.num_classes)).head, x
     raise ValueError(f"kind: unknown layer kind {sig.kind!r}; choose one of {KINDS}")
