@@ -51,6 +51,8 @@ def pconv_fasternet(pretrained: bool = False, arch: Any = None, **kwargs: Any) -
     if pretrained:
         raise ValueError("pconv_fasternet has no pretrained weights (searched architectures "
                          "are trained from scratch); use pretrained=False")
+    resolved = resolve_arch(arch)
     return build_model_with_cfg(
-        PConvFasterNet, "pconv_fasternet", pretrained=False, arch=resolve_arch(arch),
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True), **kwargs)
+        PConvFasterNet, "pconv_fasternet", pretrained=False, arch=resolved,
+        feature_cfg=dict(out_indices=tuple(range(resolved.num_stages)), flatten_sequential=True),
+        **kwargs)

@@ -27,6 +27,7 @@ import difflib
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ _SCALAR_KEYS = {
 _FIXED_OFFICIAL_KEYS = ("patch_stride", "patch_stride2", "norm_layer", "layer_scale_init_value")
 # Official keys that are build-time or implementation choices, not architecture.
 _BUILD_KEYS = ("model_name", "drop_path_rate", "pconv_fw_type")
+# Official training keys close enough to an architecture key to pass for a typo of it
+# (batch_size ~ patch_size); ignored like any training key, never reported as a typo.
+_TRAINING_LOOKALIKES = ("batch_size",)
 _ARCH_KEYS = tuple(_STAGE_KEYS.values()) + tuple(_SCALAR_KEYS.values())
 _KNOWN_KEYS = _ARCH_KEYS + _FIXED_OFFICIAL_KEYS + _BUILD_KEYS
 
@@ -98,6 +102,8 @@ class ArchConfig:
     merge_size: int = 2
 
     def __post_init__(self) -> None:
+        if isinstance(self.widths, (str, bytes)) or not isinstance(self.widths, Sequence):
+            raise ArchError(f"widths: expected a list of numbers, got {self.widths!r}")
         n = len(self.widths)
         if n == 0:
             raise ArchError("widths: must name at least one stage, got ()")
@@ -193,14 +199,13 @@ class ArchConfig:
         if not isinstance(data, Mapping):
             raise ArchError(f"{source}: expected a mapping of architecture keys, "
                             f"got {type(data).__name__}")
-        if "embed_dim" not in data:
-            raise ArchError(f"{source}: missing key 'embed_dim' (the stage widths)")
-        official = not isinstance(data["embed_dim"], (list, tuple))
+        official = not isinstance(data.get("embed_dim"), (list, tuple))
         ignored = []
         for key in data:
             if key in _KNOWN_KEYS:
                 continue
-            close = difflib.get_close_matches(str(key), _ARCH_KEYS, n=1, cutoff=0.75)
+            close = ([] if key in _TRAINING_LOOKALIKES
+                     else difflib.get_close_matches(str(key), _ARCH_KEYS, n=1, cutoff=0.75))
             if close or not official:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ArchError(f"{source}: unknown architecture key {key!r}{hint}; "
@@ -208,6 +213,8 @@ class ArchConfig:
             ignored.append(str(key))
         if ignored:
             _log.info("%s: ignoring non-architecture keys: %s", source, ", ".join(ignored))
+        if "embed_dim" not in data:
+            raise ArchError(f"{source}: missing key 'embed_dim' (the stage widths)")
         _check_fixed_official(data, source)
 
         if "depths" not in data:
@@ -266,6 +273,8 @@ class ArchConfig:
 def _as_number(name: str, value: Any, cast: type) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ArchError(f"{name}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ArchError(f"{name}: expected a finite number, got {value!r}")
     if cast is int and float(value) != int(value):
         raise ArchError(f"{name}: expected an integer, got {value!r}")
     return cast(value)

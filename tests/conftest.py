@@ -1,0 +1,108 @@
+"""Shared fixtures: registry-driven parametrization and weight randomization.
+
+Fixture names that `pytest_generate_tests` fills in (unless a test parametrizes them itself):
+- `preset`: every name in `PRESETS` (cheap tests: files, counts, ids).
+- `preset_224`: every preset, run as a network at 224x224; S/M/L carry the `slow` marker.
+- `odd_arch`: (arch, resolution) pairs far from the presets (per-stage knobs, 5x5/7x7 PConv,
+  n_div 1 and 16, non-doubling and odd widths, 1 and 3 stages, merge strides that leave a
+  remainder).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from search_space import PRESETS, ArchConfig
+
+FAST_PRESETS = ("fasternet_t0", "fasternet_t1", "fasternet_t2")
+
+ODD_ARCHS: dict[str, tuple[ArchConfig, int]] = {
+    "k5-ndiv16-nondoubling": (ArchConfig(
+        widths=(32, 48, 96, 112), depths=(1, 1, 2, 1), n_divs=(16, 16, 16, 16),
+        mlp_ratios=(2, 1.5, 3, 2), kernel_sizes=(5, 5, 3, 7), act="relu", feature_dim=64), 64),
+    "odd-widths-gelu": (ArchConfig(
+        widths=(7, 13, 29, 31), depths=(2, 1, 1, 2), n_divs=(4, 3, 2, 5),
+        mlp_ratios=(2.5, 2, 1.5, 1), kernel_sizes=(3, 5, 3, 3), act="gelu", feature_dim=100), 64),
+    "three-stages": (ArchConfig(
+        widths=(16, 24, 40), depths=(2, 1, 1), n_divs=(2, 4, 8), mlp_ratios=(2, 2, 2),
+        kernel_sizes=(3, 3, 5), act="relu", feature_dim=32), 32),
+    "one-stage-ndiv1-k1": (ArchConfig(
+        widths=(12,), depths=(2,), n_divs=(1,), mlp_ratios=(1,), kernel_sizes=(1,),
+        feature_dim=16, patch_size=2), 16),
+    # 64 -> 32 -> 10 -> 3 -> 1: every merge drops a remainder row/column.
+    "patch2-merge3": (ArchConfig(
+        widths=(8, 16, 24, 32), depths=(1, 1, 1, 1), n_divs=(8, 2, 3, 4), mlp_ratios=(2, 2, 2, 2),
+        kernel_sizes=(3, 3, 3, 3), feature_dim=24, patch_size=2, merge_size=3), 64),
+}
+
+
+def _wants(metafunc: pytest.Metafunc, name: str) -> bool:
+    """The test takes `name` and does not parametrize it itself."""
+    explicit = set()
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        explicit.update(n.strip() for n in (names.split(",") if isinstance(names, str) else names))
+    return name in metafunc.fixturenames and name not in explicit
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if _wants(metafunc, "preset"):
+        metafunc.parametrize("preset", list(PRESETS))
+    if _wants(metafunc, "preset_224"):
+        metafunc.parametrize("preset_224", [
+            pytest.param(name, marks=() if name in FAST_PRESETS else pytest.mark.slow)
+            for name in PRESETS])
+    if _wants(metafunc, "odd_arch"):
+        metafunc.parametrize("odd_arch", list(ODD_ARCHS.values()), ids=list(ODD_ARCHS))
+
+
+@torch.no_grad()
+def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN statistics and affine, weights at 1/sqrt(fan_in) scale.
+
+    The builder's init (std 0.02, BN at identity) gives near-zero logits and BN that does
+    nothing, so weight-transfer and BN-folding bugs would hide inside any tolerance. Each
+    block's residual branch is damped (last conv x0.25): eval-mode BN does not renormalize,
+    so full-scale branches would grow the activations geometrically with depth.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0.0, 0.5, generator=g)
+            # Variances down to 1e-4 make BN's eps (1e-5) matter; gamma ~ sqrt(var) keeps
+            # the output scale O(1).
+            m.running_var.uniform_(math.log(1e-4), math.log(4.0), generator=g).exp_()
+            m.weight.uniform_(0.5, 1.5, generator=g).mul_(m.running_var.sqrt())
+            m.bias.normal_(0.0, 0.2, generator=g)
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.weight.normal_(0.0, m.weight[0].numel() ** -0.5, generator=g)
+            if m.bias is not None:
+                m.bias.normal_(0.0, 0.1, generator=g)
+    for m in model.modules():
+        if isinstance(getattr(m, "mlp", None), nn.Sequential):
+            m.mlp[-1].weight.mul_(0.25)
+    return model
+
+
+@pytest.fixture
+def randomize():
+    """`randomize(model, seed=0)`: see `_randomize`."""
+    return _randomize
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module (use with `pytestmark = usefixtures("one_thread")`).
+
+    Test inputs are small; one thread avoids OpenMP spin-waits on a shared, busy machine (two
+    threads there made some forwards 30x slower). Restored afterwards, so modules that time
+    things keep their own setting.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
