@@ -25,12 +25,12 @@ class Complexity(NamedTuple):
 def params_and_flops(arch: ArchConfig, resolution: int = 224, num_classes: int = 1000,
                      in_chans: int = 3) -> Complexity:
     """Params (M) and fvcore FLOPs (G) of `arch` at `resolution` x `resolution`."""
-    from fvcore.nn import FlopCountAnalysis  # slow import (jit); only needed here
-
     model = build_model(arch, num_classes=num_classes, in_chans=in_chans).eval()
     params = sum(p.numel() for p in model.parameters())
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # fvcore traces with a deprecated jit API
+        warnings.simplefilter("ignore", FutureWarning)  # fvcore uses a deprecated jit API
+        from fvcore.nn import FlopCountAnalysis  # slow import; only needed here
+
         counter = FlopCountAnalysis(model, torch.zeros(1, in_chans, resolution, resolution))
         counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         flops = counter.total()
