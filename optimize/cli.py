@@ -1,0 +1,413 @@
+"""The commands behind `search.py`: search, devices, show, export.
+
+Every user mistake becomes a `UsageError` (one line; `search.py` prints it and exits 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+__all__ = ["UsageError", "search_parser", "subcommand_parser", "cmd_search", "cmd_devices",
+           "cmd_show", "cmd_export"]
+
+RESULTS = Path("results")
+PRESET_NAMES = ("fasternet_t0", "fasternet_t1", "fasternet_t2")
+
+
+class UsageError(Exception):
+    """Bad input: the message is one line naming what is wrong and what to do."""
+
+
+# ---------------------------------------------------------------------------- parsers
+def search_parser() -> argparse.ArgumentParser:
+    from .runner import SAMPLERS
+
+    p = argparse.ArgumentParser(
+        prog="search.py", description="Multi-objective search over FasterNet-style PConv networks. "
+        "Other commands: `search.py devices`, `search.py show RUN`, `search.py export RUN ...`.")
+    p.add_argument("--device", default="auto", help="latency table(s) to optimize for, comma-separated "
+                   "(e.g. arm or arm,gpu); `search.py devices` lists them; default: this machine")
+    p.add_argument("--trials", type=int, default=40, help="candidates to evaluate (default 40; "
+                   "infeasible candidates, never trained, do not count)")
+    p.add_argument("--timeout", type=float, default=780.0, help="stop starting trials after this "
+                   "many seconds (default 780, so the default run stays within 15 minutes)")
+    p.add_argument("--space", help="search space YAML (default: search_space/default.yaml)")
+    p.add_argument("--proxy", default="short_train", help="accuracy proxy (proxies.PROXIES; "
+                   "default short_train)")
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default), cifar10, "
+                   "cifar100 or imagefolder:PATH")
+    p.add_argument("--budget", default="quick", help="proxy fidelity: smoke|quick|full or "
+                   "key=value,... (default quick)")
+    p.add_argument("--objective", choices=("pareto", "score"), default="pareto",
+                   help="pareto: accuracy vs every device's latency (default); score: MnasNet "
+                        "reward ACC*(LAT/T)^-0.07 with --target-latency")
+    p.add_argument("--target-latency", type=float, help="T of the MnasNet reward, ms")
+    p.add_argument("--max-latency", help="hard latency limit in ms for every device, or "
+                   "DEVICE=MS,...; violators are never trained")
+    p.add_argument("--max-params", type=float, help="hard limit on parameters, millions")
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default tpe)")
+    p.add_argument("--backend", choices=("optuna", "ray"), default="optuna",
+                   help="optuna: local loop (default); ray: Ray Tune with OptunaSearch")
+    p.add_argument("--workers", type=int, default=1, help="concurrent trials (default 1)")
+    p.add_argument("--ray-address", help="existing Ray cluster (default: start a local Ray)")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run folder)")
+    p.add_argument("--run-dir", help="run folder (default: results/<date>-<devices>)")
+    p.add_argument("--resume", action="store_true", help="continue the study in --run-dir")
+    p.add_argument("--no-early-stopping", action="store_true",
+                   help="train every candidate to the end (pareto objective)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the proxy")
+    return p
+
+
+def subcommand_parser(name: str) -> argparse.ArgumentParser:
+    if name == "devices":
+        return argparse.ArgumentParser(prog="search.py devices",
+                                       description="List the latency tables (measured or derived).")
+    if name == "show":
+        p = argparse.ArgumentParser(prog="search.py show",
+                                    description="Regenerate a run's files from its study.db and print the report.")
+        p.add_argument("run", help="run folder")
+        p.add_argument("--storage", help="Optuna storage URL if not RUN/study.db")
+        return p
+    p = argparse.ArgumentParser(prog="search.py export", description="Write one front member's "
+                                "architecture as YAML (builds with timm's pconv_fasternet).")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--device", help="whose front to pick from (default: the run's first device)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--max-latency", type=float, help="most accurate member within MS")
+    g.add_argument("--pick", help="knee | fastest | most-accurate | ARCH_ID")
+    p.add_argument("--out", required=True, help="architecture file to write (.yaml or .json)")
+    p.add_argument("--onnx", help="also export the deployment form to ONNX, checked with onnxruntime")
+    p.add_argument("--storage", help="Optuna storage URL if not RUN/study.db")
+    return p
+
+
+# ---------------------------------------------------------------------------- helpers
+def _tables(devices: list[str]) -> dict[str, Any]:
+    from latency_tables import LatencyTable, TableNotFoundError
+
+    tables = {}
+    for d in devices:
+        try:
+            tables[d] = LatencyTable.load(d)
+        except TableNotFoundError as e:
+            raise UsageError(f"--device {d}: {e}") from None
+    return tables
+
+
+def _provenance(table: Any) -> str:
+    import latency_tables
+
+    note = getattr(latency_tables, "provenance_note", None)
+    if note is not None:
+        return str(note(table))
+    return str(table.describe())
+
+
+def _check_coverage(space: Any, tables: Mapping[str, Any]) -> None:
+    """Every layer the space can produce must be in every table (checked up front)."""
+    from latency_tables import space_layers
+
+    for device, table in tables.items():
+        keys = set(table.rows["key"])
+        for sig in space_layers(space, table.resolution, table.meta.get("in_chans", 3),
+                                table.meta.get("num_classes", 1000)):
+            if sig.key not in keys:
+                raise UsageError(
+                    f"latency table {table.name!r} has no entry for layer {sig.key} of the space; "
+                    f"extend it on the device with `python -m latency_tables build --device "
+                    f"{table.name} --space {space.source}`")
+
+
+def _max_latency(spec: str | None, devices: list[str]) -> dict[str, float]:
+    if not spec:
+        return {}
+    out: dict[str, float] = {}
+    for part in spec.split(","):
+        dev, sep, ms = part.rpartition("=")
+        try:
+            value = float(ms)
+        except ValueError:
+            raise UsageError(f"--max-latency: {part!r} is not MS or DEVICE=MS") from None
+        if value <= 0:
+            raise UsageError(f"--max-latency: {value} must be > 0 ms")
+        targets = [dev] if sep else devices
+        for d in targets:
+            if d not in devices:
+                raise UsageError(f"--max-latency: {d!r} is not one of the searched devices "
+                                 f"({', '.join(devices)})")
+            out[d] = value
+    return out
+
+
+def _open_run_study(run_dir: Path, storage: str | None) -> optuna.Study:
+    from .runner import STUDY_NAME
+
+    url = storage or f"sqlite:///{run_dir / 'study.db'}"
+    if storage is None and not (run_dir / "study.db").exists():
+        raise UsageError(f"{run_dir}: no study.db here; give a run folder made by search.py")
+    try:
+        return optuna.load_study(study_name=STUDY_NAME, storage=url)
+    except KeyError:
+        raise UsageError(f"{url}: no pconv-nas study in this storage") from None
+
+
+def _versions() -> dict[str, str]:
+    import timm
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "timm": timm.__version__, "optuna": optuna.__version__}
+
+
+# ---------------------------------------------------------------------------- search
+def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
+    from latency_tables import MissingLayerError
+    from proxies import DatasetError, make_proxy
+    from search_space import DEFAULT_SPACE_PATH, ArchError, SearchSpace
+
+    from .early_stop import ParetoEarlyStopping
+    from .objective import Constraints, Objective
+    from .report import write_outputs
+    from .runner import make_sampler, open_study, recover_zombies, run_optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.trials < 1:
+        raise UsageError(f"--trials: {args.trials} must be >= 1")
+    if args.workers < 1:
+        raise UsageError(f"--workers: {args.workers} must be >= 1")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError(f"--timeout: {args.timeout} must be > 0 seconds")
+    devices = [d.strip() for d in args.device.split(",") if d.strip()]
+    if not devices:
+        raise UsageError("--device: name at least one latency table (see `search.py devices`)")
+    if args.objective == "score" and (len(devices) != 1 or not args.target_latency):
+        raise UsageError("--objective score needs exactly one --device and --target-latency MS")
+    if args.target_latency is not None and args.target_latency <= 0:
+        raise UsageError(f"--target-latency: {args.target_latency} must be > 0 ms")
+    if args.max_params is not None and args.max_params <= 0:
+        raise UsageError(f"--max-params: {args.max_params} must be > 0 (millions)")
+    if args.resume and not args.run_dir:
+        raise UsageError("--resume needs --run-dir (the run folder to continue)")
+
+    tables = _tables(devices)
+    devices = list(tables)
+    try:
+        space = SearchSpace.from_file(args.space or DEFAULT_SPACE_PATH)
+    except ArchError as e:
+        raise UsageError(f"--space: {e}") from None
+    _check_coverage(space, tables)
+    max_latency = _max_latency(args.max_latency, devices)
+
+    run_dir = Path(args.run_dir) if args.run_dir else RESULTS / (
+        dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + "-".join(devices))
+    if args.resume and args.storage is None and not (run_dir / "study.db").exists():
+        raise UsageError(f"--resume: {run_dir} has no study.db to continue")
+    if not args.resume and (run_dir / "study.db").exists():
+        raise UsageError(f"{run_dir} already holds a study; add --resume to continue it or "
+                         "choose another --run-dir")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--run-dir {run_dir}: not writable ({e.strerror})") from None
+
+    try:
+        proxy = make_proxy(args.proxy, dataset=args.dataset, budget=args.budget, seed=args.seed)
+    except DatasetError as e:
+        raise UsageError(f"--dataset: {e}") from None
+    except ValueError as e:
+        raise UsageError(f"--proxy/--budget: {e}") from None
+
+    objective = Objective(
+        space=space, latency=tables, proxy=proxy, objective=args.objective,
+        target_latency_ms=args.target_latency,
+        constraints=Constraints(max_latency_ms=max_latency, max_params_m=args.max_params),
+        early_stopping=None if args.no_early_stopping else ParetoEarlyStopping())
+    sources = {d: _provenance(t) for d, t in tables.items()}
+    for d, t in tables.items():
+        print(f"latency on {d}: {sources[d]}")
+        if t.source != "measured":
+            print(f"  note: {d} is a DERIVED table (estimates, not measurements); measure the real "
+                  f"device with `python -m latency_tables build --device {d}` run on it")
+    storage = args.storage or f"sqlite:///{run_dir / 'study.db'}"
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5) if args.objective == "score" else None
+    study = open_study(storage, objective.directions,
+                       make_sampler(args.sampler, args.seed, args.trials), pruner)
+    if args.resume:
+        n = recover_zombies(study)
+        if n:
+            print(f"resume: {n} interrupted trial(s) marked FAIL and re-queued")
+    run = dict(study.user_attrs.get("run") or {})
+    run.update(name=run_dir.name, argv=["search.py", *argv], devices=devices, sources=sources,
+               tables={d: t.meta for d, t in tables.items()}, seed=args.seed,
+               space=str(space.source), space_yaml=Path(space.source).read_text(),
+               proxy=args.proxy, dataset=args.dataset, budget=str(proxy.budget),
+               objective=args.objective, target_latency_ms=args.target_latency,
+               max_latency_ms=max_latency, max_params_m=args.max_params, sampler=args.sampler,
+               backend=args.backend, workers=args.workers, trials=args.trials,
+               early_stopping=not args.no_early_stopping, versions=_versions(),
+               machine=f"{platform.machine()}, {os.cpu_count()} cores")
+    run["runs"] = [*run.get("runs", []), dt.datetime.now().isoformat(timespec="seconds")]
+    study.set_user_attr("run", json.loads(json.dumps(run, default=str)))
+    print(f"run folder: {run_dir}  (study: {storage})")
+
+    start = time.perf_counter()
+    progress = _Progress(args.trials, devices, start)
+    try:
+        if args.backend == "ray":
+            from .ray_backend import run_ray
+
+            run_ray(study=study, storage=storage, objective=objective, n_trials=args.trials,
+                    timeout=args.timeout, workers=args.workers, address=args.ray_address,
+                    seed=args.seed, on_trial=progress)
+        else:
+            run_optuna(study, objective, args.trials, timeout=args.timeout, workers=args.workers,
+                       on_trial=progress)
+    except MissingLayerError as e:
+        raise UsageError(str(e)) from None
+    except ValueError as e:
+        if "constraint infeasible" in str(e):
+            raise UsageError(str(e)) from None
+        raise
+    progress.close()
+    _score_presets(study, objective)
+    fronts = write_outputs(run_dir, study)
+    _print_fronts(fronts)
+    print(f"\nwrote {run_dir}/: trials.csv pareto.csv pareto.png report.md archs/ run.json "
+          f"({time.perf_counter() - start:.0f} s); pick one with `python search.py export "
+          f"{run_dir} --pick knee --out arch.yaml`")
+    return 0
+
+
+class _Progress:
+    """One live line per finished trial: count, outcome, front size, elapsed, ETA."""
+
+    def __init__(self, n_trials: int, devices: list[str], start: float) -> None:
+        self.n, self.devices, self.start = n_trials, devices, start
+        self.tty = sys.stdout.isatty()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        from .runner import describe_trial, evaluated
+
+        trials = study.get_trials(deepcopy=False)
+        done = sum(evaluated(t) for t in trials)
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / max(done, 1) * max(self.n - done, 0)
+        ua = trial.user_attrs
+        lat = " ".join(f"{d}={ua['latency_ms'][d]:.2f}ms" for d in self.devices
+                       if d in ua.get("latency_ms", {}))
+        acc = f"acc={ua['accuracy']:.3f}" if "accuracy" in ua else ""
+        line = (f"[{done}/{self.n}] trial {trial.number}: {describe_trial(trial)} {acc} {lat} | "
+                f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s")
+        print(line, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _score_presets(study: optuna.Study, objective: Any) -> None:
+    """Score T0/T1/T2 with the run's proxy and tables (once per study; stored on it)."""
+    from search_space import PRESETS
+
+    scored = dict(study.user_attrs.get("presets") or {})
+    for name in PRESET_NAMES:
+        if name in scored:
+            continue
+        arch = PRESETS[name]
+        try:
+            info = objective.describe(arch)
+        except Exception as e:  # a table that lacks a preset's layers: say so, keep going
+            scored[name] = {"arch": arch.to_dict(), "latency_ms": {}, "reason": str(e)}
+            continue
+        result = objective.proxy(arch)
+        scored[name] = {"arch": arch.to_dict(), "latency_ms": info["latency_ms"],
+                        "params_m": info["params_m"], "proxy_seconds": result.seconds,
+                        "accuracy": None if result.failed else float(
+                            result.score if result.accuracy is None else result.accuracy),
+                        "reason": result.reason}
+        print(f"preset {name}: acc={scored[name]['accuracy']} "
+              + " ".join(f"{d}={ms:.2f}ms" for d, ms in info["latency_ms"].items()), flush=True)
+        study.set_user_attr("presets", scored)
+
+
+def _print_fronts(fronts: list[Any]) -> None:
+    for f in fronts:
+        print(f"\nPareto front on {f.device} ({f.source}):")
+        print(f"  {'name':14s} {'accuracy':>8s} {'ms/image':>9s} {'params M':>8s}  arch")
+        rows = [(c, "") for c in f.members] + [(p, "preset") for p in f.presets]
+        for c, tag in sorted(rows, key=lambda r: r[0].latency_ms.get(f.device, 0.0)):
+            acc = "-" if c.accuracy is None else f"{c.accuracy:.4f}"
+            print(f"  {c.name:14s} {acc:>8s} {c.latency_ms[f.device]:9.2f} "
+                  f"{(c.params_m or 0):8.2f}  {c.arch_id if not tag else '(preset)'} {c.arch}")
+
+
+# ---------------------------------------------------------------------------- others
+def cmd_devices(args: argparse.Namespace) -> int:
+    from latency_tables import LatencyTable, available
+
+    names = available()
+    if not names:
+        print("no latency tables; measure one with `python -m latency_tables build --device NAME`")
+    for name in names:
+        table = LatencyTable.load(name)
+        print(f"{name:12s} {table.source:9s} {_provenance(table)}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .report import write_outputs
+
+    run_dir = Path(args.run)
+    study = _open_run_study(run_dir, args.storage)
+    fronts = write_outputs(run_dir, study)
+    print((run_dir / "report.md").read_text())
+    del fronts
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from search_space import ArchError
+
+    from .export import export_onnx, select
+    from .report import collect, fronts, presets_of
+
+    run_dir = Path(args.run)
+    study = _open_run_study(run_dir, args.storage)
+    run = study.user_attrs.get("run") or {}
+    sources = run.get("sources") or {}
+    device = args.device or next(iter(sources), None)
+    if device not in sources:
+        raise UsageError(f"--device {device!r}: this run searched {', '.join(sources) or 'nothing'}")
+    front = next(f for f in fronts(collect(study), presets_of(study), sources) if f.device == device)
+    try:
+        chosen = select(front, pick=args.pick, max_latency_ms=args.max_latency)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    out = Path(args.out)
+    try:
+        chosen.arch.save(out)
+    except ArchError as e:
+        raise UsageError(f"--out: {e}") from None
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write ({e.strerror})") from None
+    print(f"{chosen.name} {chosen.arch_id}: accuracy {chosen.accuracy:.4f}, "
+          f"{chosen.latency_ms[device]:.2f} ms on {device} -> {out}\n  {chosen.arch}\n"
+          f"  build: timm.create_model('pconv_fasternet', arch='{out}', num_classes=...)")
+    if args.onnx:
+        diff = export_onnx(chosen.arch, Path(args.onnx))
+        print(f"  onnx: {args.onnx} (onnxruntime matches PyTorch, max |diff| {diff:.1e})")
+    return 0

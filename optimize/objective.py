@@ -1,0 +1,164 @@
+"""The search objective: one candidate = latency lookup, constraints, then the proxy.
+
+The objective knows nothing about networks: it receives its latency tables and its proxy
+(STYLE.md, "Injected, not imported"). Every trial records what it learned as Optuna user
+attributes (the architecture in file form, latency per device, params, checkpoints), so
+everything a user reads can be rebuilt from `study.db` alone.
+
+Objectives:
+- `pareto`: maximize proxy accuracy, minimize latency on every device (one objective per
+  device). Weak candidates are stopped by `ParetoEarlyStopping` at proxy checkpoints.
+- `score`: maximize the MnasNet reward ACC * (LAT / T) ** w with w = -0.07 (Tan et al.,
+  CVPR 2019, soft constraint) for one device; Optuna's pruner stops weak candidates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search_space import ArchConfig, ConstraintInfeasible, SearchSpace, count_params
+
+from .early_stop import History, ParetoEarlyStopping
+
+__all__ = ["Objective", "Constraints", "CandidateFailed", "mnas_reward", "MNAS_W",
+           "history_of", "STOPPED", "INFEASIBLE"]
+
+#: MnasNet's soft-constraint exponent (Tan et al. 2019, Sec. 3).
+MNAS_W = -0.07
+#: user-attribute flags of pruned trials: stopped by early stopping / never trained.
+STOPPED, INFEASIBLE = "stopped_early", "infeasible"
+
+
+class CandidateFailed(RuntimeError):
+    """The proxy failed on a candidate (NaN loss, an error in the network); trial -> FAIL."""
+
+
+def mnas_reward(accuracy: float, latency_ms: float, target_ms: float) -> float:
+    return accuracy * (latency_ms / target_ms) ** MNAS_W
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraints:
+    """Hard limits checked before training (latency is known up front)."""
+
+    max_latency_ms: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    max_params_m: float | None = None
+
+    def violation(self, latency_ms: Mapping[str, float], params_m: float) -> str | None:
+        for device, limit in self.max_latency_ms.items():
+            if latency_ms[device] > limit:
+                return f"latency {latency_ms[device]:.2f} ms on {device} > {limit} ms"
+        if self.max_params_m is not None and params_m > self.max_params_m:
+            return f"{params_m:.2f}M params > {self.max_params_m}M"
+        return None
+
+
+def history_of(trials: Sequence[FrozenTrial]) -> list[History]:
+    """Finished (COMPLETE) candidates with their checkpoint accuracies."""
+    out = []
+    for t in trials:
+        if t.state == TrialState.COMPLETE and "checkpoints" in t.user_attrs:
+            out.append(History(latency_ms=t.user_attrs["latency_ms"],
+                               checkpoints={int(s): float(a) for s, a in t.user_attrs["checkpoints"]}))
+    return out
+
+
+class Objective:
+    """`objective(trial)`: Optuna objective for both the `pareto` and `score` searches.
+
+    Args:
+        space: the search space (`space.suggest(trial)`).
+        latency: device name -> predictor with `predict(arch) -> ms` (a `LatencyTable`).
+        proxy: accuracy proxy, `proxy(arch, callback=...) -> ProxyResult`.
+        objective: "pareto" or "score".
+        target_latency_ms: T of the MnasNet reward (score objective).
+        constraints: hard limits, checked before training.
+        early_stopping: the Pareto stopping rule, or None to train every candidate fully.
+    """
+
+    def __init__(self, *, space: SearchSpace, latency: Mapping[str, Any], proxy: Any,
+                 objective: str = "pareto", target_latency_ms: float | None = None,
+                 constraints: Constraints | None = None,
+                 early_stopping: ParetoEarlyStopping | None = None) -> None:
+        if objective not in ("pareto", "score"):
+            raise ValueError(f"objective: {objective!r} must be 'pareto' or 'score'")
+        if objective == "score" and (len(latency) != 1 or not target_latency_ms):
+            raise ValueError("objective 'score' needs exactly one device and --target-latency")
+        self.space = space
+        self.latency = dict(latency)
+        self.proxy = proxy
+        self.objective = objective
+        self.target_latency_ms = target_latency_ms
+        self.constraints = constraints or Constraints()
+        self.early_stopping = early_stopping
+
+    @property
+    def directions(self) -> list[str]:
+        if self.objective == "score":
+            return ["maximize"]
+        return ["maximize"] + ["minimize"] * len(self.latency)
+
+    @property
+    def metric_names(self) -> list[str]:
+        if self.objective == "score":
+            return ["score"]
+        return ["accuracy"] + [f"latency_ms:{d}" for d in self.latency]
+
+    def describe(self, arch: ArchConfig) -> dict[str, Any]:
+        """Latency per device (ms per image) and params (M) of `arch`: known before training."""
+        return {"latency_ms": {d: float(t.predict(arch)) for d, t in self.latency.items()},
+                "params_m": count_params(arch) / 1e6}
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        try:
+            arch = self.space.suggest(trial)
+        except ConstraintInfeasible as e:
+            trial.set_user_attr(INFEASIBLE, str(e))
+            raise optuna.TrialPruned(str(e)) from None
+        info = self.describe(arch)
+        trial.set_user_attr("arch", arch.to_dict())
+        trial.set_user_attr("arch_id", arch.arch_id)
+        trial.set_user_attr("latency_ms", info["latency_ms"])
+        trial.set_user_attr("params_m", info["params_m"])
+        why = self.constraints.violation(info["latency_ms"], info["params_m"])
+        if why:
+            trial.set_user_attr(INFEASIBLE, why)
+            raise optuna.TrialPruned(f"infeasible: {why}")
+
+        checkpoints: list[tuple[int, float]] = []
+        history = history_of(trial.study.get_trials(deepcopy=False)) if self.early_stopping else []
+
+        def callback(step: int, accuracy: float) -> bool:
+            checkpoints.append((step, accuracy))
+            if self.objective == "score":
+                trial.report(self._score(accuracy, info), step)
+                return trial.should_prune()
+            if self.early_stopping is None:
+                return False
+            return self.early_stopping.should_stop(info["latency_ms"], step, accuracy, history)
+
+        result = self.proxy(arch, callback=callback)
+        trial.set_user_attr("checkpoints", checkpoints)
+        trial.set_user_attr("proxy_seconds", result.seconds)
+        if result.tse is not None:
+            trial.set_user_attr("tse", result.tse)
+        if result.failed:
+            trial.set_user_attr("fail_reason", result.reason)
+            raise CandidateFailed(f"{arch.arch_id}: {result.reason}")
+        accuracy = float(result.score if result.accuracy is None else result.accuracy)
+        trial.set_user_attr("accuracy", accuracy)
+        if result.stopped_early:
+            trial.set_user_attr(STOPPED, True)
+            raise optuna.TrialPruned(f"stopped early at step {result.steps}")
+        if self.objective == "score":
+            return self._score(accuracy, info)
+        return (accuracy, *info["latency_ms"].values())
+
+    def _score(self, accuracy: float, info: Mapping[str, Any]) -> float:
+        (ms,) = info["latency_ms"].values()
+        return mnas_reward(accuracy, ms, float(self.target_latency_ms))

@@ -1,0 +1,241 @@
+"""Compute, then draw: candidates and Pareto fronts from a study, then the run folder files.
+
+`collect(study)` turns trials into `Candidate` records; `fronts(...)` computes one
+2-D front (accuracy vs latency) per device; `write_outputs` renders `trials.csv`,
+`pareto.csv`, `pareto.png`, `report.md`, `archs/<arch_id>.yaml` and `run.json` from the
+study alone (its user attributes hold the run description and the scored presets), so
+`python search.py show RUN` regenerates everything but `study.db`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from search_space import ArchConfig
+
+from .objective import INFEASIBLE, STOPPED
+
+__all__ = ["Candidate", "Front", "collect", "presets_of", "fronts", "pareto_mask",
+           "hypervolume", "write_outputs"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One evaluated architecture (a trial, or a preset scored the same way)."""
+
+    name: str                      # "trial 12" or the preset name
+    number: int | None
+    state: str                     # complete / stopped_early / infeasible / failed / running
+    arch: ArchConfig | None
+    accuracy: float | None
+    latency_ms: Mapping[str, float]
+    params_m: float | None
+    reason: str = ""
+    proxy_seconds: float | None = None
+    started: str = ""
+    finished: str = ""
+
+    @property
+    def arch_id(self) -> str:
+        return self.arch.arch_id if self.arch else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Front:
+    """The accuracy/latency front on one device."""
+
+    device: str
+    source: str                    # the table's provenance line
+    members: list[Candidate]       # sorted by latency
+    others: list[Candidate]        # evaluated but dominated
+    presets: list[Candidate]
+
+
+def _state(t: optuna.trial.FrozenTrial) -> str:
+    if t.state == TrialState.COMPLETE:
+        return "complete"
+    if t.state == TrialState.PRUNED:
+        return "infeasible" if INFEASIBLE in t.user_attrs else (
+            "stopped_early" if STOPPED in t.user_attrs else "pruned")
+    return t.state.name.lower()
+
+
+def collect(study: optuna.Study) -> list[Candidate]:
+    """Every trial of the study as a Candidate (architecture rebuilt from its user attrs)."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        ua = t.user_attrs
+        arch = ArchConfig.from_dict(ua["arch"]) if "arch" in ua else None
+        reason = str(ua.get("fail_reason") or ua.get(INFEASIBLE) or "")
+        acc = ua.get("accuracy")
+        if acc is None and t.state == TrialState.COMPLETE and t.values and len(t.values) > 1:
+            acc = t.values[0]
+        out.append(Candidate(
+            name=f"trial {t.number}", number=t.number, state=_state(t), arch=arch,
+            accuracy=None if acc is None else float(acc), latency_ms=ua.get("latency_ms", {}),
+            params_m=ua.get("params_m"), reason=reason, proxy_seconds=ua.get("proxy_seconds"),
+            started=str(t.datetime_start or ""), finished=str(t.datetime_complete or "")))
+    return out
+
+
+def presets_of(study: optuna.Study) -> list[Candidate]:
+    """The presets scored by the same proxy and tables (stored on the study)."""
+    out = []
+    for name, rec in (study.user_attrs.get("presets") or {}).items():
+        out.append(Candidate(name=name, number=None, state="preset",
+                             arch=ArchConfig.from_dict(rec["arch"]), accuracy=rec.get("accuracy"),
+                             latency_ms=rec["latency_ms"], params_m=rec.get("params_m"),
+                             reason=rec.get("reason", ""), proxy_seconds=rec.get("proxy_seconds")))
+    return out
+
+
+def pareto_mask(accuracy: Sequence[float], latency: Sequence[float]) -> np.ndarray:
+    """Non-dominated points when maximizing accuracy and minimizing latency."""
+    acc, lat = np.asarray(accuracy, float), np.asarray(latency, float)
+    mask = np.ones(len(acc), bool)
+    for i in range(len(acc)):
+        better = (acc >= acc[i]) & (lat <= lat[i]) & ((acc > acc[i]) | (lat < lat[i]))
+        mask[i] = not better.any()
+    return mask
+
+
+def hypervolume(accuracy: Sequence[float], latency: Sequence[float], ref_latency: float,
+                ref_accuracy: float = 0.0) -> float:
+    """Area dominated by the points up to (ref_accuracy, ref_latency) (Optuna's helper)."""
+    from optuna._hypervolume import compute_hypervolume
+
+    pts = np.array([[-a, lt] for a, lt in zip(accuracy, latency) if lt <= ref_latency and a >= ref_accuracy])
+    if len(pts) == 0:
+        return 0.0
+    return float(compute_hypervolume(pts, np.array([-ref_accuracy, ref_latency])))
+
+
+def fronts(candidates: Sequence[Candidate], presets: Sequence[Candidate],
+           sources: Mapping[str, str]) -> list[Front]:
+    """One front per device over the fully trained candidates."""
+    done = [c for c in candidates if c.state == "complete" and c.accuracy is not None]
+    out = []
+    for device, source in sources.items():
+        pts = [c for c in done if device in c.latency_ms]
+        mask = pareto_mask([c.accuracy for c in pts], [c.latency_ms[device] for c in pts])
+        members = sorted((c for c, m in zip(pts, mask) if m), key=lambda c: c.latency_ms[device])
+        others = [c for c, m in zip(pts, mask) if not m]
+        out.append(Front(device=device, source=source, members=members, others=others,
+                         presets=[p for p in presets if device in p.latency_ms]))
+    return out
+
+
+def _rows(candidates: Sequence[Candidate], devices: Sequence[str]) -> pd.DataFrame:
+    rows = []
+    for c in candidates:
+        row: dict[str, Any] = {"name": c.name, "number": c.number, "state": c.state,
+                               "arch_id": c.arch_id, "accuracy": c.accuracy,
+                               "params_m": c.params_m}
+        for d in devices:
+            row[f"latency_ms_{d}"] = c.latency_ms.get(d)
+        row.update(arch=str(c.arch) if c.arch else "", reason=c.reason,
+                   proxy_seconds=c.proxy_seconds, started=c.started, finished=c.finished)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _plot(fr: list[Front], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(fr), figsize=(6.5 * len(fr), 4.8), squeeze=False)
+    for ax, f in zip(axes[0], fr):
+        ax.scatter([c.latency_ms[f.device] for c in f.others], [c.accuracy for c in f.others],
+                   s=18, c="0.65", label="dominated")
+        xs = [c.latency_ms[f.device] for c in f.members]
+        ys = [c.accuracy for c in f.members]
+        ax.step(xs, ys, where="post", c="tab:red", lw=1.2)
+        ax.scatter(xs, ys, s=30, c="tab:red", zorder=3, label="Pareto front")
+        for p in f.presets:
+            if p.accuracy is None:
+                continue
+            ax.scatter(p.latency_ms[f.device], p.accuracy, marker="*", s=140, c="k", zorder=4)
+            ax.annotate(p.name.replace("fasternet_", "").upper(),
+                        (p.latency_ms[f.device], p.accuracy), textcoords="offset points",
+                        xytext=(5, -10))
+        ax.set_xlabel(f"latency, ms/image on {f.device}\n({f.source})", fontsize=8)
+        ax.set_ylabel("proxy accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    for _, r in df.iterrows():
+        cells = [f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v)) for v in r]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(run_dir: Path, study: optuna.Study) -> list[Front]:
+    """Write every derived file of a run folder from its study; returns the fronts."""
+    run = study.user_attrs.get("run") or {}
+    sources = run.get("sources") or {d: d for d in run.get("devices", [])}
+    devices = list(sources)
+    cands = collect(study)
+    presets = presets_of(study)
+    fr = fronts(cands, presets, sources)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    _rows(cands, devices).to_csv(run_dir / "trials.csv", index=False)
+    front_rows = []
+    for f in fr:
+        df = _rows(f.members, [f.device])
+        df.insert(0, "device", f.device)
+        front_rows.append(df)
+    pareto = pd.concat(front_rows, ignore_index=True) if front_rows else pd.DataFrame()
+    pareto.to_csv(run_dir / "pareto.csv", index=False)
+    archs = run_dir / "archs"
+    archs.mkdir(exist_ok=True)
+    for f in fr:
+        for c in f.members:
+            c.arch.save(archs / f"{c.arch_id}.yaml")
+    _plot(fr, run_dir / "pareto.png")
+    (run_dir / "report.md").write_text(_report(run, cands, fr))
+    return fr
+
+
+def _report(run: Mapping[str, Any], cands: Sequence[Candidate], fr: Sequence[Front]) -> str:
+    counts = pd.Series([c.state for c in cands]).value_counts().to_dict() if cands else {}
+    out = [f"# pconv-nas run: {run.get('name', '')}", "",
+           f"`{' '.join(run.get('argv', []))}`", "",
+           f"Trials by state: {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}.", ""]
+    for f in fr:
+        out += [f"## Pareto front on {f.device}", "", f"Latency source: {f.source}", ""]
+        df = _rows(f.members, [f.device])[["name", "arch_id", "accuracy", f"latency_ms_{f.device}",
+                                           "params_m", "arch"]]
+        out += [_markdown(df) if len(df) else "(no completed trial yet)", ""]
+        if f.presets:
+            pdf = _rows(f.presets, [f.device])[["name", "accuracy", f"latency_ms_{f.device}",
+                                                "params_m"]]
+            dominated = []
+            for p in f.presets:
+                if p.accuracy is None:
+                    continue
+                if any(c.latency_ms[f.device] <= p.latency_ms[f.device] and c.accuracy >= p.accuracy
+                       and (c.latency_ms[f.device] < p.latency_ms[f.device] or c.accuracy > p.accuracy)
+                       for c in f.members):
+                    dominated.append(p.name)
+            out += ["Presets scored by the same proxy and table:", "", _markdown(pdf), "",
+                    f"Presets dominated by the front: {', '.join(dominated) or 'none'}.", ""]
+    return "\n".join(out)

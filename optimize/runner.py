@@ -1,0 +1,114 @@
+"""Running a study: Optuna locally (ask/tell through `study.optimize`) or Ray Tune.
+
+The study lives in an Optuna storage (SQLite in the run folder by default). Every trial is
+committed to it as it finishes, so Ctrl-C or kill -9 loses at most the running trials; on
+`--resume` those are marked FAIL and their parameters re-enqueued, and the study continues
+until `n_trials` candidates have been evaluated (infeasible candidates, never trained, do
+not count).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from .objective import INFEASIBLE, STOPPED, CandidateFailed, Objective
+
+__all__ = ["SAMPLERS", "make_sampler", "open_study", "evaluated", "run_optuna", "recover_zombies"]
+
+_log = logging.getLogger(__name__)
+
+STUDY_NAME = "pconv-nas"
+# Infeasible draws cost microseconds; beyond this many per wanted trial the constraints are
+# hopeless and the run stops with "constraint infeasible" instead of spinning.
+_MAX_INFEASIBLE_PER_TRIAL = 200
+
+
+def make_sampler(name: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, n_trials // 4)))
+    if name == "nsga2":
+        # A population of a quarter of the budget gives NSGA-II a few generations.
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, n_trials // 4)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(2, n_trials // 4)))
+    raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+SAMPLERS = ("tpe", "nsga2", "random", "gp")
+
+
+def open_study(storage: str, directions: list[str], sampler: optuna.samplers.BaseSampler,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """Create or reopen the run's study (`load_if_exists`: resume continues the same one)."""
+    return optuna.create_study(storage=storage, study_name=STUDY_NAME, directions=directions,
+                               sampler=sampler, pruner=pruner, load_if_exists=True)
+
+
+def evaluated(trial: FrozenTrial) -> bool:
+    """Whether a trial counts toward `--trials`: trained (fully or stopped early) or failed."""
+    if trial.state in (TrialState.COMPLETE, TrialState.FAIL):
+        return True
+    return trial.state == TrialState.PRUNED and INFEASIBLE not in trial.user_attrs
+
+
+def recover_zombies(study: optuna.Study) -> int:
+    """Mark trials left RUNNING by a killed process FAIL and re-enqueue their parameters."""
+    zombies = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in zombies:
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted (resumed)")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(t.params, skip_if_exists=False)
+    return len(zombies)
+
+
+def run_optuna(study: optuna.Study, objective: Objective, n_trials: int,
+               timeout: float | None = None, workers: int = 1,
+               on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> None:
+    """Optimize until `n_trials` candidates are evaluated (or `timeout` seconds pass)."""
+    def count() -> tuple[int, int]:
+        trials = study.get_trials(deepcopy=False)
+        return sum(evaluated(t) for t in trials), sum(INFEASIBLE in t.user_attrs for t in trials)
+
+    done, _ = count()
+    if done >= n_trials:
+        return
+    infeasible_limit = _MAX_INFEASIBLE_PER_TRIAL * n_trials
+    state: dict[str, Any] = {"infeasible": False}
+
+    def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
+        if on_trial is not None:
+            on_trial(study, trial)
+        done, infeasible = count()
+        if done >= n_trials:
+            study.stop()
+        elif infeasible >= infeasible_limit:
+            state["infeasible"] = True
+            study.stop()
+
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    study.optimize(objective, n_trials=None, timeout=timeout, n_jobs=workers,
+                   callbacks=[stop_when_done], catch=(CandidateFailed,), gc_after_trial=False)
+    if state["infeasible"]:
+        raise ValueError(f"constraint infeasible: {infeasible_limit} candidates in a row broke "
+                         "the constraints; loosen --max-latency/--max-params or the space")
+
+
+def describe_trial(trial: FrozenTrial) -> str:
+    """Short outcome of a trial for the progress line."""
+    if trial.state == TrialState.COMPLETE:
+        return "complete"
+    if trial.state == TrialState.FAIL:
+        return "failed: " + str(trial.user_attrs.get("fail_reason", "error"))
+    if STOPPED in trial.user_attrs:
+        return "stopped early (dominated)"
+    if INFEASIBLE in trial.user_attrs:
+        return "infeasible: " + str(trial.user_attrs[INFEASIBLE])
+    return trial.state.name.lower()
