@@ -75,8 +75,8 @@ def subcommand_parser(name: str) -> argparse.ArgumentParser:
         return argparse.ArgumentParser(prog="search.py devices",
                                        description="List the latency tables (measured or derived).")
     if name == "show":
-        p = argparse.ArgumentParser(prog="search.py show",
-                                    description="Regenerate a run's files from its study.db and print the report.")
+        p = argparse.ArgumentParser(prog="search.py show", description="Regenerate a run's "
+                                    "files from its study.db and print the report.")
         p.add_argument("run", help="run folder")
         p.add_argument("--storage", help="Optuna storage URL if not RUN/study.db")
         return p
@@ -119,7 +119,7 @@ def _check_coverage(space: Any, tables: Mapping[str, Any]) -> None:
     """Every layer the space can produce must be in every table (checked up front)."""
     from latency_tables import space_layers
 
-    for device, table in tables.items():
+    for table in tables.values():
         keys = set(table.rows["key"])
         for sig in space_layers(space, table.resolution, table.meta.get("in_chans", 3),
                                 table.meta.get("num_classes", 1000)):
@@ -273,7 +273,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
 
             run_ray(study=study, storage=storage, objective=objective, n_trials=args.trials,
                     timeout=args.timeout, workers=args.workers, address=args.ray_address,
-                    seed=args.seed, on_trial=progress)
+                    seed=args.seed, on_trial=progress, run_dir=run_dir)
         else:
             run_optuna(study, objective, args.trials, timeout=args.timeout, workers=args.workers,
                        on_trial=progress)

@@ -7,6 +7,7 @@ idea), an `arch_id`, or the most accurate member under `max_latency_ms`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,8 +68,10 @@ def export_onnx(arch: ArchConfig, path: Path, *, num_classes: int = 1000, in_cha
     torch.manual_seed(seed)
     model = fuse(build_model(arch, num_classes=num_classes, in_chans=in_chans).eval())
     x = torch.randn(1, in_chans, resolution, resolution)
-    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"],
-                      opset_version=17, dynamo=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's notes on in-place GEMMs
+        torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"],
+                          opset_version=17, dynamo=False)
     with torch.no_grad():
         ref = model(x).numpy()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
