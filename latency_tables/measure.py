@@ -15,8 +15,9 @@ measuring kernels under the same conditions as in a model; we do the same with t
   (module, input) pairs with distinct weights and inputs.
 
 `copies` is chosen per layer so that the copies together exceed `context_bytes` (default:
-the last-level cache size; see `_device.cache_bytes`), between 2 and `max_copies`. A layer's
-latency is the time of one pass over the copies divided by `copies`.
+the last-level cache size; see `_device.cache_bytes`), between 2 and `max_copies`
+(`max_copies=1` gives the naive protocol: one layer on one input). A layer's latency is the
+time of one pass over the copies divided by `copies`.
 
 Noise. Machines may be shared: every layer is warmed up, then timed over many passes (at
 least `min_repeats` and `min_time_s`), and the statistic is the median with the interquartile
@@ -141,7 +142,7 @@ def time_layer(module: nn.Module, x: torch.Tensor, proto: Protocol, chain: bool)
     device = torch.device(proto.target)
     module, x = module.to(device).eval(), x.to(device)
     per_copy = _footprint(module, None if chain else x)
-    copies = max(2, min(proto.max_copies, -(-proto.context_bytes // max(per_copy, 1))))
+    copies = min(proto.max_copies, max(2, -(-proto.context_bytes // max(per_copy, 1))))
     mods = [module] + [copy.deepcopy(module) for _ in range(copies - 1)]
     if chain:
         def run() -> None:

@@ -30,6 +30,7 @@ from scipy.stats import kendalltau
 
 from search_space import ArchConfig, SearchSpace, build_model, fuse
 
+from ._device import describe_device
 from .measure import Protocol, time_network
 from .table import LatencyTable
 
@@ -120,6 +121,20 @@ def _space_of(table: LatencyTable, space: SearchSpace | None) -> SearchSpace:
     return SearchSpace.from_file(src) if src and Path(src).exists() else SearchSpace.default()
 
 
+def _check_measurable(table: LatencyTable) -> None:
+    """Calibration and validation measure on this machine: the table must be of this machine."""
+    if table.source != "measured":
+        raise ValueError(f"{table.name}: a {table.source} table; calibrate/validate measure "
+                         "networks on this machine, so they need a table measured here")
+    target = table.meta.get("target", "cpu")
+    theirs = table.meta.get("device", {})
+    ours = describe_device(target)
+    key = "gpu_name" if target == "cuda" else "cpu_model"
+    if theirs.get(key) != ours.get(key):
+        raise ValueError(f"{table.name}: measured on {theirs.get(key)!r}, this machine is "
+                         f"{ours.get(key)!r}; calibrate/validate must run on the table's device")
+
+
 def _table_proto(table: LatencyTable) -> Protocol:
     return Protocol.from_dict(table.meta.get("protocol", {}))
 
@@ -128,6 +143,7 @@ def calibrate(table: LatencyTable, *, n: int = 10, seed: int = 1000, rounds: int
               space: SearchSpace | None = None, write: bool = True,
               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Fit the table's `correction` on `n` calibration networks; store it in the sidecar."""
+    _check_measurable(table)
     archs = sample_archs(_space_of(table, space), n, seed)
     archs = [a for a in archs if table.covers(a)]
     measured = measure_networks(archs, _table_proto(table), table.resolution, rounds, progress)
@@ -152,6 +168,7 @@ def validate(table: LatencyTable, *, n: int = 50, seed: int = 0, rounds: int = 2
              space: SearchSpace | None = None,
              progress: Callable[[int, int], None] | None = None) -> Validation:
     """Measure `n` fresh networks (none used by the correction) and compare with `predict`."""
+    _check_measurable(table)
     corr = table.meta.get("correction") or {}
     archs = sample_archs(_space_of(table, space), n, seed, exclude=corr.get("fitted_on", ()))
     archs = [a for a in archs if table.covers(a)]

@@ -16,7 +16,8 @@ SHIPPED = sorted(p.stem for p in SHIPPED_DIR.glob("*.csv") if p.with_suffix(".js
 
 
 def test_a_table_ships():
-    assert SHIPPED, "no measured table in latency_tables/tables/"
+    assert SHIPPED, "no table in latency_tables/tables/"
+    assert any(LatencyTable.load(n).source == "measured" for n in SHIPPED)
     assert set(SHIPPED) <= set(available())
 
 
@@ -43,9 +44,9 @@ def test_preset_predict_breakdown_covers(name, preset):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_table_provenance(name):
     table = LatencyTable.load(name)
-    assert table.source == "measured"
-    assert table.meta["device"]["torch"]
-    assert name in table.describe() and "measured" in table.describe()
+    assert table.source in ("measured", "derived")
+    assert table.meta["device"]["torch"] and table.meta["device"]["cpu_model"]
+    assert name in table.describe() and table.source in table.describe()
     keys = {s.key for s in space_layers(SearchSpace.default(), table.resolution)}
     assert keys <= set(table.rows["key"]), "shipped table misses layers of the default space"
 
