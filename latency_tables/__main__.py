@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from search_space import ArchError, SearchSpace
 
+from ._derive_cli import cmd_calibrate_derived, is_derived_device
 from ._device import default_device_name, last_level_cache_bytes
 from .build import build_table
 from .measure import Protocol
@@ -73,6 +74,8 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
+    if is_derived_device(args.device):  # arm / cpu / gpu: fit on the published figures
+        return cmd_calibrate_derived(args)
     table = LatencyTable.load(args.device)
     space = SearchSpace.from_file(args.space) if args.space else None
     bar, update = _bar("calibrate")
@@ -134,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     b.set_defaults(func=cmd_build)
 
     c = sub.add_parser("calibrate", help="fit a table's correction on calibration networks")
-    c.add_argument("--device", required=True)
+    c.add_argument("--device", required=True,
+                   help="a measured table, or arm|cpu|gpu (aliases cortex-a72, i9-9900x, rtx2080ti): "
+                        "fit the cost model on the paper's published figures and derive the table")
     c.add_argument("--n", type=int, default=10)
     c.add_argument("--seed", type=int, default=1000)
     c.add_argument("--space")

@@ -25,6 +25,7 @@ import pandas as pd
 from search_space import ArchConfig
 
 from ._device import default_device_name
+from .devices import resolve_alias
 from .layers import arch_layers
 
 __all__ = ["LatencyTable", "MissingLayerError", "TableNotFoundError", "available", "SHIPPED_DIR",
@@ -95,7 +96,7 @@ class LatencyTable:
         """A table by name (see `available()`), "auto" for this machine, or a CSV path."""
         path = Path(name)
         if path.suffix != ".csv":
-            stem = default_device_name() if str(name) == "auto" else str(name)
+            stem = default_device_name() if str(name) == "auto" else resolve_alias(str(name))
             found = [d / f"{stem}.csv" for d in _search_dirs() if (d / f"{stem}.csv").exists()]
             if not found:
                 known = ", ".join(available()) or "none"

@@ -1,0 +1,39 @@
+"""CLI side of `python -m latency_tables calibrate --device arm|cpu|gpu` (derived tables)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from search_space import SearchSpace
+
+from .derive import calibrate_published
+from .devices import DERIVED_DEVICES, resolve_alias
+
+__all__ = ["cmd_calibrate_derived", "is_derived_device"]
+
+
+def is_derived_device(name: str) -> bool:
+    """Whether `calibrate --device name` means the published-data calibration."""
+    return resolve_alias(name) in DERIVED_DEVICES
+
+
+def cmd_calibrate_derived(args: argparse.Namespace) -> None:
+    """Fit the device profile on the published figures, report LOO error, derive the table."""
+    device = resolve_alias(args.device)
+    space = SearchSpace.from_file(args.space) if getattr(args, "space", None) else None
+    t0 = time.time()
+    print(f"calibrating the cost model of {device!r} ({DERIVED_DEVICES[device]['description']}) "
+          "on the FasterNet paper's published measurements ...")
+    cal = calibrate_published(device, space=space)
+    p = cal.profile
+    rates = ", ".join(f"{k} {v:.4g}" for k, v in p.rates_gmacs.items())
+    print(f"profile: rates (G MAC/s; act/pool G elem-op/s) {rates}; bandwidth "
+          f"{p.bandwidth_gbs:.4g} GB/s, eltwise x{p.eltwise_efficiency:.3g}, overhead "
+          f"{p.overhead_us:.3g} us/op, group overhead {p.group_overhead_us:.3g} us/group")
+    for k, a in cal.accuracy.items():
+        print(f"leave-one-out ({k}): {a}")
+    for f in cal.files:
+        print(f"wrote {f}")
+    print(f"done in {time.time() - t0:.0f} s; measure the real device with "
+          f"`{DERIVED_DEVICES[device]['measure_command']}`")

@@ -1,0 +1,187 @@
+"""Derived latency tables: calibrate the cost model on published figures, then tabulate.
+
+`calibrate_published(device)` (what `python -m latency_tables calibrate --device arm|cpu|gpu`
+runs) traces the paper's networks and operators (`published`), fits the device profile
+(`profile_fit`), measures the fit's leave-one-out error over networks, writes the profile
+to `profiles/<device>.json` and the error report to `reports/derived_<device>.{md,csv}`,
+and then `derive_table` writes `tables/<device>.csv` + `.json`.
+
+A derived table has the columns and sidecar of a measured one (`build.TABLE_COLUMNS`), with
+`"source": "derived"`; each row is the cost-model time (ms per batch of the protocol) of the
+deployment-form layer `layers.make_layer(sig)` that a measured build would time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from search_space import SearchSpace
+
+from .build import TABLE_COLUMNS
+from .cost_model import DeviceProfile, predict_ms, trace
+from .devices import DERIVED_DEVICES, resolve_alias
+from .layers import LayerSig, make_layer, space_layers
+from .profile_fit import PROTOCOL_BATCH, fit_data, fit_profile, leave_one_out, not_built
+from .published import DEVICE_COLUMNS, NETWORKS, published_traces
+from .validate import Accuracy
+
+__all__ = ["PROFILES_DIR", "REPORTS_DIR", "Calibration", "calibrate_published", "derive_table",
+           "load_profile"]
+
+PROFILES_DIR = Path(__file__).with_name("profiles")
+REPORTS_DIR = Path(__file__).with_name("reports")
+_SHIPPED = Path(__file__).with_name("tables")
+
+
+def load_profile(device: str) -> DeviceProfile:
+    """The committed profile of `arm`, `cpu` or `gpu` (or an alias)."""
+    return DeviceProfile.load(PROFILES_DIR / f"{resolve_alias(device)}.json")
+
+
+def _relpath(p: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(Path(__file__).resolve().parent.parent))
+    except ValueError:
+        return str(p)
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Result of `calibrate_published`: the profile, LOO rows and accuracy, written files."""
+
+    profile: DeviceProfile
+    loo: pd.DataFrame
+    accuracy: dict[str, Accuracy]
+    files: list[Path]
+
+
+def derive_table(device: str, profile: DeviceProfile, *, space: SearchSpace | None = None,
+                 resolution: int = 224, out_dir: str | Path = _SHIPPED,
+                 layers: list[LayerSig] | None = None, in_chans: int = 3,
+                 num_classes: int = 1000, provenance: dict[str, Any] | None = None,
+                 progress: Callable[[int, int, str], None] | None = None) -> Path:
+    """Write `<out_dir>/<device>.csv` + `.json`: every layer of `space`, timed by the model.
+
+    Returns the CSV path. Rows are ms per batch of `profile.batch` (as measured tables).
+    """
+    space = space or SearchSpace.default()
+    sigs = layers if layers is not None else space_layers(space, resolution, in_chans, num_classes)
+    rows = []
+    torch.manual_seed(0)
+    for i, sig in enumerate(sigs):
+        module, x = make_layer(sig, 1)  # traced at batch 1; costs scale to the profile's batch
+        ms = predict_ms(trace(module, x), profile)
+        rows.append({**sig.to_row(), "ms": ms, "iqr_ms": 0.0, "p10_ms": ms,
+                     "sweep_spread_pct": 0.0, "repeats": 0, "copies": 0})
+        if progress:
+            progress(i + 1, len(sigs), sig.key)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / f"{device}.csv"
+    pd.DataFrame(rows, columns=TABLE_COLUMNS).to_csv(csv_path, index=False, float_format="%.5g")
+    info = DERIVED_DEVICES.get(device, {})
+    sidecar = {
+        "name": device, "source": "derived",
+        "device": {**info.get("hardware", {}), "torch": torch.__version__,
+                   "description": info.get("description", device)},
+        "target": info.get("target", "cpu"), "batch": profile.batch,
+        "threads": info.get("threads", 1), "resolution": resolution, "in_chans": in_chans,
+        "num_classes": num_classes,
+        "protocol": {"statistic": "cost-model estimate (ms per batch); no timing",
+                     "published_protocol": _protocol_text(device)},
+        "space": space.source, "layers": len(rows),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "correction": None,
+        "derived": {"cost_model": "latency_tables.cost_model (per-operator roofline + overheads)",
+                    "profile": _relpath(PROFILES_DIR / f"{device}.json"),
+                    "profile_constants": {k: v for k, v in profile.to_dict().items() if k != "fit"},
+                    "measure_command": info.get("measure_command"),
+                    "description": info.get("description"), **(provenance or {})},
+    }
+    (out_dir / f"{device}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    return csv_path
+
+
+def _protocol_text(device: str) -> str:
+    if device == "gpu":
+        return "throughput at batch 32, fp32, PyTorch eager, BN folded (FasterNet paper, Sec. 4)"
+    return "batch 1, one thread, fp32, PyTorch eager, BN folded (FasterNet paper, Sec. 4)"
+
+
+def _acc_dict(a: Accuracy) -> dict[str, float]:
+    return {k: round(float(v), 4) for k, v in dataclasses.asdict(a).items()}
+
+
+def calibrate_published(device: str, *, space: SearchSpace | None = None,
+                        profiles_dir: str | Path = PROFILES_DIR,
+                        reports_dir: str | Path = REPORTS_DIR, tables_dir: str | Path = _SHIPPED,
+                        progress: Callable[[int, int, str], None] | None = None) -> Calibration:
+    """Fit `device`'s profile on the published rows, report LOO error, derive its table."""
+    device = resolve_alias(device)
+    if device not in DEVICE_COLUMNS:
+        raise ValueError(f"--device: {device!r} has no published figures; choose arm, cpu or gpu")
+    nets, ops = published_traces()
+    loo, acc = leave_one_out(device, nets, ops)
+    data = fit_data(device, nets, ops)
+    col, _ = DEVICE_COLUMNS[device]
+    loo_info = {k: _acc_dict(v) for k, v in acc.items()}
+    profile = fit_profile(device, data, leave_one_out=loo_info,
+                          not_built=not_built(device), published_column=col,
+                          traced_networks={n: dataclasses.asdict(s) for n, s in NETWORKS.items()
+                                           if n in data.names})
+    files = [profile.save(Path(profiles_dir) / f"{device}.json")]
+    files += write_report(device, profile, loo, acc, Path(reports_dir))
+    prov = {"published_rows": data.names, "published_column": col,
+            "published_source": "FasterNet (Chen et al., CVPR 2023) Table 1 + comparison table; "
+                                "latency_tables/profiles/published_*.csv",
+            "leave_one_out": loo_info, "not_built": not_built(device),
+            "report": _relpath(Path(reports_dir) / f"derived_{device}.md")}
+    files.append(derive_table(device, profile, space=space, out_dir=tables_dir, provenance=prov,
+                              progress=progress))
+    return Calibration(profile, loo, acc, files)
+
+
+def write_report(device: str, profile: DeviceProfile, loo: pd.DataFrame,
+                 acc: dict[str, Accuracy], out: Path) -> list[Path]:
+    """`derived_<device>.csv` (per-network LOO rows) and `.md` (profile + error summary)."""
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out / f"derived_{device}.csv", out / f"derived_{device}.md"
+    loo.to_csv(csv_path, index=False, float_format="%.4f")
+    info = DERIVED_DEVICES[device]
+    unit = "images/s" if device == "gpu" else "ms"
+    lines = [f"# Derived latency model: `{device}` — {info['description']}", "",
+             "Per-operator roofline cost model (`latency_tables/cost_model.py`) fitted to the "
+             "FasterNet paper's published figures (`latency_tables/profiles/published_*.csv`). "
+             "Errors below are **leave-one-out over networks**: each network is predicted by a "
+             "profile fitted without it.", "",
+             "| networks | N | MAPE | within ±10 % | Kendall tau | mean error |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for k, a in acc.items():
+        lines.append(f"| {k} | {a.n} | {a.mape_pct:.1f} % | {a.within_10_pct:.0f} % | "
+                     f"{a.kendall_tau:.3f} | {a.mean_error_pct:+.1f} % |")
+    lines += ["", f"| network | published ({unit}) | leave-one-out ({unit}) | error (time) |",
+              "| --- | --- | --- | --- |"]
+    for _, r in loo.iterrows():
+        if device == "gpu":
+            m, p = r["measured_fps"], r["loo_fps"]
+        else:
+            m, p = r["measured_ms_per_batch"], r["loo_ms_per_batch"]
+        lines.append(f"| {r['network']} | {m:.1f} | {p:.1f} | {r['error_pct']:+.1f} % |")
+    lines += ["", "Fitted profile (all networks and operator rows):", "", "```json",
+              json.dumps({k: v for k, v in profile.to_dict().items() if k != "fit"}, indent=2),
+              "```", "", "Not built (published rows without a network here):", ""]
+    lines += [f"- {n}: {why}" for n, why in not_built(device).items()] or ["- none"]
+    md_path.write_text("\n".join(lines) + "\n")
+    return [csv_path, md_path]
+
+
+def protocol_batch(device: str) -> int:
+    return PROTOCOL_BATCH[resolve_alias(device)]

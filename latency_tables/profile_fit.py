@@ -1,0 +1,162 @@
+"""Fit a `DeviceProfile` to published whole-network and operator latencies.
+
+Least squares on log(predicted / measured) (scipy's trust-region reflective solver), so a
+10 % miss on a 9 ms network weighs as much as one on a 3 s network. Residuals: every
+published network the device has a figure for (weight 1), every operator row of the paper's
+operator table (weight `OPERATOR_WEIGHT`: ten stacked layers of one operator pin down the
+per-kind rates, but the search lives on whole networks), and a weak prior pulling each
+log-parameter towards a plausible starting value (`PRIOR_WEIGHT`), which keeps rarely
+exercised constants (the attention-matmul rate, a GPU's group overhead) finite when held-out
+networks take away the only rows that see them.
+
+The reported error is leave-one-out over networks: each network is predicted by a profile
+fitted without it (operator rows always kept), as in the error reported by nn-Meter (Zhang
+et al., MobiSys 2021) on held-out models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+from .cost_model import COMPUTE_KINDS, DeviceProfile, OpArrays, OpTrace
+from .published import DEVICE_COLUMNS, NOT_BUILT, is_fasternet, load_networks, load_operators, operator_name
+from .validate import Accuracy, accuracy
+
+__all__ = ["INITIAL", "OPERATOR_WEIGHT", "PRIOR_WEIGHT", "FitData", "fit_data", "fit_profile",
+           "leave_one_out", "PROTOCOL_BATCH"]
+
+#: Weight of one operator-table row relative to one network in the fit.
+OPERATOR_WEIGHT = 0.5
+#: Weight of the prior on each log-parameter (a factor e away costs like a 5 % miss x 2).
+PRIOR_WEIGHT = 0.1
+#: Batch of each device's protocol (the paper: batch 1 on CPU/ARM, 32 for GPU throughput).
+PROTOCOL_BATCH = {"arm": 1, "cpu": 1, "gpu": 32}
+
+
+def _initial(device: str, rates: tuple[float, ...], bw: float, elt: float, o: float,
+             og: float, overlap: bool) -> DeviceProfile:
+    return DeviceProfile(device=device, batch=PROTOCOL_BATCH.get(device, 1),
+                         rates_gmacs=dict(zip(COMPUTE_KINDS, rates)),
+                         bandwidth_gbs=bw, eltwise_efficiency=elt, overhead_us=o,
+                         group_overhead_us=og, launches_overlap=overlap)
+
+
+#: Starting points (and prior centres): datasheet-level guesses, G MACs/s (act, pool: G
+#: element operations/s), GB/s, us.
+INITIAL: dict[str, DeviceProfile] = {
+    # Cortex-A72 @1.5 GHz, 1 thread: 4 fp32 FMA/cycle peak = 6 GMACs/s; LPDDR4 ~4 GB/s.
+    "arm": _initial("arm", (4.0, 4.0, 2.0, 0.3, 1.5, 0.1, 0.5), 3.0, 0.5, 20.0, 10.0, False),
+    # i9-9900X, 1 thread, AVX-512: ~100 GMACs/s peak; ~15 GB/s single-core bandwidth.
+    "cpu": _initial("cpu", (80.0, 80.0, 30.0, 7.0, 30.0, 1.0, 5.0), 15.0, 0.5, 5.0, 0.5, False),
+    # RTX 2080Ti fp32: 6.7 TMACs/s peak (Winograd can beat it), 616 GB/s, ~10 us launches.
+    "gpu": _initial("gpu", (8000.0, 6000.0, 3000.0, 300.0, 2000.0, 200.0, 500.0), 450.0, 0.7,
+                    8.0, 0.01, True),
+}
+
+
+@dataclasses.dataclass
+class FitData:
+    """Targets of a fit: names, measured ms per batch, residual weights, packed traces."""
+
+    names: list[str]
+    is_network: np.ndarray
+    measured_ms: np.ndarray
+    weights: np.ndarray
+    arrays: OpArrays
+
+
+def _to_ms(value: float, throughput: bool, batch: int) -> float:
+    """A published figure as ms per batch: ms as is (batch 1), images/s -> ms per batch."""
+    return batch * 1000.0 / value if throughput else value
+
+
+def fit_data(device: str, nets: dict[str, OpTrace], ops: dict[str, OpTrace],
+             exclude: Sequence[str] = ()) -> FitData:
+    """Published rows of `device` that have a trace (minus `exclude`)."""
+    col, thr = DEVICE_COLUMNS[device]
+    batch = PROTOCOL_BATCH[device]
+    names, is_net, meas, w, traces = [], [], [], [], []
+    for _, row in load_networks().iterrows():
+        if row.network in nets and row.network not in exclude and pd.notna(row[col]):
+            names.append(row.network)
+            is_net.append(True)
+            meas.append(_to_ms(float(row[col]), thr, batch))
+            w.append(1.0)
+            traces.append(nets[row.network])
+    for _, row in load_operators().iterrows():
+        name = operator_name(row)
+        if name in ops and pd.notna(row[col.replace("_ms", "_ms")]):
+            names.append(name)
+            is_net.append(False)
+            meas.append(_to_ms(float(row[col]), thr, batch))
+            w.append(OPERATOR_WEIGHT)
+            traces.append(ops[name])
+    return FitData(names, np.array(is_net), np.array(meas), np.array(w),
+                   OpArrays(traces, batch))
+
+
+def fit_profile(device: str, data: FitData, start: DeviceProfile | None = None,
+                **fit_info: object) -> DeviceProfile:
+    """Least-squares fit of the profile's constants to `data` (see the module docstring)."""
+    start = start or INITIAL[device]
+    theta0 = start.to_vector()
+    overlap = start.launches_overlap
+    logm = np.log(data.measured_ms)
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        pred = data.arrays.totals_ms(theta, overlap)
+        return np.concatenate([data.weights * (np.log(pred) - logm),
+                               PRIOR_WEIGHT * (theta - theta0)])
+
+    res = least_squares(residuals, theta0, method="trf", x_scale=1.0, max_nfev=2000)
+    pred = data.arrays.totals_ms(res.x, overlap)
+    err = (pred / data.measured_ms - 1) * 100
+    nets = data.is_network
+    info = {"rows": list(data.names), "networks": int(nets.sum()),
+            "operator_rows": int((~nets).sum()), "in_sample_network_mape_pct":
+            float(np.abs(err[nets]).mean()) if nets.any() else None,
+            "in_sample_operator_mape_pct": float(np.abs(err[~nets]).mean()) if (~nets).any() else None,
+            "operator_weight": OPERATOR_WEIGHT, "prior_weight": PRIOR_WEIGHT,
+            "objective": "least squares on log(pred/measured), scipy trf", **fit_info}
+    return start.with_vector(res.x, **info)
+
+
+def leave_one_out(device: str, nets: dict[str, OpTrace],
+                  ops: dict[str, OpTrace]) -> tuple[pd.DataFrame, dict[str, Accuracy]]:
+    """Per-network LOO predictions and accuracy over all networks and FasterNet only.
+
+    Rows: network, measured and predicted in the protocol's unit (ms per image on CPU/ARM,
+    images/s on GPU), `error_pct` of the LOO prediction of time (ms per image).
+    """
+    full = fit_data(device, nets, ops)
+    col, thr = DEVICE_COLUMNS[device]
+    rows = []
+    for name in [n for n, is_net in zip(full.names, full.is_network) if is_net]:
+        prof = fit_profile(device, fit_data(device, nets, ops, exclude=[name]))
+        one = OpArrays([nets[name]], prof.batch)
+        ms = float(one.totals_ms(prof.to_vector(), prof.launches_overlap)[0])
+        meas = float(full.measured_ms[full.names.index(name)])
+        rows.append({"network": name, "fasternet": is_fasternet(name),
+                     "measured_ms_per_batch": meas, "loo_ms_per_batch": ms,
+                     "error_pct": (ms / meas - 1) * 100})
+    df = pd.DataFrame(rows)
+    b = PROTOCOL_BATCH[device]
+    if thr:
+        df["measured_fps"] = b * 1000 / df["measured_ms_per_batch"]
+        df["loo_fps"] = b * 1000 / df["loo_ms_per_batch"]
+    acc = {"all": accuracy(df["measured_ms_per_batch"], df["loo_ms_per_batch"])}
+    fn = df[df["fasternet"]]
+    acc["fasternet"] = accuracy(fn["measured_ms_per_batch"], fn["loo_ms_per_batch"])
+    return df, acc
+
+
+def not_built(device: str) -> dict[str, str]:
+    """Published rows with a figure for `device` that no trace covers, with the reason."""
+    col, _ = DEVICE_COLUMNS[device]
+    df = load_networks()
+    return {n: NOT_BUILT[n] for n in df[df[col].notna()]["network"] if n in NOT_BUILT}
