@@ -223,7 +223,7 @@ class DeviceProfile:
         v = [self.rates_gmacs[k] for k in COMPUTE_KINDS]
         v += [self.bandwidth_gbs, self.eltwise_efficiency, self.overhead_us,
               max(self.group_overhead_us, 1e-6)]
-        return np.log(np.asarray(v, float))
+        return np.log(np.maximum(np.asarray(v, float), 1e-12))  # log(0) for a zeroed constant
 
     def with_vector(self, theta: np.ndarray, **fit: Any) -> DeviceProfile:
         v = np.exp(theta)

@@ -36,7 +36,8 @@ DERIVED_DEVICES: dict[str, dict[str, Any]] = {
     "gpu": {
         "aliases": ["rtx2080ti", "rtx-2080ti", "2080ti"],
         "description": "NVIDIA GeForce RTX 2080 Ti, throughput at batch 32, fp32",
-        "hardware": {"gpu_name": "NVIDIA GeForce RTX 2080 Ti", "machine": "x86_64"},
+        "hardware": {"gpu_name": "NVIDIA GeForce RTX 2080 Ti", "machine": "x86_64",
+                     "cpu_model": "host CPU not published"},
         "target": "cuda", "threads": None,
         "measure_command": "python -m latency_tables build --device gpu --target cuda --batch 32"
                            "   (run on the machine with the RTX 2080 Ti)",
