@@ -49,8 +49,8 @@ def main() -> None:
     protocols = {"isolated": dataclasses.replace(base, max_copies=1), "context": base}
     print(f"# {len(calib)} calibration + {len(val)} validation networks (seeds {args.calib_seed}, "
           f"{args.seed}), {len(layers)} distinct layers, 1 thread, batch 1, 224x224", flush=True)
-    m_cal = measure_networks(calib, base, 224, args.rounds)
-    m_val = measure_networks(val, base, 224, args.rounds)
+    both = measure_networks(calib + val, base, 224, args.rounds)  # same rounds: same machine state
+    m_cal, m_val = both[:len(calib)], both[len(calib):]
     with tempfile.TemporaryDirectory() as tmp:
         for name, proto in protocols.items():
             path = build_table(name, space, proto=proto, out_dir=tmp, layers=list(layers.values()))

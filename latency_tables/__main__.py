@@ -43,8 +43,8 @@ def _protocol(args: argparse.Namespace) -> Protocol:
     return Protocol(**kw)
 
 
-def _bar(desc: str):
-    bar = tqdm(total=1, desc=desc, unit="layer", dynamic_ncols=True)
+def _bar(desc: str, unit: str = "layer"):
+    bar = tqdm(total=1, desc=desc, unit=unit, dynamic_ncols=True)
 
     def update(done: int, total: int, *_: object) -> None:
         bar.total = total
@@ -66,7 +66,7 @@ def cmd_build(args: argparse.Namespace) -> None:
     print(f"wrote {path} and {path.with_suffix('.json').name} in {(time.time() - t0) / 60:.1f} min")
     if args.calibrate:
         table = LatencyTable.load(path)
-        bar, update = _bar("calibrate")
+        bar, update = _bar("calibrate", "net")
         corr = calibrate(table, n=args.calibrate, seed=args.calib_seed, space=space, progress=update)
         bar.close()
         print(f"correction: ms = {corr['scale']:.4f} x sum + {corr['offset_ms']:.3f} ms "
@@ -78,7 +78,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         return cmd_calibrate_derived(args)
     table = LatencyTable.load(args.device)
     space = SearchSpace.from_file(args.space) if args.space else None
-    bar, update = _bar("calibrate")
+    bar, update = _bar("calibrate", "net")
     corr = calibrate(table, n=args.n, seed=args.seed, space=space, progress=update)
     bar.close()
     print(f"correction: ms = {corr['scale']:.4f} x sum + {corr['offset_ms']:.3f} ms "
@@ -88,8 +88,9 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 def cmd_validate(args: argparse.Namespace) -> None:
     table = LatencyTable.load(args.device)
     space = SearchSpace.from_file(args.space) if args.space else None
-    bar, update = _bar("validate")
-    v = validate(table, n=args.n, seed=args.seed, rounds=args.rounds, space=space, progress=update)
+    bar, update = _bar("validate", "net")
+    v = validate(table, n=args.n, seed=args.seed, rounds=args.rounds, calib_n=args.calib_n,
+                 space=space, progress=update)
     bar.close()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,8 +98,11 @@ def cmd_validate(args: argparse.Namespace) -> None:
     v.rows.to_csv(out / f"{stem}.csv", index=False, float_format="%.4f")
     png = plot_validation(v, out / f"{stem}.png")
     print(table.describe())
-    print(f"raw sum of layers : {v.raw}")
-    print(f"with correction   : {v.corrected}")
+    print(f"raw sum of layers   : {v.raw}")
+    print(f"stored correction   : {v.corrected}")
+    sc, so = v.session_correction
+    print(f"session correction  : {v.session}  (ms = {sc:.3f} x sum + {so:.2f}, fitted on "
+          f"{args.calib_n} calibration networks measured in the same rounds)")
     print(f"wrote {out / (stem + '.csv')} and {png}")
 
 
@@ -150,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--n", type=int, default=50)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--rounds", type=int, default=2)
+    v.add_argument("--calib-n", type=int, default=10, help="calibration networks measured alongside")
     v.add_argument("--space")
     v.add_argument("--out", default=str(REPORTS))
     v.set_defaults(func=cmd_validate)

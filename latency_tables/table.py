@@ -86,6 +86,7 @@ class LatencyTable:
         self.meta = meta
         self.rows = rows
         self._ms: dict[str, float] = dict(zip(rows["key"], rows["ms"].astype(float)))
+        self._memo: dict[tuple[ArchConfig, int], list[tuple[str, str, float]]] = {}
         corr = meta.get("correction") or {}
         self.scale = float(corr.get("scale", 1.0))
         self.offset_ms = float(corr.get("offset_ms", 0.0))
@@ -144,6 +145,8 @@ class LatencyTable:
     # ------------------------------------------------------------------ lookup
     def _lookup(self, arch: ArchConfig, resolution: int | None) -> list[tuple[str, str, float]]:
         res = self.resolution if resolution is None else resolution
+        if (arch, res) in self._memo:
+            return self._memo[arch, res]
         out = []
         for module, sig in arch_layers(arch, res, self.meta.get("in_chans", 3),
                                        self.meta.get("num_classes", 1000)):
@@ -154,6 +157,8 @@ class LatencyTable:
                     f"of {arch}; extend it with `python -m latency_tables build --device "
                     f"{self.name} --space <space.yaml containing it> --resolution {res}`")
             out.append((module, sig.key, ms))
+        if len(self._memo) < 100_000:  # bounded: a long search sees many architectures
+            self._memo[arch, res] = out
         return out
 
     def covers(self, arch: ArchConfig, resolution: int | None = None) -> bool:

@@ -57,11 +57,18 @@ class Accuracy:
 
 @dataclasses.dataclass(frozen=True)
 class Validation:
-    """Per-network rows (`rows`) and the accuracy of raw and corrected predictions."""
+    """Per-network rows and the accuracy of three predictions on the validation sample.
+
+    `raw`: the sum of layer latencies; `corrected`: with the table's stored correction
+    (`LatencyTable.predict`); `session`: with a correction fitted on the calibration networks
+    measured in the same rounds as the validation networks (`session_correction`).
+    """
 
     rows: pd.DataFrame
     raw: Accuracy
     corrected: Accuracy
+    session: Accuracy
+    session_correction: tuple[float, float]
     table: str
     seed: int
 
@@ -165,24 +172,47 @@ def calibrate(table: LatencyTable, *, n: int = 10, seed: int = 1000, rounds: int
 
 
 def validate(table: LatencyTable, *, n: int = 50, seed: int = 0, rounds: int = 2,
-             space: SearchSpace | None = None,
+             calib_n: int = 10, calib_seed: int | None = None, space: SearchSpace | None = None,
              progress: Callable[[int, int], None] | None = None) -> Validation:
-    """Measure `n` fresh networks (none used by the correction) and compare with `predict`."""
+    """Measure `n` fresh networks and compare them with the table's predictions.
+
+    The validation sample excludes the calibration networks (`calib_n` drawn with
+    `calib_seed`, default: the seed of the table's correction, else 1000) and every network
+    the stored correction was fitted on. Calibration and validation networks are measured
+    interleaved, in the same rounds, so that a session correction fitted on the former sees
+    the same machine state as the latter (on a shared machine the load drifts by several
+    percent over minutes). `calib_n=0` skips the session correction.
+    """
     _check_measurable(table)
+    space = _space_of(table, space)
     corr = table.meta.get("correction") or {}
-    archs = sample_archs(_space_of(table, space), n, seed, exclude=corr.get("fitted_on", ()))
-    archs = [a for a in archs if table.covers(a)]
-    measured = measure_networks(archs, _table_proto(table), table.resolution, rounds, progress)
+    calib_seed = int(corr.get("seed", 1000)) if calib_seed is None else calib_seed
+    calib = [a for a in sample_archs(space, calib_n, calib_seed) if table.covers(a)] if calib_n else []
+    exclude = {a.arch_id for a in calib} | set(corr.get("fitted_on", ()))
+    archs = [a for a in sample_archs(space, n, seed, exclude=exclude) if table.covers(a)]
+    order = np.random.default_rng(seed).permutation(len(calib) + len(archs))
+    both = calib + archs
+    timed = measure_networks([both[i] for i in order], _table_proto(table), table.resolution,
+                             rounds, progress)
+    measured = [0.0] * len(both)
+    for pos, i in enumerate(order):
+        measured[i] = timed[pos]
     b = table.batch
+    m_cal, m_val = measured[:len(calib)], measured[len(calib):]
+    scale, offset = (fit_correction(m_cal, [table.raw_ms(a) for a in calib]) if len(calib) >= 2
+                     else (1.0, 0.0))
     rows = pd.DataFrame({
         "arch_id": [a.arch_id for a in archs], "arch": [str(a) for a in archs],
-        "measured_ms": [m / b for m in measured],
+        "measured_ms": [m / b for m in m_val],
         "raw_ms": [table.raw_ms(a) / b for a in archs],
         "predicted_ms": [table.predict(a) for a in archs]})
-    rows["raw_error_pct"] = (rows["raw_ms"] / rows["measured_ms"] - 1) * 100
-    rows["error_pct"] = (rows["predicted_ms"] / rows["measured_ms"] - 1) * 100
-    return Validation(rows, accuracy(rows["measured_ms"], rows["raw_ms"]),
-                      accuracy(rows["measured_ms"], rows["predicted_ms"]), table.name, seed)
+    rows["session_ms"] = [(scale * table.raw_ms(a) + offset) / b for a in archs]
+    for col in ("raw", "predicted", "session"):
+        rows[f"{col}_error_pct"] = (rows[f"{col}_ms"] / rows["measured_ms"] - 1) * 100
+    acc = {col: accuracy(rows["measured_ms"], rows[f"{col}_ms"])
+           for col in ("raw", "predicted", "session")}
+    return Validation(rows, acc["raw"], acc["predicted"], acc["session"], (scale, offset),
+                      table.name, seed)
 
 
 def plot_validation(v: Validation, path: str | Path) -> Path:
@@ -196,7 +226,10 @@ def plot_validation(v: Validation, path: str | Path) -> Path:
     m = v.rows["measured_ms"]
     ax.scatter(m, v.rows["raw_ms"], s=14, marker="x", color="0.55",
                label=f"sum of layers ({v.raw.mape_pct:.1f} % MAPE)")
-    ax.scatter(m, v.rows["predicted_ms"], s=16, label=f"corrected ({v.corrected.mape_pct:.1f} % MAPE)")
+    ax.scatter(m, v.rows["predicted_ms"], s=16,
+               label=f"stored correction ({v.corrected.mape_pct:.1f} % MAPE)")
+    ax.scatter(m, v.rows["session_ms"], s=16, marker="^",
+               label=f"session correction ({v.session.mape_pct:.1f} % MAPE)")
     lo, hi = float(m.min()) * 0.85, float(m.max()) * 1.15
     xs = np.linspace(lo, hi, 10)
     ax.plot(xs, xs, "k-", lw=0.8)

@@ -80,7 +80,7 @@ def test_resume_refuses_other_protocol(tmp_path, space):
 
 def test_validate_tiny(tmp_path, space):
     path = build_table("tiny", space, resolution=RES, proto=FAST, sweeps=1, out_dir=tmp_path)
-    v = validate(LatencyTable.load(path), n=2, seed=0, rounds=1, space=space)
+    v = validate(LatencyTable.load(path), n=2, seed=0, rounds=1, calib_n=0, space=space)
     assert len(v.rows) == 2 and v.raw.n == 2
     assert (v.rows["measured_ms"] > 0).all()
     assert v.corrected.mape_pct == pytest.approx(v.raw.mape_pct)  # no correction fitted
