@@ -8,7 +8,12 @@ validation architectures the measured table `amd-epyc` was validated on
 (`reports/amd-epyc_validate_n50_seed0.csv`: same seeded sample, same measurements), and the
 two errors are reported side by side in `reports/derived_this_machine.{md,csv}`.
 
+`--calib validation` needs no timing: the six calibration networks are drawn (seeded) from
+the validation sample itself, using its measurements, and the errors of both predictors are
+reported on the other 44 (`reports/derived_this_machine_valcalib.{md,csv}`).
+
     flock /tmp/pconv-heavy.lock .venv/bin/python benchmarks/derived_this_machine.py
+    .venv/bin/python benchmarks/derived_this_machine.py --calib validation
 """
 
 from __future__ import annotations
@@ -49,19 +54,38 @@ def calibration_networks() -> dict[str, torch.nn.Module]:
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calib", choices=("timed", "validation"), default="timed")
+    mode = ap.parse_args().calib
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    proto = Protocol(target="cpu", batch=1, threads=1)
     x = torch.randn(1, 3, 224, 224)
-    nets = calibration_networks()
-    measured, traces = [], []
-    for name, model in nets.items():
-        ms = min(time_network(model, proto).median_ms for _ in range(2))  # min over 2 rounds
-        measured.append(ms)
-        traces.append(trace(model, x))
-        print(f"  {name:42s} {ms:8.2f} ms")
-    names = list(nets)
+    table = LatencyTable.load("amd-epyc")
+    val = pd.read_csv(VALIDATION)
+    corr = table.meta.get("correction") or {}
+    archs = sample_archs(SearchSpace.default(), 50, 0, exclude=corr.get("fitted_on", ()))
+    by_id = {a.arch_id: a for a in archs if a.arch_id in set(val["arch_id"])}
+    val = val[val["arch_id"].isin(by_id)].reset_index(drop=True)
+    measured, traces, names = [], [], []
+    if mode == "timed":
+        proto = Protocol(target="cpu", batch=1, threads=1)
+        for name, model in calibration_networks().items():
+            ms = min(time_network(model, proto).median_ms for _ in range(2))  # min over 2 rounds
+            measured.append(ms)
+            traces.append(trace(model, x))
+            names.append(name)
+            print(f"  {name:42s} {ms:8.2f} ms")
+    else:
+        pick = np.random.default_rng(0).choice(len(val), 6, replace=False)
+        for i in sorted(pick):
+            r = val.iloc[i]
+            names.append(f"validation arch {r.arch_id}")
+            measured.append(float(r.measured_ms))
+            traces.append(trace(fuse(build_model(by_id[r.arch_id])), x))
+        val = val.drop(index=pick).reset_index(drop=True)
     data = FitData(names, np.ones(len(names), bool), np.array(measured), np.ones(len(names)),
                    OpArrays(traces, 1))
     prior = load_profile("cpu")
@@ -74,19 +98,13 @@ def main() -> None:
                       np.ones(len(keep)), OpArrays([traces[j] for j in keep], 1))
         loo.append(predict_ms(traces[i], fit_profile("this-cpu", sub, start=prior)))
 
-    table = LatencyTable.load("amd-epyc")
-    val = pd.read_csv(VALIDATION)
-    corr = table.meta.get("correction") or {}
-    archs = sample_archs(SearchSpace.default(), 50, 0, exclude=corr.get("fitted_on", ()))
-    archs = [a for a in archs if a.arch_id in set(val["arch_id"])]
-    by_id = {a.arch_id: a for a in archs}
-    val = val[val["arch_id"].isin(by_id)].copy()
     val["derived_ms"] = [predict_ms(trace(fuse(build_model(by_id[i])), x), profile)
                          for i in val["arch_id"]]
     val["derived_i9_profile_ms"] = [predict_ms(trace(fuse(build_model(by_id[i])), x), prior)
                                     for i in val["arch_id"]]
     val["derived_error_pct"] = (val["derived_ms"] / val["measured_ms"] - 1) * 100
-    val.to_csv(REPORTS / "derived_this_machine.csv", index=False, float_format="%.4f")
+    stem = "derived_this_machine" + ("" if mode == "timed" else "_valcalib")
+    val.to_csv(REPORTS / f"{stem}.csv", index=False, float_format="%.4f")
 
     m = val["measured_ms"]
     rows = {"measured table, raw sum": accuracy(m, val["raw_ms"]),
@@ -95,22 +113,25 @@ def main() -> None:
             "derived: i9-9900X profile as is (other CPU)": accuracy(m, val["derived_i9_profile_ms"])}
     lines = ["# Derived-table method checked on this machine", "",
              f"CPU: {table.meta.get('device', {}).get('cpu_model')}, 1 thread, batch 1, 224x224. "
-             "Cost model calibrated from six whole networks measured here (BN folded), "
-             "starting from the i9-9900X profile; evaluated on the "
-             f"{len(val)} validation architectures of the measured table `amd-epyc` "
+             + ("Cost model calibrated from six whole networks measured here (BN folded), "
+                if mode == "timed" else
+                "Cost model calibrated from six of the validation networks (seeded draw, their "
+                "measurements from the validation file, no timing here), ")
+             + "starting from the i9-9900X profile; evaluated on the "
+             f"{len(val)} (other) validation architectures of the measured table `amd-epyc` "
              f"(`{VALIDATION.name}`, same measurements).", "",
              "| calibration network | measured (ms) | in-fit (ms) | leave-one-out (ms) |",
              "| --- | --- | --- | --- |"]
     for name, ms, tr, lo in zip(names, measured, traces, loo):
         lines.append(f"| {name} | {ms:.2f} | {predict_ms(tr, profile):.2f} | {lo:.2f} |")
-    lines += ["", "| predictor (50 validation architectures) | MAPE | within ±10 % | Kendall tau "
+    lines += ["", f"| predictor ({len(val)} validation architectures) | MAPE | within ±10 % | Kendall tau "
               "| mean error |", "| --- | --- | --- | --- | --- |"]
     for k, a in rows.items():
         lines.append(f"| {k} | {a.mape_pct:.1f} % | {a.within_10_pct:.0f} % | {a.kendall_tau:.3f} "
                      f"| {a.mean_error_pct:+.1f} % |")
     consts = {k: v for k, v in profile.to_dict().items() if k != "fit"}
     lines += ["", f"Profile fitted here: `{consts}`"]
-    (REPORTS / "derived_this_machine.md").write_text("\n".join(lines) + "\n")
+    (REPORTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
