@@ -35,5 +35,7 @@ def cmd_calibrate_derived(args: argparse.Namespace) -> None:
         print(f"leave-one-out ({k}): {a}")
     for f in cal.files:
         print(f"wrote {f}")
-    print(f"done in {time.time() - t0:.0f} s; measure the real device with "
-          f"`{DERIVED_DEVICES[device]['measure_command']}`")
+    info = DERIVED_DEVICES[device]
+    print(f"wrote {cal.files[-1].with_suffix('.json')}")
+    print(f"done in {time.time() - t0:.0f} s; measure the real device: run "
+          f"`{info['measure_command']}` on {info['measure_on']}")

@@ -104,6 +104,7 @@ def derive_table(device: str, profile: DeviceProfile, *, space: SearchSpace | No
                     "profile": _relpath(PROFILES_DIR / f"{device}.json"),
                     "profile_constants": {k: v for k, v in profile.to_dict().items() if k != "fit"},
                     "measure_command": info.get("measure_command"),
+                    "measure_on": info.get("measure_on"),
                     "description": info.get("description"), **(provenance or {})},
     }
     (out_dir / f"{device}.json").write_text(json.dumps(sidecar, indent=2) + "\n")

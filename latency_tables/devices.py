@@ -22,16 +22,16 @@ DERIVED_DEVICES: dict[str, dict[str, Any]] = {
         "hardware": {"cpu_model": "ARM Cortex-A72 (Raspberry Pi 4 Model B, 1 GB)",
                      "machine": "aarch64"},
         "target": "cpu", "threads": 1,
-        "measure_command": "python -m latency_tables build --device arm --target cpu --threads 1"
-                           "   (run on the Raspberry Pi 4 / aarch64 board)",
+        "measure_command": "python -m latency_tables build --device arm --target cpu --threads 1",
+        "measure_on": "the Raspberry Pi 4 (aarch64) board, with this repository installed",
     },
     "cpu": {
         "aliases": ["i9-9900x", "intel-i9-9900x"],
         "description": "Intel Core i9-9900X, 1 thread, batch 1, fp32",
         "hardware": {"cpu_model": "Intel(R) Core(TM) i9-9900X CPU @ 3.50GHz", "machine": "x86_64"},
         "target": "cpu", "threads": 1,
-        "measure_command": "python -m latency_tables build --device cpu --target cpu --threads 1"
-                           "   (run on the i9-9900X)",
+        "measure_command": "python -m latency_tables build --device cpu --target cpu --threads 1",
+        "measure_on": "the i9-9900X machine",
     },
     "gpu": {
         "aliases": ["rtx2080ti", "rtx-2080ti", "2080ti"],
@@ -39,8 +39,8 @@ DERIVED_DEVICES: dict[str, dict[str, Any]] = {
         "hardware": {"gpu_name": "NVIDIA GeForce RTX 2080 Ti", "machine": "x86_64",
                      "cpu_model": "host CPU not published"},
         "target": "cuda", "threads": None,
-        "measure_command": "python -m latency_tables build --device gpu --target cuda --batch 32"
-                           "   (run on the machine with the RTX 2080 Ti)",
+        "measure_command": "python -m latency_tables build --device gpu --target cuda --batch 32",
+        "measure_on": "the machine with the RTX 2080 Ti",
     },
 }
 
@@ -58,7 +58,7 @@ def provenance_note(table: LatencyTable) -> str:
     if table.source == "derived":
         d = meta.get("derived", {})
         loo = d.get("leave_one_out", {}).get("all", {})
-        err = (f"; leave-one-out error on {loo.get('n')} published networks: MAPE "
+        err = (f"; leave-one-out error on {int(loo.get('n', 0))} published networks: MAPE "
                f"{loo.get('mape_pct', float('nan')):.1f} %, Kendall tau "
                f"{loo.get('kendall_tau', float('nan')):.2f}" if loo else "")
         device = DERIVED_DEVICES.get(table.name, {})
@@ -67,7 +67,8 @@ def provenance_note(table: LatencyTable) -> str:
         return (f"latency table {table.name!r} is DERIVED, not measured: a roofline cost model "
                 f"calibrated on published FasterNet measurements "
                 f"({device.get('description', d.get('description', table.name))}){err}.\n"
-                f"  Measure the real device with `{cmd}`.")
+                f"  Measure the real device: run `{cmd}` on "
+                f"{device.get('measure_on', 'the device')}; the measured table replaces this one.")
     dev = meta.get("device", {})
     hw = dev.get("gpu_name") or dev.get("cpu_model") or "unknown device"
     return (f"latency table {table.name!r} is {table.source} on {hw} "
