@@ -26,12 +26,14 @@ from search_space import ArchConfig, ConstraintInfeasible, SearchSpace, count_pa
 from .early_stop import History, ParetoEarlyStopping
 
 __all__ = ["Objective", "Constraints", "CandidateFailed", "mnas_reward", "MNAS_W",
-           "history_of", "STOPPED", "INFEASIBLE"]
+           "history_of", "STOPPED", "INFEASIBLE", "INTERRUPTED"]
 
 #: MnasNet's soft-constraint exponent (Tan et al. 2019, Sec. 3).
 MNAS_W = -0.07
 #: user-attribute flags of pruned trials: stopped by early stopping / never trained.
 STOPPED, INFEASIBLE = "stopped_early", "infeasible"
+#: user-attribute flag of a FAIL trial cut off by Ctrl-C or kill -9: not evaluated, re-queued.
+INTERRUPTED = "interrupted"
 
 
 class CandidateFailed(RuntimeError):
@@ -115,6 +117,18 @@ class Objective:
                 "params_m": count_params(arch) / 1e6}
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        try:
+            return self._evaluate(trial)
+        except KeyboardInterrupt:
+            # Ctrl-C: Optuna marks the trial FAIL; flag it (not evaluated) and queue a fully
+            # drawn candidate again so that --resume evaluates it, as after kill -9.
+            trial.set_user_attr(INTERRUPTED, True)
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            if "arch" in trial.user_attrs:
+                trial.study.enqueue_trial(trial.params, skip_if_exists=False)
+            raise
+
+    def _evaluate(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         try:
             arch = self.space.suggest(trial)
         except ConstraintInfeasible as e:

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .objective import INFEASIBLE, STOPPED, CandidateFailed, Objective
+from .objective import INFEASIBLE, INTERRUPTED, STOPPED, CandidateFailed, Objective
 
 __all__ = ["SAMPLERS", "make_sampler", "open_study", "evaluated", "run_optuna", "recover_zombies"]
 
@@ -52,9 +52,12 @@ def open_study(storage: str, directions: list[str], sampler: optuna.samplers.Bas
 
 
 def evaluated(trial: FrozenTrial) -> bool:
-    """Whether a trial counts toward `--trials`: trained (fully or stopped early) or failed."""
-    if trial.state in (TrialState.COMPLETE, TrialState.FAIL):
+    """Whether a trial counts toward `--trials`: trained (fully or stopped early) or failed
+    (not cut off by an interruption: that candidate is re-queued and evaluated on resume)."""
+    if trial.state == TrialState.COMPLETE:
         return True
+    if trial.state == TrialState.FAIL:
+        return INTERRUPTED not in trial.user_attrs
     return trial.state == TrialState.PRUNED and INFEASIBLE not in trial.user_attrs
 
 
@@ -62,6 +65,7 @@ def recover_zombies(study: optuna.Study) -> int:
     """Mark trials left RUNNING by a killed process FAIL and re-enqueue their parameters."""
     zombies = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in zombies:
+        study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted (resumed)")
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         if t.params:
@@ -94,6 +98,9 @@ def run_optuna(study: optuna.Study, objective: Objective, n_trials: int,
             study.stop()
 
     logging.getLogger("optuna").setLevel(logging.WARNING)
+    # Optuna logs every FAIL trial with a traceback (a failed candidate, Ctrl-C); the progress
+    # callback and search.py already report those in one line each.
+    logging.getLogger("optuna.study._optimize").setLevel(logging.ERROR)
     study.optimize(objective, n_trials=None, timeout=timeout, n_jobs=workers,
                    callbacks=[stop_when_done], catch=(CandidateFailed,), gc_after_trial=False)
     if state["infeasible"]:

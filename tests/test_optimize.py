@@ -1,0 +1,568 @@
+"""optimize/ at unit level, with fakes for the proxy, the latency tables and the space.
+
+The objective is injected with everything it uses (STYLE.md, "Injected, not imported"), so
+failures, constraints, Pareto early stopping and the score objective are checked here in
+milliseconds on in-memory studies; the report and selection rules are checked on hand-made
+points and fronts (STYLE.md, "Compute, then draw"). The CLI end to end is in
+test_search_cli.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from latency_tables import LatencyTable
+from optimize import (
+    MNAS_W,
+    Candidate,
+    Constraints,
+    Front,
+    History,
+    Objective,
+    ParetoEarlyStopping,
+    collect,
+    evaluated,
+    fronts,
+    hypervolume,
+    mnas_reward,
+    pareto_mask,
+    recover_zombies,
+    run_optuna,
+    select,
+    write_outputs,
+)
+from optimize.objective import INFEASIBLE, INTERRUPTED, STOPPED
+from proxies import BUDGETS, ProxyResult
+from search_space import PRESETS, ArchConfig, SearchSpace
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+T0 = PRESETS["fasternet_t0"]
+
+
+def variant(i: int) -> ArchConfig:
+    """Distinct small architectures (distinct arch_ids) for hand-made studies and fronts."""
+    return dataclasses.replace(T0, feature_dim=64 + 8 * i)
+
+
+# ------------------------------------------------------------------------------ fakes
+class FakeProxy:
+    """`proxy(arch, callback=...)` with scripted accuracy curves; counts its calls.
+
+    `curve(arch)` gives step -> accuracy at the smoke budget's checkpoints (2 and 4); like
+    `ShortTrain`, a True from the callback stops training except at the last step.
+    `fail(arch)` returns a failure reason ("" for none).
+    """
+
+    name = "fake"
+    seed = 0
+    budget = BUDGETS["smoke"]
+
+    def __init__(self, curve: Callable[[ArchConfig], Mapping[int, float]],
+                 fail: Callable[[ArchConfig], str] = lambda arch: "") -> None:
+        self.curve, self.fail = curve, fail
+        self.calls: list[ArchConfig] = []
+        self.last_step: dict[str, int] = {}
+
+    def __call__(self, arch: ArchConfig, *, callback=None) -> ProxyResult:
+        self.calls.append(arch)
+        reason = self.fail(arch)
+        if reason:
+            return ProxyResult(proxy=self.name, arch_id=arch.arch_id, score=-math.inf, failed=True,
+                               reason=reason, seconds=0.01)
+        curve = dict(self.curve(arch))
+        steps = sorted(curve)
+        seen: list[tuple[int, float]] = []
+        for step in steps:
+            seen.append((step, curve[step]))
+            self.last_step[arch.arch_id] = step
+            stop = callback is not None and callback(step, curve[step])
+            if stop and step < steps[-1]:
+                return ProxyResult(proxy=self.name, arch_id=arch.arch_id, score=curve[step],
+                                   accuracy=curve[step], steps=step, checkpoints=tuple(seen),
+                                   stopped_early=True, seconds=0.01)
+        acc = curve[steps[-1]]
+        return ProxyResult(proxy=self.name, arch_id=arch.arch_id, score=acc, accuracy=acc,
+                           steps=steps[-1], checkpoints=tuple(seen), seconds=0.01)
+
+
+class FakeTable:
+    """Latency predictor: ms from a mapping arch_id -> ms, or from a function."""
+
+    def __init__(self, ms: Mapping[str, float] | Callable[[ArchConfig], float]) -> None:
+        self.ms = ms
+
+    def predict(self, arch: ArchConfig) -> float:
+        return self.ms(arch) if callable(self.ms) else self.ms[arch.arch_id]
+
+
+class ListSpace:
+    """Stand-in for SearchSpace: trial parameter `i` picks one of fixed architectures."""
+
+    def __init__(self, archs: Sequence[ArchConfig]) -> None:
+        self.archs = list(archs)
+
+    def suggest(self, trial: optuna.Trial) -> ArchConfig:
+        return self.archs[trial.suggest_int("i", 0, len(self.archs) - 1)]
+
+
+def flat(acc: float) -> dict[int, float]:
+    """The same accuracy at both smoke checkpoints."""
+    return {2: acc, 4: acc}
+
+
+def wobbly_accuracy(arch: ArchConfig) -> dict[int, float]:
+    """A deterministic, architecture-dependent curve for runs over the real space."""
+    acc = 0.1 + (sum(arch.widths) * 7 + sum(arch.depths)) % 50 / 100
+    return {2: acc / 2, 4: acc}
+
+
+def study(directions: Sequence[str], seed: int = 0, pruner=None) -> optuna.Study:
+    return optuna.create_study(directions=list(directions), pruner=pruner,
+                               sampler=optuna.samplers.RandomSampler(seed=seed))
+
+
+@pytest.fixture(scope="module")
+def space() -> SearchSpace:
+    return SearchSpace.default()
+
+
+@pytest.fixture(scope="module")
+def epyc() -> LatencyTable:
+    return LatencyTable.load("amd-epyc")
+
+
+# --------------------------------------------------------------------- failing candidates
+def test_failing_candidate_is_recorded_and_search_goes_on(space):
+    proxy = FakeProxy(wobbly_accuracy,
+                      fail=lambda arch: "non-finite loss at step 3" if arch.act == "relu" else "")
+    obj = Objective(space=space, latency={"fake": FakeTable(lambda a: sum(a.widths) / 100)},
+                    proxy=proxy)
+    s = study(obj.directions)
+    run_optuna(s, obj, n_trials=8)
+
+    trials = s.get_trials()
+    assert sum(evaluated(t) for t in trials) == 8
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert failed and complete, "seed 0 should draw both activations in 8 trials"
+    for t in failed:
+        assert ArchConfig.from_dict(t.user_attrs["arch"]).act == "relu"
+        assert t.user_attrs["fail_reason"] == "non-finite loss at step 3"
+    for t in complete:
+        assert ArchConfig.from_dict(t.user_attrs["arch"]).act == "gelu"
+        assert "fail_reason" not in t.user_attrs
+    assert len(proxy.calls) == 8
+    # the report states why
+    reasons = {c.number: c.reason for c in collect(s) if c.state == "fail"}
+    assert reasons == {t.number: "non-finite loss at step 3" for t in failed}
+
+
+# ----------------------------------------------------------------------------- constraints
+def test_infeasible_candidates_are_never_trained_and_do_not_count(space, epyc):
+    limit = 35.0  # ms on amd-epyc: T0 (~16 ms) is well within, the space reaches > 100 ms
+    proxy = FakeProxy(wobbly_accuracy)
+    obj = Objective(space=space, latency={"amd-epyc": epyc}, proxy=proxy,
+                    constraints=Constraints(max_latency_ms={"amd-epyc": limit}))
+    s = study(obj.directions)
+    run_optuna(s, obj, n_trials=4)
+
+    trials = s.get_trials()
+    infeasible = [t for t in trials if INFEASIBLE in t.user_attrs]
+    assert infeasible, "the limit should reject some of the random draws"
+    for t in infeasible:
+        assert t.state == TrialState.PRUNED and not evaluated(t)
+        assert t.user_attrs["latency_ms"]["amd-epyc"] > limit
+        assert "amd-epyc" in t.user_attrs[INFEASIBLE]
+        assert "checkpoints" not in t.user_attrs
+    assert sum(evaluated(t) for t in trials) == 4
+    assert len(proxy.calls) == 4
+    assert all(epyc.predict(arch) <= limit for arch in proxy.calls)
+
+
+def test_params_constraint_is_checked_before_training(space):
+    proxy = FakeProxy(wobbly_accuracy)
+    obj = Objective(space=space, latency={"fake": FakeTable(lambda a: 1.0)}, proxy=proxy,
+                    constraints=Constraints(max_params_m=8.0))
+    s = study(obj.directions, seed=1)
+    run_optuna(s, obj, n_trials=3)
+    trained = [t for t in s.get_trials() if evaluated(t)]
+    assert len(trained) == 3 and all(t.user_attrs["params_m"] <= 8.0 for t in trained)
+    assert any(INFEASIBLE in t.user_attrs for t in s.get_trials())
+
+
+def test_impossible_latency_constraint_ends_with_constraint_infeasible(space, epyc):
+    proxy = FakeProxy(wobbly_accuracy)
+    obj = Objective(space=space, latency={"amd-epyc": epyc}, proxy=proxy,
+                    constraints=Constraints(max_latency_ms={"amd-epyc": 0.01}))
+    s = study(obj.directions)
+    # the timeout only guards against a hang: a run that times out returns without raising
+    with pytest.raises(ValueError, match="constraint infeasible"):
+        run_optuna(s, obj, n_trials=1, timeout=60)
+    assert proxy.calls == []
+
+
+def test_impossible_space_constraint_ends_with_constraint_infeasible():
+    tiny = SearchSpace.from_dict({"stages": 2, "widths": [[8, 16], [16, 32]], "depths": [[1], [1]],
+                                  "constraints": {"max_params_m": 0.001}})
+    proxy = FakeProxy(wobbly_accuracy)
+    obj = Objective(space=tiny, latency={"fake": FakeTable(lambda a: 1.0)}, proxy=proxy)
+    s = study(obj.directions)
+    with pytest.raises(ValueError, match="constraint infeasible"):
+        run_optuna(s, obj, n_trials=1, timeout=60)
+    assert proxy.calls == []
+    assert all(t.state == TrialState.PRUNED and INFEASIBLE in t.user_attrs for t in s.get_trials())
+
+
+def test_constraints_violation_messages():
+    c = Constraints(max_latency_ms={"a": 10.0, "b": 5.0}, max_params_m=2.0)
+    assert c.violation({"a": 10.0, "b": 5.0}, 2.0) is None
+    assert "on b" in c.violation({"a": 1.0, "b": 5.5}, 1.0)
+    assert "params" in c.violation({"a": 1.0, "b": 1.0}, 2.5)
+    assert Constraints().violation({"a": 1e9}, 1e9) is None
+
+
+# ------------------------------------------------------------------- Pareto early stopping
+X = {"cpu": 10.0, "gpu": 2.0}  # the candidate's latency
+
+
+def rival(cpu: float, gpu: float, **acc: float) -> History:
+    return History(latency_ms={"cpu": cpu, "gpu": gpu},
+                   checkpoints={int(k.removeprefix("s")): v for k, v in acc.items()})
+
+
+def test_stop_when_enough_faster_and_clearly_more_accurate_rivals():
+    rule = ParetoEarlyStopping(margin=0.02, min_dominators=2)
+    history = [rival(9.0, 2.0, s2=0.60), rival(10.0, 1.5, s2=0.55)]  # equal latency counts
+    assert rule.dominators(X, 2, 0.50, history) == 2
+    assert rule.should_stop(X, 2, 0.50, history)
+
+
+def test_one_dominator_is_not_enough_unless_asked():
+    history = [rival(9.0, 2.0, s2=0.60)]
+    assert not ParetoEarlyStopping(margin=0.02, min_dominators=2).should_stop(X, 2, 0.50, history)
+    assert ParetoEarlyStopping(margin=0.02, min_dominators=1).should_stop(X, 2, 0.50, history)
+
+
+@pytest.mark.parametrize("other, why", [
+    (rival(9.0, 2.1, s2=0.90), "slower on gpu"),
+    (rival(10.5, 1.0, s2=0.90), "slower on cpu"),
+    (History(latency_ms={"cpu": 1.0}, checkpoints={2: 0.90}), "no gpu latency"),
+    (rival(9.0, 2.0, s2=0.515), "within the margin"),
+    (rival(9.0, 2.0, s4=0.90), "lacks checkpoint 2"),
+])
+def test_rival_that_does_not_count(other, why):
+    rule = ParetoEarlyStopping(margin=0.02, min_dominators=1)
+    good = rival(9.0, 2.0, s2=0.60)
+    assert rule.dominators(X, 2, 0.50, [good, other]) == 1, why
+    assert not rule.should_stop(X, 2, 0.50, [other]), why
+
+
+def test_margin_is_absolute_accuracy():
+    history = [rival(9.0, 2.0, s2=0.56)]
+    assert ParetoEarlyStopping(margin=0.05, min_dominators=1).should_stop(X, 2, 0.50, history)
+    assert not ParetoEarlyStopping(margin=0.07, min_dominators=1).should_stop(X, 2, 0.50, history)
+
+
+@pytest.mark.parametrize("kwargs", [{"margin": -0.01}, {"margin": 1.0}, {"min_dominators": 0}])
+def test_stopping_rule_rejects_impossible_settings(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        ParetoEarlyStopping(**kwargs)
+
+
+def early_stopping_setup(early_stopping: ParetoEarlyStopping | None):
+    """Two fast accurate candidates, then a slow weak one, a slow strong one, a fast weak one."""
+    archs = [variant(i) for i in range(5)]
+    ms = [5.0, 6.0, 20.0, 20.0, 1.0]
+    acc = [flat(0.8), flat(0.85), {2: 0.3, 4: 0.9}, flat(0.9), flat(0.3)]
+    by_id = {a.arch_id: (m, c) for a, m, c in zip(archs, ms, acc)}
+    proxy = FakeProxy(lambda a: by_id[a.arch_id][1])
+    obj = Objective(space=ListSpace(archs), proxy=proxy, early_stopping=early_stopping,
+                    latency={"dev": FakeTable({k: v[0] for k, v in by_id.items()})})
+    s = study(obj.directions)
+    for i in range(5):
+        s.enqueue_trial({"i": i})
+    run_optuna(s, obj, n_trials=5)
+    return s, proxy, archs
+
+
+def test_objective_stops_a_clearly_dominated_candidate():
+    s, proxy, archs = early_stopping_setup(ParetoEarlyStopping(margin=0.02, min_dominators=2))
+    trials = s.get_trials()
+    assert len(trials) == 5
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED,
+                                         TrialState.COMPLETE, TrialState.COMPLETE]
+    stopped = trials[2]
+    assert stopped.user_attrs[STOPPED] is True and evaluated(stopped)
+    assert [tuple(c) for c in stopped.user_attrs["checkpoints"]] == [(2, 0.3)]
+    assert stopped.user_attrs["accuracy"] == 0.3
+    assert proxy.last_step[archs[2].arch_id] == 2  # never trained to step 4
+    assert proxy.last_step[archs[3].arch_id] == 4
+    assert [c.state for c in collect(s)][2] == "stopped_early"
+
+
+def test_without_early_stopping_every_candidate_trains_fully():
+    s, proxy, archs = early_stopping_setup(None)
+    assert all(t.state == TrialState.COMPLETE for t in s.get_trials())
+    assert proxy.last_step[archs[2].arch_id] == 4
+
+
+# -------------------------------------------------------------------------- score objective
+def test_mnas_reward_formula():
+    assert MNAS_W == -0.07
+    assert mnas_reward(0.6, 20.0, 20.0) == pytest.approx(0.6)
+    # 0.6 * 2 ** -0.07 = 0.6 * exp(-0.07 ln 2), worked out by hand
+    assert mnas_reward(0.6, 40.0, 20.0) == pytest.approx(0.5715828, abs=1e-6)
+    assert mnas_reward(0.6, 10.0, 20.0) == pytest.approx(0.6 * 0.5 ** -0.07)
+    assert mnas_reward(0.6, 10.0, 20.0) > 0.6 > mnas_reward(0.6, 40.0, 20.0)
+
+
+class PruneAll(optuna.pruners.BasePruner):
+    """Prunes at the first report; records what it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, float]] = []
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        step = trial.last_step
+        self.seen.append((step, trial.intermediate_values[step]))
+        return True
+
+
+def score_objective(proxy: FakeProxy, ms: float = 40.0) -> Objective:
+    return Objective(space=ListSpace([T0]), latency={"dev": FakeTable(lambda a: ms)}, proxy=proxy,
+                     objective="score", target_latency_ms=20.0)
+
+
+def test_score_objective_returns_the_mnas_reward():
+    proxy = FakeProxy(lambda a: {2: 0.4, 4: 0.6})
+    obj = score_objective(proxy)
+    assert obj.directions == ["maximize"] and obj.metric_names == ["score"]
+    s = study(obj.directions, pruner=optuna.pruners.NopPruner())
+    run_optuna(s, obj, n_trials=1)
+    (t,) = s.get_trials()
+    assert t.state == TrialState.COMPLETE
+    assert t.value == pytest.approx(0.6 * 2 ** -0.07)
+    assert t.user_attrs["accuracy"] == 0.6
+    assert t.intermediate_values == pytest.approx({2: 0.4 * 2 ** -0.07, 4: 0.6 * 2 ** -0.07})
+
+
+def test_score_objective_uses_the_study_pruner():
+    proxy = FakeProxy(lambda a: {2: 0.4, 4: 0.6})
+    pruner = PruneAll()
+    s = study(["maximize"], pruner=pruner)
+    run_optuna(s, score_objective(proxy), n_trials=1)
+    (t,) = s.get_trials()
+    assert pruner.seen == [(2, pytest.approx(0.4 * 2 ** -0.07))]
+    assert t.state == TrialState.PRUNED and t.user_attrs[STOPPED] is True and evaluated(t)
+    assert proxy.last_step[T0.arch_id] == 2
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"objective": "score"}, "target"),
+    ({"objective": "score", "target_latency_ms": 10.0, "two_devices": True}, "one device"),
+    ({"objective": "accuracy"}, "pareto"),
+])
+def test_objective_rejects_bad_settings(kwargs, match):
+    latency = {"a": FakeTable(lambda a: 1.0)}
+    if kwargs.pop("two_devices", False):
+        latency["b"] = FakeTable(lambda a: 1.0)
+    with pytest.raises(ValueError, match=match):
+        Objective(space=ListSpace([T0]), latency=latency, proxy=FakeProxy(lambda a: flat(0.5)), **kwargs)
+
+
+def test_pareto_objective_values_are_accuracy_then_latency_per_device():
+    archs = [variant(0)]
+    obj = Objective(space=ListSpace(archs), proxy=FakeProxy(lambda a: flat(0.7)),
+                    latency={"a": FakeTable(lambda a: 3.0), "b": FakeTable(lambda a: 9.0)})
+    assert obj.directions == ["maximize", "minimize", "minimize"]
+    assert obj.metric_names == ["accuracy", "latency_ms:a", "latency_ms:b"]
+    s = study(obj.directions)
+    run_optuna(s, obj, n_trials=1)
+    (t,) = s.get_trials()
+    assert t.values == [0.7, 3.0, 9.0]
+    assert t.user_attrs["latency_ms"] == {"a": 3.0, "b": 9.0}
+    assert ArchConfig.from_dict(t.user_attrs["arch"]) == archs[0]
+    assert t.user_attrs["arch_id"] == archs[0].arch_id
+
+
+# ---------------------------------------------------------------------- runner bookkeeping
+def test_evaluated_counts_trained_and_failed_trials_only():
+    s = study(["maximize"])
+
+    def add(state: TrialState, **attrs) -> optuna.trial.FrozenTrial:
+        t = optuna.trial.create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None,
+                                      user_attrs=attrs)
+        s.add_trial(t)
+        return s.get_trials()[-1]
+
+    assert evaluated(add(TrialState.COMPLETE))
+    assert evaluated(add(TrialState.FAIL, fail_reason="nan"))
+    assert evaluated(add(TrialState.PRUNED, **{STOPPED: True}))
+    assert not evaluated(add(TrialState.PRUNED, **{INFEASIBLE: "too slow"}))
+    assert not evaluated(add(TrialState.FAIL, **{INTERRUPTED: True, "fail_reason": "interrupted"}))
+
+
+def test_recover_zombies_fails_and_requeues_running_trials():
+    s = study(["maximize"])
+    t = s.ask({"i": optuna.distributions.IntDistribution(0, 9)})
+    params = t.params
+    assert recover_zombies(s) == 1
+    (z,) = s.get_trials(states=(TrialState.FAIL,))
+    assert z.user_attrs["fail_reason"] == "interrupted (resumed)" and not evaluated(z)
+    (w,) = s.get_trials(states=(TrialState.WAITING,))
+    assert w.system_attrs.get("fixed_params") == params
+    assert recover_zombies(s) == 0
+
+
+def test_ctrl_c_requeues_the_interrupted_candidate():
+    archs = [variant(i) for i in range(6)]
+    interrupt = {archs[2].arch_id}
+
+    def curve(arch: ArchConfig) -> dict[int, float]:
+        if arch.arch_id in interrupt:
+            interrupt.clear()  # only the first time
+            raise KeyboardInterrupt
+        return flat(0.5)
+
+    proxy = FakeProxy(curve)
+    obj = Objective(space=ListSpace(archs), proxy=proxy,
+                    latency={"d": FakeTable(lambda a: float(a.feature_dim))})
+    s = study(obj.directions)
+    for i in range(4):
+        s.enqueue_trial({"i": i})
+    with pytest.raises(KeyboardInterrupt):
+        run_optuna(s, obj, n_trials=4)
+    cut = s.get_trials()[2]
+    assert cut.state == TrialState.FAIL and cut.user_attrs[INTERRUPTED] and not evaluated(cut)
+    assert [t.state for t in s.get_trials()[:2]] == [TrialState.COMPLETE] * 2
+
+    run_optuna(s, obj, n_trials=4)  # the resume
+    done = [t for t in s.get_trials() if evaluated(t)]
+    assert len(done) == 4 and all(t.state == TrialState.COMPLETE for t in done)
+    assert sorted(t.params["i"] for t in done) == [0, 1, 2, 3]
+
+
+def test_run_optuna_continues_to_the_requested_count():
+    archs = [variant(i) for i in range(6)]
+    proxy = FakeProxy(lambda a: flat(0.5))
+    obj = Objective(space=ListSpace(archs), proxy=proxy,
+                    latency={"d": FakeTable(lambda a: float(a.feature_dim))})
+    s = study(obj.directions)
+    run_optuna(s, obj, n_trials=2)
+    run_optuna(s, obj, n_trials=5)  # a resumed run counts what is already there
+    run_optuna(s, obj, n_trials=3)  # nothing to do
+    assert sum(evaluated(t) for t in s.get_trials()) == 5 and len(proxy.calls) == 5
+
+
+# ------------------------------------------------------------------------- report: compute
+def test_pareto_mask_on_hand_made_points():
+    acc = [0.5, 0.6, 0.4, 0.6, 0.7, 0.5]
+    lat = [10, 20, 15, 25, 30, 10]
+    # 2 is beaten by 0; 3 by 1 (same accuracy, faster); 0 and 5 tie and keep each other
+    assert pareto_mask(acc, lat).tolist() == [True, True, False, False, True, True]
+    assert pareto_mask([], []).tolist() == []
+
+
+def test_hypervolume_against_hand_computed_area():
+    # (acc 0.5 @ 10 ms) covers [10, 30] x [0, 0.5] = 10; (0.7 @ 20 ms) adds [20, 30] x [0.5, 0.7] = 2
+    assert hypervolume([0.5, 0.7], [10, 20], ref_latency=30) == pytest.approx(12.0)
+    # a point past the reference adds nothing; a dominated one adds nothing
+    assert hypervolume([0.5, 0.7, 0.9, 0.4], [10, 20, 40, 25], ref_latency=30) == pytest.approx(12.0)
+    # with ref accuracy 0.6 only the second point counts: 10 ms x 0.1
+    assert hypervolume([0.5, 0.7], [10, 20], ref_latency=30, ref_accuracy=0.6) == pytest.approx(1.0)
+    assert hypervolume([0.5], [40], ref_latency=30) == 0.0
+
+
+def cand(i: int, acc: float | None, ms: Mapping[str, float], state: str = "complete") -> Candidate:
+    return Candidate(name=f"trial {i}", number=i, state=state, arch=variant(i), accuracy=acc,
+                     latency_ms=dict(ms), params_m=1.0)
+
+
+def test_fronts_per_device_with_presets():
+    cands = [
+        cand(0, 0.5, {"a": 1.0, "b": 9.0}),
+        cand(1, 0.7, {"a": 2.0, "b": 1.0}),
+        cand(2, 0.6, {"a": 3.0, "b": 2.0}),
+        cand(3, 0.9, {"a": 0.5, "b": 0.5}, state="stopped_early"),  # not fully trained
+        cand(4, None, {"a": 0.1, "b": 0.1}, state="fail"),
+        cand(5, 0.99, {"a": 0.1, "b": 0.1}, state="infeasible"),
+    ]
+    t0 = Candidate(name="fasternet_t0", number=None, state="preset", arch=T0, accuracy=0.4,
+                   latency_ms={"a": 1.5}, params_m=3.9)
+    fa, fb = fronts(cands, [t0], {"a": "table a", "b": "table b"})
+    assert (fa.device, fa.source, fb.device) == ("a", "table a", "b")
+    assert [c.number for c in fa.members] == [0, 1]  # sorted by latency on a
+    assert [c.number for c in fa.others] == [2]
+    assert [c.number for c in fb.members] == [1]
+    assert sorted(c.number for c in fb.others) == [0, 2]
+    assert fa.presets == [t0] and fb.presets == []  # T0 has no latency on b
+
+
+def front(points: Sequence[tuple[float, float]], device: str = "d") -> Front:
+    members = [cand(i, acc, {device: ms}) for i, (ms, acc) in enumerate(points)]
+    return Front(device=device, source="hand-made", members=members, others=[], presets=[])
+
+
+KNEE_FRONT = front([(1.0, 0.10), (2.0, 0.65), (6.0, 0.70), (10.0, 0.75)])
+
+
+@pytest.mark.parametrize("pick, number", [("knee", 1), ("fastest", 0), ("most-accurate", 3)])
+def test_select_rules(pick, number):
+    # knee: scaled (x, y) = (0, 0), (.11, .85), (.56, .92), (1, 1); member 1 is farthest above the chord
+    assert select(KNEE_FRONT, pick=pick).number == number
+
+
+def test_select_by_arch_id_and_max_latency():
+    third = KNEE_FRONT.members[2]
+    assert select(KNEE_FRONT, pick=third.arch_id) is third
+    assert select(KNEE_FRONT, max_latency_ms=6.5) is third
+    assert select(KNEE_FRONT, max_latency_ms=6.0) is third  # the limit is inclusive
+    assert select(KNEE_FRONT, max_latency_ms=100.0).number == 3
+    with pytest.raises(ValueError, match="within 0.5 ms"):
+        select(KNEE_FRONT, max_latency_ms=0.5)
+    with pytest.raises(ValueError, match="fn-nope"):
+        select(KNEE_FRONT, pick="fn-nope")
+
+
+def test_select_on_small_fronts():
+    two = front([(1.0, 0.1), (2.0, 0.2)])
+    assert select(two, pick="knee").number == 1
+    one = front([(3.0, 0.4)])
+    assert all(select(one, pick=p).number == 0 for p in ("knee", "fastest", "most-accurate"))
+    with pytest.raises(ValueError, match="empty"):
+        select(front([]), pick="knee")
+
+
+# --------------------------------------------------------------------------- report: draw
+def test_write_outputs_renders_the_computed_structure(tmp_path):
+    archs = [variant(i) for i in range(4)]
+    ms = {a.arch_id: m for a, m in zip(archs, [1.0, 2.0, 3.0, 4.0])}
+    accs = {a.arch_id: v for a, v in zip(archs, [0.3, 0.5, 0.4, 0.6])}
+    obj = Objective(space=ListSpace(archs), proxy=FakeProxy(lambda a: flat(accs[a.arch_id])),
+                    latency={"d": FakeTable(ms)})
+    s = study(obj.directions)
+    for i in range(4):
+        s.enqueue_trial({"i": i})
+    run_optuna(s, obj, n_trials=4)
+    s.set_user_attr("run", {"name": "unit", "argv": ["search.py"], "devices": ["d"],
+                            "sources": {"d": "fake table"}})
+
+    (f,) = write_outputs(tmp_path, s)
+    assert [c.number for c in f.members] == [0, 1, 3]
+    trials = pd.read_csv(tmp_path / "trials.csv")
+    assert trials["number"].tolist() == [0, 1, 2, 3]
+    assert trials["latency_ms_d"].tolist() == [1.0, 2.0, 3.0, 4.0]
+    pareto = pd.read_csv(tmp_path / "pareto.csv")
+    assert pareto["arch_id"].tolist() == [c.arch_id for c in f.members]
+    assert sorted(p.stem for p in (tmp_path / "archs").iterdir()) == sorted(c.arch_id for c in f.members)
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (tmp_path / "report.md").read_text()
+    assert "Latency source: fake table" in report and "complete 4" in report

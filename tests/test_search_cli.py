@@ -1,0 +1,427 @@
+"""search.py end to end: a real search with the smoke budget, the run folder, show, export,
+bad input, resume after kill -9, Ctrl-C, determinism across processes, and the Ray backend.
+
+Each subprocess pays the torch/timm import (several seconds on a busy machine), so the
+searches run as subprocesses (two side by side for determinism; one more each for resume
+and Ctrl-C), and show, export and bad input run in-process through `search.main` on the
+shared finished run (the same code path, minus the interpreter start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import timm
+import torch
+
+import search
+from optimize import evaluated
+from optimize.objective import INTERRUPTED
+from search_space import ArchConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_PY = ROOT / ".venv" / "bin" / "python"
+PYTHON = str(VENV_PY if VENV_PY.exists() else sys.executable)
+STUDY = "pconv-nas"
+TIMING_COLUMNS = ["proxy_seconds", "started", "finished"]
+RUN_FILES = ("study.db", "trials.csv", "pareto.csv", "pareto.png", "report.md", "run.json")
+
+
+def search_argv(run_dir: Path, trials: int = 3, *extra: str) -> list[str]:
+    return ["--device", "amd-epyc", "--trials", str(trials), "--budget", "smoke",
+            "--run-dir", str(run_dir), "--seed", "0", *extra]
+
+
+def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "search.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    """The search in the background; stdout and stderr go to LOG.out and LOG.err."""
+    with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
+        return subprocess.Popen([PYTHON, "search.py", *args], cwd=ROOT, stdout=out, stderr=err)
+
+
+def load(run_dir: Path) -> optuna.Study:
+    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{run_dir / 'study.db'}")
+
+
+def complete_count(db: Path) -> int:
+    """COMPLETE trials in a study.db that another process is writing (read-only peek)."""
+    if not db.exists():
+        return 0
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
+            return con.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
+
+
+def drawn_running_count(db: Path) -> int:
+    """RUNNING trials whose candidate is drawn (its `arch` is stored): they are in the proxy."""
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
+        return con.execute("SELECT count(*) FROM trials t JOIN trial_user_attributes a "
+                           "ON a.trial_id = t.trial_id WHERE t.state = 'RUNNING' AND a.key = 'arch'"
+                           ).fetchone()[0]
+
+
+def wait_for_complete(proc: subprocess.Popen, db: Path, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while complete_count(db) < n:
+        assert proc.poll() is None, f"the search exited ({proc.returncode}) before {n} trials completed"
+        assert time.monotonic() < deadline, f"no {n} complete trials after {timeout} s"
+        time.sleep(0.1)
+
+
+def assert_one_line_error(rc: int, err: str, *needles: str) -> None:
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def trials_without_timing(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "trials.csv").drop(columns=TIMING_COLUMNS)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> list[tuple[Path, subprocess.CompletedProcess]]:
+    """`search.py --device amd-epyc --trials 3 --budget smoke --seed 0` twice, in two fresh
+    processes started side by side (the second is only for the determinism test)."""
+    root = tmp_path_factory.mktemp("search")
+    procs = [(root / name, start(search_argv(root / name), root / name)) for name in ("run", "again")]
+    out = []
+    for run_dir, proc in procs:
+        rc = proc.wait(timeout=300)
+        done = subprocess.CompletedProcess(proc.args, rc, run_dir.with_suffix(".out").read_text(),
+                                           run_dir.with_suffix(".err").read_text())
+        assert rc == 0, done.stderr
+        out.append((run_dir, done))
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_run(two_runs) -> tuple[Path, subprocess.CompletedProcess]:
+    return two_runs[0]
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> Path:
+    """A private copy of the finished run (for tests that rewrite or delete its files)."""
+    return Path(shutil.copytree(finished_run[0], tmp_path / "run"))
+
+
+# ------------------------------------------------------------------------------ end to end
+def test_search_writes_a_complete_run_folder(finished_run):
+    run_dir, proc = finished_run
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    study = load(run_dir)
+    assert sum(evaluated(t) for t in study.trials) == 3
+
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert len(trials) == 3
+    assert set(trials["state"]) <= {"complete", "stopped_early", "fail"}
+    assert trials["latency_ms_amd-epyc"].gt(0).all()
+    assert (run_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    pareto = pd.read_csv(run_dir / "pareto.csv")
+    assert len(pareto) >= 1 and set(pareto["device"]) == {"amd-epyc"}
+    assert set(pareto["arch_id"]) <= set(trials["arch_id"])
+    assert sorted(p.stem for p in (run_dir / "archs").glob("*.yaml")) == sorted(pareto["arch_id"])
+    # the front is the non-dominated set of the complete trials
+    done = trials[trials["state"] == "complete"]
+    for _, row in done.iterrows():
+        acc, ms = done["accuracy"], done["latency_ms_amd-epyc"]
+        beaten = ((acc >= row["accuracy"]) & (ms <= row["latency_ms_amd-epyc"])
+                  & ((acc > row["accuracy"]) | (ms < row["latency_ms_amd-epyc"]))).any()
+        assert (row["arch_id"] in set(pareto["arch_id"])) == (not beaten)
+
+
+def test_front_archs_load_and_build_with_timm(finished_run):
+    run_dir, _ = finished_run
+    for path in sorted((run_dir / "archs").glob("*.yaml")):
+        arch = ArchConfig.from_file(path)
+        assert arch.arch_id == path.stem
+        model = timm.create_model("pconv_fasternet", arch=str(path), num_classes=10).eval()
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_run_json_describes_the_run(finished_run):
+    run_dir, _ = finished_run
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["argv"] == ["search.py", *search_argv(run_dir)]
+    assert run["seed"] == 0 and run["devices"] == ["amd-epyc"] and run["trials"] == 3
+    assert set(run["versions"]) >= {"python", "torch", "timm", "optuna"}
+    assert run["versions"]["optuna"] == optuna.__version__
+    assert run["tables"]["amd-epyc"]["source"] == "measured"
+    assert run["tables"]["amd-epyc"]["name"] == "amd-epyc"
+    assert "amd-epyc" in run["sources"]["amd-epyc"] or "AMD" in run["sources"]["amd-epyc"]
+    assert "steps=4" in run["budget"]
+
+
+def test_output_names_latency_source_and_presets(finished_run):
+    run_dir, proc = finished_run
+    source = json.loads((run_dir / "run.json").read_text())["sources"]["amd-epyc"]
+    assert f"latency on amd-epyc: {source}" in proc.stdout
+    for name in ("fasternet_t0", "fasternet_t1", "fasternet_t2"):
+        assert f"preset {name}" in proc.stdout
+        assert name in (run_dir / "report.md").read_text()
+    assert f"Latency source: {source}" in (run_dir / "report.md").read_text()
+    assert "Traceback" not in proc.stderr
+
+
+def test_same_seed_gives_the_same_trials_in_a_fresh_process(two_runs):
+    (first, _), (second, _) = two_runs
+    a, b = trials_without_timing(first), trials_without_timing(second)
+    assert len(a) == 3 and a["accuracy"].notna().all()
+    pd.testing.assert_frame_equal(a, b)
+    assert not pd.read_csv(first / "trials.csv")[TIMING_COLUMNS].equals(
+        pd.read_csv(second / "trials.csv")[TIMING_COLUMNS])  # the two runs were really separate
+
+
+# -------------------------------------------------------------------------------- show
+def test_show_regenerates_every_file_from_study_db(run_copy, capsys):
+    before = {name: (run_copy / name).read_text() for name in ("trials.csv", "pareto.csv", "report.md")}
+    archs = sorted(p.name for p in (run_copy / "archs").iterdir())
+    for path in run_copy.iterdir():
+        if path.name != "study.db":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    assert search.main(["show", str(run_copy)]) == 0
+    stdout = capsys.readouterr().out
+    for name in RUN_FILES:
+        assert (run_copy / name).is_file(), name
+    assert sorted(p.name for p in (run_copy / "archs").iterdir()) == archs
+    for name, text in before.items():
+        assert (run_copy / name).read_text() == text, name
+    assert "Pareto front on amd-epyc" in stdout
+    assert json.loads((run_copy / "run.json").read_text())["seed"] == 0
+
+
+# ------------------------------------------------------------------------------- export
+def front_of(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "pareto.csv").sort_values("latency_ms_amd-epyc")
+
+
+@pytest.mark.parametrize("pick", ["fastest", "most-accurate", "knee", "arch_id"])
+def test_export_pick(finished_run, tmp_path, capsys, pick):
+    run_dir, _ = finished_run
+    front = front_of(run_dir)
+    expected = {"fastest": front["arch_id"].iloc[0],
+                "most-accurate": front.loc[front["accuracy"].idxmax(), "arch_id"],
+                "arch_id": front["arch_id"].iloc[-1]}.get(pick)
+    out = tmp_path / "x.yaml"
+    rc = search.main(["export", str(run_dir), "--pick", expected if pick == "arch_id" else pick,
+                      "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    arch = ArchConfig.from_file(out)
+    assert arch.arch_id in set(front["arch_id"])
+    if expected is not None:
+        assert arch.arch_id == expected
+    assert arch == ArchConfig.from_file(run_dir / "archs" / f"{arch.arch_id}.yaml")
+    model = timm.create_model("pconv_fasternet", arch=str(out), num_classes=10).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_export_max_latency(finished_run, tmp_path, capsys):
+    run_dir, _ = finished_run
+    front = front_of(run_dir)
+    fastest = front.iloc[0]
+    out = tmp_path / "x.yaml"
+    rc = search.main(["export", str(run_dir), "--max-latency", str(fastest["latency_ms_amd-epyc"] + 1e-6),
+                      "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert ArchConfig.from_file(out).arch_id == fastest["arch_id"]
+
+    capsys.readouterr()
+    rc = search.main(["export", str(run_dir), "--max-latency", "0.001", "--out", str(tmp_path / "y.yaml")])
+    assert_one_line_error(rc, capsys.readouterr().err, "within 0.001 ms")
+    assert not (tmp_path / "y.yaml").exists()
+
+
+def test_export_onnx_runs_in_onnxruntime(finished_run, tmp_path, capsys):
+    import onnxruntime as ort
+
+    run_dir, _ = finished_run
+    out, onnx = tmp_path / "x.yaml", tmp_path / "model.onnx"
+    rc = search.main(["export", str(run_dir), "--pick", "knee", "--out", str(out), "--onnx", str(onnx)])
+    assert rc == 0, capsys.readouterr().err
+    assert "onnxruntime matches PyTorch" in capsys.readouterr().out
+    ArchConfig.from_file(out)
+    sess = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    (inp,) = sess.get_inputs()
+    assert list(inp.shape) == [1, 3, 224, 224]
+    (logits,) = sess.run(None, {inp.name: np.random.default_rng(0).standard_normal(
+        (1, 3, 224, 224), dtype=np.float32)})
+    assert logits.shape == (1, 1000) and np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--pick", "fn-0000000000"], "fn-0000000000"),
+    (["--pick", "knee", "--device", "arm"], "--device 'arm'"),
+])
+def test_export_bad_input(finished_run, tmp_path, capsys, args, needle):
+    rc = search.main(["export", str(finished_run[0]), *args, "--out", str(tmp_path / "x.yaml")])
+    assert_one_line_error(rc, capsys.readouterr().err, needle)
+
+
+def test_show_and_export_need_a_run_folder(tmp_path, capsys):
+    assert_one_line_error(search.main(["show", str(tmp_path)]), capsys.readouterr().err, "no study.db")
+    rc = search.main(["export", str(tmp_path), "--pick", "knee", "--out", str(tmp_path / "x.yaml")])
+    assert_one_line_error(rc, capsys.readouterr().err, "no study.db")
+
+
+# -------------------------------------------------------------------------------- faults
+def test_unknown_device_is_one_line_listing_the_tables(tmp_path, capsys):
+    from latency_tables import available
+
+    rc = search.main(["--device", "nope", "--trials", "1", "--budget", "smoke",
+                      "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert_one_line_error(rc, err, "--device nope", "amd-epyc")
+    assert all(name in err for name in available())
+    assert not (tmp_path / "run").exists()
+
+
+def _bad_space(tmp_path: Path) -> list[str]:
+    path = tmp_path / "space.yaml"
+    path.write_text("widths: [[8], [16]]\ndepths: [[1], [1]]\nstages: 2\nwidth: [3]\n")
+    return ["--space", str(path)]
+
+
+def _under_a_file(tmp_path: Path) -> list[str]:
+    (tmp_path / "file").write_text("")
+    return ["--run-dir", str(tmp_path / "file" / "run")]
+
+
+def _existing_study(tmp_path: Path) -> list[str]:
+    (tmp_path / "old").mkdir()
+    optuna.create_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'old' / 'study.db'}")
+    return ["--run-dir", str(tmp_path / "old")]
+
+
+FAULTS = {
+    "bad-space-key": (_bad_space, "--space"),
+    "missing-space": (lambda p: ["--space", str(p / "nope.yaml")], "nope.yaml"),
+    "run-dir-under-a-file": (_under_a_file, "not writable"),
+    "resume-without-study": (lambda p: ["--resume"], "no study.db"),
+    "study-without-resume": (_existing_study, "--resume"),
+    "max-latency-not-a-number": (lambda p: ["--max-latency", "abc"], "--max-latency"),
+    "max-latency-negative": (lambda p: ["--max-latency", "-3"], "--max-latency"),
+    "max-latency-other-device": (lambda p: ["--max-latency", "gpu=3"], "'gpu'"),
+    "score-without-target": (lambda p: ["--objective", "score"], "--target-latency"),
+    "trials-zero": (lambda p: ["--trials", "0"], "--trials"),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_bad_input_exits_2_with_one_line(fault, tmp_path, capsys):
+    make, needle = FAULTS[fault]
+    extra = make(tmp_path)
+    argv = search_argv(tmp_path / "run", 1)
+    if "--run-dir" in extra:
+        i = argv.index("--run-dir")
+        del argv[i:i + 2]
+    rc = search.main([*argv, *extra])
+    assert_one_line_error(rc, capsys.readouterr().err, needle)
+    assert not (tmp_path / "run" / "study.db").exists()
+    if fault == "study-without-resume":  # the old study is untouched
+        assert load(tmp_path / "old").trials == []
+
+
+# --------------------------------------------------------------------- interruption, resume
+def test_resume_after_kill_9(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start(search_argv(run_dir, 6), tmp_path / "first")
+    try:
+        wait_for_complete(proc, run_dir / "study.db", 2)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed = load(run_dir).trials
+    before = {t.number: t.values for t in killed if t.state == optuna.trial.TrialState.COMPLETE}
+    running = [t for t in killed if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(before) >= 2 and sum(evaluated(t) for t in killed) < 6
+
+    again = cli(*search_argv(run_dir, 6), "--resume")
+    assert again.returncode == 0, again.stderr
+    trials = load(run_dir).trials
+    assert sum(evaluated(t) for t in trials) >= 6
+    for t in trials:
+        if t.number in before:
+            assert t.state == optuna.trial.TrialState.COMPLETE and t.values == before[t.number]
+    for z in running:  # the trial cut off by the kill: FAIL, flagged, not counted
+        assert f"resume: {len(running)} interrupted" in again.stdout
+        cut = trials[z.number]
+        assert cut.state == optuna.trial.TrialState.FAIL and cut.user_attrs[INTERRUPTED]
+        assert not evaluated(cut)
+        if "arch" in z.user_attrs:  # its candidate was fully drawn: evaluated again on resume
+            assert any(t.params == z.params and evaluated(t) for t in trials[z.number + 1:])
+    assert len(pd.read_csv(run_dir / "trials.csv")) == len(trials)
+    assert json.loads((run_dir / "run.json").read_text())["argv"][-1] == "--resume"
+
+
+def test_ctrl_c_exits_cleanly_and_keeps_finished_trials(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start(search_argv(run_dir, 6), tmp_path / "log")
+    try:
+        wait_for_complete(proc, run_dir / "study.db", 1)
+        deadline = time.monotonic() + 60
+        while drawn_running_count(run_dir / "study.db") == 0:  # interrupt the proxy, mid-trial
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    err = (tmp_path / "log.err").read_text()
+    assert rc == 130, err
+    assert "Traceback" not in err and "interrupted" in err and "--resume" in err
+    trials = load(run_dir).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete and all(t.user_attrs["checkpoints"] for t in complete)
+    assert not any(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+    (cut,) = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    # the trial cut off by Ctrl-C is not counted, and its candidate waits for --resume
+    assert cut.user_attrs[INTERRUPTED] and not evaluated(cut)
+    assert any(w.state == optuna.trial.TrialState.WAITING
+               and w.system_attrs.get("fixed_params") == cut.params for w in trials)
+
+
+# ---------------------------------------------------------------------------------- ray
+@pytest.mark.slow
+def test_ray_backend(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = cli("--device", "amd-epyc", "--trials", "2", "--budget", "smoke", "--backend", "ray",
+               "--workers", "1", "--run-dir", str(run_dir), timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = load(run_dir).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2
+    for t in complete:
+        assert ArchConfig.from_dict(t.user_attrs["arch"]).arch_id == t.user_attrs["arch_id"]
+        assert t.values[0] == t.user_attrs["accuracy"]
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    assert len(pd.read_csv(run_dir / "trials.csv")) == 2
