@@ -232,6 +232,13 @@ def markdown_table(table: pd.DataFrame) -> str:
 def _markdown(report: ValidationReport) -> str:
     s = report.settings
     b, r = s["budget"], s["reference"]
+    ref = report.rows["reference"].dropna() * 100
+    tau = report.table.set_index("proxy")["kendall_tau"].get("short_train", math.nan)
+    verdict = (f"Goal (short_train Kendall tau >= 0.7 at <= 1/10 of the reference cost): "
+               f"{'met' if tau >= 0.7 else 'not met'} (tau = {tau:.3f}). Reference accuracies "
+               f"span {ref.min():.2f}-{ref.max():.2f} % (range {ref.max() - ref.min():.2f} "
+               "points): a ranking can be no better than the reference's own seed noise "
+               "over such a range.")
     return "\n".join([
         "# Proxy validation", "",
         f"`python -m proxies validate --n {s['n']} --seed {s['seed']} --dataset {s['dataset']}`", "",
@@ -240,7 +247,7 @@ def _markdown(report: ValidationReport) -> str:
         f"{r['val_size']} validation images, seed {s['reference_seed']} "
         f"({s['cost_ratio']:.0f}x the proxy budget: {b['steps']} steps x {b['batch_size']}, "
         f"{b['resolution']} px, {b['val_size']} validation images, seed {s['seed']}).", "",
-        markdown_table(report.table), "",
+        markdown_table(report.table), "", verdict, "",
         f"Wall time {s['wall_seconds'] / 60:.1f} min with {s['workers']} worker(s) on "
         f"{s['machine']} (rows resumed from an earlier run: {s['resumed_rows']}). "
         "Seconds are per architecture, one thread; `cost vs reference` is the ratio of mean "
