@@ -27,7 +27,7 @@ from ._device import describe_device
 from .layers import LayerSig, make_layer, space_layers
 from .measure import Protocol, time_layer
 
-__all__ = ["build_table", "aggregate_sweeps", "TABLE_COLUMNS"]
+__all__ = ["build_table", "aggregate_sweeps", "merge_builds", "TABLE_COLUMNS"]
 
 _SIG_COLUMNS = ["key", "kind", "res", "cin", "cout", "stride", "n_div", "mlp_ratio",
                 "kernel_size", "act", "num_classes"]
@@ -46,6 +46,34 @@ def aggregate_sweeps(partial: pd.DataFrame) -> pd.DataFrame:
         sweep_spread_pct=(med.max() / med.min() - 1) * 100, repeats=g["repeats"].sum(),
         copies=g["copies"].max())
     return out.reset_index(drop=True)[TABLE_COLUMNS]
+
+
+def merge_builds(paths: list[str | Path], out: str | Path) -> Path:
+    """Merge builds of one table (same protocol) into `out`: per layer, the least disturbed
+    build (min of `ms`), as if its sweeps had been one build's. The sidecar of the first
+    build is kept, with `sweeps` summed and the merged builds listed."""
+    if len(paths) < 2:
+        raise ValueError("merge_builds: needs at least two builds")
+    metas = [json.loads(Path(p).with_suffix(".json").read_text()) for p in paths]
+    for m in metas[1:]:
+        a = {k: v for k, v in metas[0]["protocol"].items() if k != "sweeps"}
+        b = {k: v for k, v in m["protocol"].items() if k != "sweeps"}
+        if a != b or m["resolution"] != metas[0]["resolution"]:
+            raise ValueError("merge_builds: builds differ in protocol or resolution")
+    rows = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    g = rows.groupby("key", sort=False)
+    best = rows.loc[g["ms"].idxmin()].set_index("key")
+    best["sweep_spread_pct"] = (g["ms"].max() / g["ms"].min() - 1) * 100
+    best["repeats"] = g["repeats"].sum()
+    merged = best.reset_index()[TABLE_COLUMNS]
+    out = Path(out)
+    merged.to_csv(out, index=False, float_format="%.5g")
+    meta = dict(metas[0])
+    meta["protocol"] = {**meta["protocol"], "sweeps": sum(m["protocol"]["sweeps"] for m in metas)}
+    meta["merged_builds"] = [m["date"] for m in metas]
+    meta["layers"] = len(merged)
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
 
 
 def _read_partial(path: Path) -> set[tuple[str, int]]:

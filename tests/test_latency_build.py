@@ -102,3 +102,14 @@ def test_make_layer_runs(kind, space):
     with torch.no_grad():
         out = module(x)
     assert out.shape[0] == 1
+
+
+def test_merge_builds_keeps_min(tmp_path, space):
+    from latency_tables.build import merge_builds
+
+    a = build_table("tiny", space, resolution=RES, proto=FAST, sweeps=1, out_dir=tmp_path / "a")
+    b = build_table("tiny", space, resolution=RES, proto=FAST, sweeps=1, out_dir=tmp_path / "b")
+    out = merge_builds([a, b], tmp_path / "m.csv")
+    da, db, dm = (pd.read_csv(p).set_index("key") for p in (a, b, out))
+    assert (dm["ms"] == pd.concat([da["ms"], db["ms"]], axis=1).min(axis=1).loc[dm.index]).all()
+    assert json.loads(out.with_suffix(".json").read_text())["protocol"]["sweeps"] == 2
