@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -283,7 +282,6 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         if "constraint infeasible" in str(e):
             raise UsageError(str(e)) from None
         raise
-    progress.close()
     _score_presets(study, objective)
     fronts = write_outputs(run_dir, study)
     _print_fronts(fronts)
@@ -298,7 +296,6 @@ class _Progress:
 
     def __init__(self, n_trials: int, devices: list[str], start: float) -> None:
         self.n, self.devices, self.start = n_trials, devices, start
-        self.tty = sys.stdout.isatty()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         from .runner import describe_trial, evaluated
@@ -314,9 +311,6 @@ class _Progress:
         line = (f"[{done}/{self.n}] trial {trial.number}: {describe_trial(trial)} {acc} {lat} | "
                 f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s")
         print(line, flush=True)
-
-    def close(self) -> None:
-        pass
 
 
 def _score_presets(study: optuna.Study, objective: Any) -> None:
@@ -373,9 +367,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run)
     study = _open_run_study(run_dir, args.storage)
-    fronts = write_outputs(run_dir, study)
+    write_outputs(run_dir, study)
     print((run_dir / "report.md").read_text())
-    del fronts
     return 0
 
 
