@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,8 @@ def _plot(fr: list[Front], path: Path) -> None:
             ax.annotate(p.name.replace("fasternet_", "").upper(),
                         (p.latency_ms[f.device], p.accuracy), textcoords="offset points",
                         xytext=(5, -10))
-        ax.set_xlabel(f"latency, ms/image on {f.device}\n({f.source})", fontsize=8)
+        source = textwrap.shorten(f.source.split(". ")[0], 150)
+        ax.set_xlabel(f"latency, ms/image on {f.device}\n" + textwrap.fill(source, 95), fontsize=8)
         ax.set_ylabel("proxy accuracy")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
