@@ -237,11 +237,8 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         constraints=Constraints(max_latency_ms=max_latency, max_params_m=args.max_params),
         early_stopping=None if args.no_early_stopping else ParetoEarlyStopping())
     sources = {d: _provenance(t) for d, t in tables.items()}
-    for d, t in tables.items():
+    for d in tables:  # a derived table's note names the command that measures the device
         print(f"latency on {d}: {sources[d]}")
-        if t.source != "measured":
-            print(f"  note: {d} is a DERIVED table (estimates, not measurements); measure the real "
-                  f"device with `python -m latency_tables build --device {d}` run on it")
     storage = args.storage or f"sqlite:///{run_dir / 'study.db'}"
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5) if args.objective == "score" else None
     study = open_study(storage, objective.directions,
