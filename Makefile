@@ -24,4 +24,5 @@ lint:
 	$(BIN)/ruff check .
 
 bench:
+	$(BIN)/python benchmarks/presets_complexity.py
 	$(BIN)/python benchmarks/fused_speed.py
