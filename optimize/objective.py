@@ -70,6 +70,15 @@ def history_of(trials: Sequence[FrozenTrial]) -> list[History]:
     return out
 
 
+def _finished_twin(trial: optuna.Trial, arch_id: str) -> FrozenTrial | None:
+    """An earlier trial of the same architecture that completed or was stopped early."""
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.number != trial.number and t.user_attrs.get("arch_id") == arch_id and (
+                t.state == TrialState.COMPLETE or STOPPED in t.user_attrs):
+            return t
+    return None
+
+
 class Objective:
     """`objective(trial)`: Optuna objective for both the `pareto` and `score` searches.
 
@@ -144,6 +153,10 @@ class Objective:
             trial.set_user_attr(INFEASIBLE, why)
             raise optuna.TrialPruned(f"infeasible: {why}")
 
+        twin = _finished_twin(trial, arch.arch_id)
+        if twin is not None:
+            return self._reuse(trial, twin)
+
         checkpoints: list[tuple[int, float]] = []
         history = history_of(trial.study.get_trials(deepcopy=False)) if self.early_stopping else []
 
@@ -172,6 +185,21 @@ class Objective:
         if self.objective == "score":
             return self._score(accuracy, info)
         return (accuracy, *info["latency_ms"].values())
+
+    def _reuse(self, trial: optuna.Trial, twin: FrozenTrial) -> float | tuple[float, ...]:
+        """The sampler proposed an architecture again (TPE does in categorical spaces): the
+        proxy is deterministic per architecture and seed, so take the finished result instead
+        of training it again. A twin stopped early is stopped again: the history has only
+        grown since, and the rule can only find more dominators."""
+        trial.set_user_attr("duplicate_of", twin.number)
+        for key in ("checkpoints", "tse", "accuracy"):
+            if key in twin.user_attrs:
+                trial.set_user_attr(key, twin.user_attrs[key])
+        trial.set_user_attr("proxy_seconds", 0.0)
+        if twin.state == TrialState.PRUNED:
+            trial.set_user_attr(STOPPED, True)
+            raise optuna.TrialPruned(f"same architecture as trial {twin.number}, stopped early")
+        return twin.values[0] if self.objective == "score" else tuple(twin.values)
 
     def _score(self, accuracy: float, info: Mapping[str, Any]) -> float:
         (ms,) = info["latency_ms"].values()

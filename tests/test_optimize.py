@@ -459,7 +459,29 @@ def test_run_optuna_continues_to_the_requested_count():
     run_optuna(s, obj, n_trials=2)
     run_optuna(s, obj, n_trials=5)  # a resumed run counts what is already there
     run_optuna(s, obj, n_trials=3)  # nothing to do
-    assert sum(evaluated(t) for t in s.get_trials()) == 5 and len(proxy.calls) == 5
+    trials = s.get_trials()
+    assert sum(evaluated(t) for t in trials) == 5
+    # the proxy runs once per trained trial; a repeated architecture reuses its twin's result
+    assert len(proxy.calls) == sum(evaluated(t) and "duplicate_of" not in t.user_attrs for t in trials)
+
+
+def test_repeated_architecture_reuses_the_finished_result():
+    archs = [variant(i) for i in range(3)]
+    curves = {archs[0].arch_id: flat(0.9), archs[1].arch_id: {2: 0.1, 4: 0.1},
+              archs[2].arch_id: flat(0.8)}
+    proxy = FakeProxy(lambda a: curves[a.arch_id])
+    obj = Objective(space=ListSpace(archs), proxy=proxy, early_stopping=ParetoEarlyStopping(min_dominators=1),
+                    latency={"d": FakeTable(lambda a: 1.0)})
+    s = study(obj.directions)
+    for i in (0, 1, 0, 1, 2):
+        s.enqueue_trial({"i": i})
+    run_optuna(s, obj, n_trials=5)
+    t = s.get_trials()
+    assert [a.arch_id for a in proxy.calls] == [archs[0].arch_id, archs[1].arch_id, archs[2].arch_id]
+    assert t[2].state == TrialState.COMPLETE and t[2].values == t[0].values
+    assert t[2].user_attrs["duplicate_of"] == 0 and t[2].user_attrs["proxy_seconds"] == 0.0
+    assert t[1].state == TrialState.PRUNED and STOPPED in t[1].user_attrs  # dominated by trial 0
+    assert t[3].state == TrialState.PRUNED and t[3].user_attrs["duplicate_of"] == 1
 
 
 # ------------------------------------------------------------------------- report: compute
