@@ -65,24 +65,23 @@ def cmd_build(args: argparse.Namespace) -> None:
     bar.close()
     print(f"wrote {path} and {path.with_suffix('.json').name} in {(time.time() - t0) / 60:.1f} min")
     if args.calibrate:
-        table = LatencyTable.load(path)
-        bar, update = _bar("calibrate", "net")
-        corr = calibrate(table, n=args.calibrate, seed=args.calib_seed, space=space, progress=update)
-        bar.close()
-        print(f"correction: ms = {corr['scale']:.4f} x sum + {corr['offset_ms']:.3f} ms "
-              f"(fitted on {corr['n']} networks, seed {corr['seed']})")
+        _calibrate(LatencyTable.load(path), args.calibrate, args.calib_seed, space)
+
+
+def _calibrate(table: LatencyTable, n: int, seed: int, space: SearchSpace | None) -> None:
+    """Fit and store a measured table's correction, with a progress bar; print it."""
+    bar, update = _bar("calibrate", "net")
+    corr = calibrate(table, n=n, seed=seed, space=space, progress=update)
+    bar.close()
+    print(f"correction: ms = {corr['scale']:.4f} x sum + {corr['offset_ms']:.3f} ms "
+          f"(fitted on {corr['n']} networks, seed {corr['seed']})")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
     if is_derived_device(args.device):  # arm / cpu / gpu: fit on the published figures
         return cmd_calibrate_derived(args)
-    table = LatencyTable.load(args.device)
     space = SearchSpace.from_file(args.space) if args.space else None
-    bar, update = _bar("calibrate", "net")
-    corr = calibrate(table, n=args.n, seed=args.seed, space=space, progress=update)
-    bar.close()
-    print(f"correction: ms = {corr['scale']:.4f} x sum + {corr['offset_ms']:.3f} ms "
-          f"(fitted on {corr['n']} networks, seed {corr['seed']})")
+    _calibrate(LatencyTable.load(args.device), args.n, args.seed, space)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
