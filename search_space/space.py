@@ -194,20 +194,24 @@ class SearchSpace:
     def num_stages(self) -> int:
         return len(self.width_scale) if self.width_scale else len(self.stage_choices["widths"])
 
-    def params(self) -> dict[str, tuple[Any, ...]]:
-        """Optuna parameter name -> choices, in suggestion order (single choices left out)."""
-        out: dict[str, tuple[Any, ...]] = {}
+    def _knobs(self) -> list[tuple[str, tuple[Any, ...], str, int]]:
+        """(parameter name, choices, ArchConfig field, stage holding its value; -1 for a
+        global field) for every knob, in suggestion order."""
+        out = []
         for field, stem in _STAGE_PARAMS.items():
             per_stage = self.stage_choices[field]
             if field == "widths" and self.width_scale:
-                out["embed_dim"] = per_stage[0]
+                out.append(("embed_dim", per_stage[0], field, 0))
             elif field in self.tie:
-                out[stem] = per_stage[0]
+                out.append((stem, per_stage[0], field, 0))
             else:
-                for i, choices in enumerate(per_stage):
-                    out[f"{stem}_s{i}"] = choices
-        out.update({key: self.global_choices[key] for key in _GLOBAL_KNOBS})
-        return {k: v for k, v in out.items() if len(v) > 1}
+                out += [(f"{stem}_s{i}", choices, field, i) for i, choices in enumerate(per_stage)]
+        out += [(key, self.global_choices[key], key, -1) for key in _GLOBAL_KNOBS]
+        return out
+
+    def params(self) -> dict[str, tuple[Any, ...]]:
+        """Optuna parameter name -> choices, in suggestion order (single choices left out)."""
+        return {name: choices for name, choices, _, _ in self._knobs() if len(choices) > 1}
 
     def size(self) -> int:
         """Number of architectures in the grid (constraints not applied)."""
@@ -273,8 +277,12 @@ class SearchSpace:
         if arch.num_stages != self.num_stages:
             return False
         values: dict[str, Any] = {}
-        for name, choices in self.params().items():
-            value = _value_of(self, arch, name)
+        for name, choices, field, stage in self._knobs():
+            if len(choices) < 2:
+                continue  # not a parameter; to_arch fills it in and the comparison checks it
+            value = getattr(arch, field) if stage < 0 else getattr(arch, field)[stage]
+            if name == "embed_dim":
+                value = value / self.width_scale[0]
             if value not in choices:
                 return False
             values[name] = value
@@ -286,18 +294,6 @@ class SearchSpace:
 
     def __str__(self) -> str:
         return f"SearchSpace({self.source}: {len(self.params())} knobs, {self.size():.3g} architectures)"
-
-
-def _value_of(space: SearchSpace, arch: ArchConfig, name: str) -> Any:
-    if name == "embed_dim":
-        return arch.widths[0] / space.width_scale[0]
-    if name in _GLOBAL_KNOBS:
-        return getattr(arch, name)
-    stem, _, stage = name.rpartition("_s")
-    if not stem or not stage.isdigit():
-        stem, stage = name, "0"
-    field = {v: k for k, v in _STAGE_PARAMS.items()}[stem]
-    return getattr(arch, field)[int(stage)]
 
 
 def _scaled(embed_dim: Any, scale: float) -> Any:
