@@ -163,7 +163,7 @@ class Objective:
         def callback(step: int, accuracy: float) -> bool:
             checkpoints.append((step, accuracy))
             if self.objective == "score":
-                trial.report(self._score(accuracy, info), step)
+                trial.report(self.reward(accuracy, info), step)
                 return trial.should_prune()
             if self.early_stopping is None:
                 return False
@@ -183,7 +183,7 @@ class Objective:
             trial.set_user_attr(STOPPED, True)
             raise optuna.TrialPruned(f"stopped early at step {result.steps}")
         if self.objective == "score":
-            return self._score(accuracy, info)
+            return self.reward(accuracy, info)
         return (accuracy, *info["latency_ms"].values())
 
     def _reuse(self, trial: optuna.Trial, twin: FrozenTrial) -> float | tuple[float, ...]:
@@ -201,6 +201,7 @@ class Objective:
             raise optuna.TrialPruned(f"same architecture as trial {twin.number}, stopped early")
         return twin.values[0] if self.objective == "score" else tuple(twin.values)
 
-    def _score(self, accuracy: float, info: Mapping[str, Any]) -> float:
+    def reward(self, accuracy: float, info: Mapping[str, Any]) -> float:
+        """The `score` objective's MnasNet reward for `info` from `describe` (one device)."""
         (ms,) = info["latency_ms"].values()
         return mnas_reward(accuracy, ms, float(self.target_latency_ms))

@@ -44,7 +44,7 @@ def _trainable(config: dict[str, Any], objective: Objective) -> None:
         out: dict[str, Any] = {"accuracy": accuracy, "step": step,
                                **{f"latency_ms:{d}": ms for d, ms in info["latency_ms"].items()}}
         if objective.objective == "score":
-            out["score"] = objective._score(accuracy, info)
+            out["score"] = objective.reward(accuracy, info)
         return out
 
     def callback(step: int, accuracy: float) -> bool:
