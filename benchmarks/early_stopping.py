@@ -20,6 +20,7 @@ comparison exact and the benchmark affordable; the charged seconds are measured 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 import time
@@ -44,18 +45,39 @@ class ReplayProxy:
     def __init__(self, proxy, cache: Path) -> None:
         self.proxy, self.cache = proxy, cache
         self.budget = proxy.budget
-        self.records = json.loads(cache.read_text()) if cache.exists() else {}
+        self.records: dict = {}
+        self._merge()
         self.charged = 0.0
+        self.trained = 0
+        self.training_s = 0.0  # wall time spent training (cache misses) in this process
+
+    def _merge(self, new: dict | None = None) -> None:
+        """Re-read the cache file and add `new` to it, under a lock: several benchmark
+        processes may share one cache."""
+        self.cache.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.cache.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.cache.exists():
+                self.records.update(json.loads(self.cache.read_text()))
+            if new:
+                self.records.update(new)
+                tmp = self.cache.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.records))
+                tmp.replace(self.cache)
 
     def _record(self, arch: ArchConfig) -> dict:
         key = f"{arch.arch_id}|{self.proxy.name}|{self.budget}|{self.proxy.seed}"
         if key not in self.records:
+            self._merge()  # another process may have trained it meanwhile
+        if key not in self.records:
             marks: list[tuple[int, float]] = []
+            start = time.perf_counter()
             r = self.proxy(arch, callback=lambda s, a: marks.append((s, a)) and False)
-            self.records[key] = {"checkpoints": marks, "accuracy": r.accuracy, "score": r.score,
-                                 "seconds": r.seconds, "steps": r.steps, "failed": r.failed,
-                                 "reason": r.reason}
-            self.cache.write_text(json.dumps(self.records))
+            self.trained += 1
+            self.training_s += time.perf_counter() - start
+            self._merge({key: {"checkpoints": marks, "accuracy": r.accuracy, "score": r.score,
+                               "seconds": r.seconds, "steps": r.steps, "failed": r.failed,
+                               "reason": r.reason}})
         return self.records[key]
 
     def __call__(self, arch: ArchConfig, *, callback=None) -> ProxyResult:

@@ -180,7 +180,7 @@ def _plot(fr: list[Front], path: Path) -> None:
     plt.close(fig)
 
 
-def _markdown(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for _, r in df.iterrows():
@@ -226,7 +226,7 @@ def _report(run: Mapping[str, Any], cands: Sequence[Candidate], fr: Sequence[Fro
         out += [f"## Pareto front on {f.device}", "", f"Latency source: {f.source}", ""]
         df = _rows(f.members, [f.device])[["name", "arch_id", "accuracy", f"latency_ms_{f.device}",
                                            "params_m", "arch"]]
-        out += [_markdown(df) if len(df) else "(no completed trial yet)", ""]
+        out += [markdown_table(df) if len(df) else "(no completed trial yet)", ""]
         if f.presets:
             pdf = _rows(f.presets, [f.device])[["name", "accuracy", f"latency_ms_{f.device}",
                                                 "params_m"]]
@@ -238,6 +238,6 @@ def _report(run: Mapping[str, Any], cands: Sequence[Candidate], fr: Sequence[Fro
                        and (c.latency_ms[f.device] < p.latency_ms[f.device] or c.accuracy > p.accuracy)
                        for c in f.members):
                     dominated.append(p.name)
-            out += ["Presets scored by the same proxy and table:", "", _markdown(pdf), "",
+            out += ["Presets scored by the same proxy and table:", "", markdown_table(pdf), "",
                     f"Presets dominated by the front: {', '.join(dominated) or 'none'}.", ""]
     return "\n".join(out)
