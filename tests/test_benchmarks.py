@@ -1,0 +1,120 @@
+"""The search-quality benchmark's bookkeeping: shared replay cache, hypervolume, dominance."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxies import ProxyResult
+from search_space import PRESETS
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sq = importlib.import_module("search_quality")
+early_stopping = importlib.import_module("early_stopping")
+
+
+class CountingProxy:
+    """A deterministic stand-in for ShortTrain that counts its trainings."""
+
+    name = "short_train"
+    seed = 0
+
+    def __init__(self) -> None:
+        from proxies import Budget
+
+        self.budget = Budget(steps=4, checkpoints=2)
+        self.calls = 0
+
+    def __call__(self, arch, *, callback=None) -> ProxyResult:
+        self.calls += 1
+        acc = 0.5 + (sum(arch.widths) % 97) / 1000
+        for step in (2, 4):
+            if callback is not None:
+                callback(step, acc - 0.01 * (4 - step))
+        return ProxyResult(proxy=self.name, arch_id=arch.arch_id, score=acc, accuracy=acc,
+                           seconds=1.0, steps=4)
+
+
+def test_replay_cache_is_shared_between_processes(tmp_path):
+    cache = tmp_path / "cache.json"
+    first, second = CountingProxy(), CountingProxy()
+    a = early_stopping.ReplayProxy(first, cache)
+    b = early_stopping.ReplayProxy(second, cache)  # opened before `a` trained anything
+    t0 = PRESETS["fasternet_t0"]
+    ra = a(t0)
+    rb = b(t0)
+    assert (first.calls, second.calls) == (1, 0)
+    assert rb.accuracy == ra.accuracy and rb.checkpoints == ra.checkpoints
+    assert b.trained == 0 and a.trained == 1
+    b(PRESETS["fasternet_t1"])
+    assert second.calls == 1
+    # both records survive in the file (no process overwrote the other's)
+    assert len(early_stopping.ReplayProxy(CountingProxy(), cache).records) == 2
+
+
+def test_replay_charges_a_fraction_when_stopped_early(tmp_path):
+    proxy = early_stopping.ReplayProxy(CountingProxy(), tmp_path / "c.json")
+    r = proxy(PRESETS["fasternet_t0"], callback=lambda step, acc: True)
+    assert r.stopped_early and r.steps == 2
+    assert proxy.charged == pytest.approx(0.5)
+
+
+def cand(acc, ms, state="complete", arch_id=None):
+    return {"number": 0, "state": state, "arch": {}, "arch_id": arch_id or f"{acc}-{ms}",
+            "accuracy": acc, "latency_ms": ms}
+
+
+def run(device, sampler, cands, source="measured", seed=0, early=False):
+    return {"device": device, "source": source, "sampler": sampler, "early": early, "seed": seed,
+            "proxy_seconds": 10.0, "overhead_s": 1.0, "candidates": cands}
+
+
+def test_front_ignores_stopped_and_dominated_candidates():
+    front = sq.front_of([cand(0.8, 10), cand(0.7, 12), cand(0.9, 20), cand(0.95, 5, "stopped_early")])
+    assert [(c["accuracy"], c["latency_ms"]) for c in front] == [(0.8, 10), (0.9, 20)]
+
+
+def test_normalized_hypervolume_and_preset_dominance():
+    pre = {"d": {"fasternet_t0": (0.5, 20.0), "fasternet_t1": (0.6, 30.0),
+                 "fasternet_t2": (0.7, 40.0)}}
+    best = run("d", "tpe", [cand(0.9, 10.0)])               # best on both axes -> hv 1
+    worst = run("d", "random", [cand(0.5, 40.0)])           # the nadir itself -> hv 0
+    mid = run("d", "nsga2", [cand(0.7, 25.0)])              # (0.5, 0.5) in the normalized box
+    df = sq.summarize([best, worst, mid], pre).set_index("sampler")
+    assert df.loc["tpe", "hv"] == pytest.approx(1.0)
+    assert df.loc["random", "hv"] == pytest.approx(0.0)
+    assert df.loc["nsga2", "hv"] == pytest.approx(0.5 * 0.5)
+    assert df.loc["tpe", "dominates"] == "T0, T1, T2"
+    assert df.loc["nsga2", "dominates"] == "T1, T2"  # slower than T0; T2: as accurate, faster
+    assert df.loc["random", "dominates"] == "none"  # equal to T0 is not dominating
+    assert df.loc["tpe", "wall_s"] == pytest.approx(11.0)
+
+
+def test_plan_keeps_a_seed_sampler_group_in_one_shard():
+    class A:
+        devices, seeds, samplers = ["x", "y"], [0, 1], ["tpe", "random"]
+
+    groups = sq.plan(A)
+    assert len(groups) == 4 and all(len(g) == 4 for g in groups)
+    assert all(len({(r[1], r[3]) for r in g}) == 1 for g in groups)
+    assert [g[0][3] for g in groups] == [0, 0, 1, 1]
+
+
+@pytest.mark.slow
+def test_benchmark_end_to_end_at_smoke_budget(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "search_quality.py"), "--budget", "smoke",
+           "--trials", "3", "--seeds", "0", "--samplers", "random,tpe", "--devices", "amd-epyc,arm",
+           "--rounds", "1", "--reference-budget", "smoke", "--reference-seeds", "1",
+           "--cache", str(tmp_path / "cache.json"), "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## amd-epyc (measured table)" in report and "## arm (derived table)" in report
+    assert "Measured end-to-end latency" in report
+    assert len(list((tmp_path / "out" / "runs").glob("*.json"))) == 8
+    assert (tmp_path / "out" / "fronts.png").stat().st_size > 0
