@@ -65,11 +65,12 @@ def run_name(device: str, sampler: str, early: bool, seed: int) -> str:
 
 
 def plan(args) -> list[list[tuple[str, str, bool, int]]]:
-    """Runs in groups of one (seed, sampler): a group's runs share many architectures (random
-    search proposes the same ones on every device, with or without early stopping), so a
-    group stays in one process. Seed-major: an interrupted benchmark has whole seeds."""
-    return [[(d, sampler, e, seed) for e in (False, True) for d in args.devices]
-            for seed in args.seeds for sampler in args.samplers]
+    """Runs in groups of one (early stopping, seed, sampler): a group's runs share many
+    architectures (random search proposes the same ones on every device), so a group stays in
+    one process. Without early stopping first, then seed-major: a benchmark cut short still
+    has whole seeds of the main comparison."""
+    return [[(d, sampler, early, seed) for d in args.devices]
+            for early in (False, True) for seed in args.seeds for sampler in args.samplers]
 
 
 def do_run(device: str, sampler: str, early: bool, seed: int, args, proxy: ReplayProxy,
@@ -356,7 +357,7 @@ def main() -> None:
                    help="comma list of latency tables (default: this machine's measured table, arm)")
     p.add_argument("--samplers", default=",".join(SAMPLERS))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--trials", type=int, default=40, help="as `search.py` (default 40)")
+    p.add_argument("--trials", type=int, default=20)
     p.add_argument("--budget", default="quick")
     p.add_argument("--shard", default="0/1", help="i/n: this process does run groups i, i+n, ...")
     p.add_argument("--rounds", type=int, default=3, help="timing rounds (latency phase)")

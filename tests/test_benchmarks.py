@@ -95,14 +95,15 @@ def test_normalized_hypervolume_and_preset_dominance():
     assert df.loc["tpe", "wall_s"] == pytest.approx(11.0)
 
 
-def test_plan_keeps_a_seed_sampler_group_in_one_shard():
+def test_plan_keeps_a_group_in_one_shard_and_puts_early_stopping_last():
     class A:
         devices, seeds, samplers = ["x", "y"], [0, 1], ["tpe", "random"]
 
     groups = sq.plan(A)
-    assert len(groups) == 4 and all(len(g) == 4 for g in groups)
-    assert all(len({(r[1], r[3]) for r in g}) == 1 for g in groups)
-    assert [g[0][3] for g in groups] == [0, 0, 1, 1]
+    assert len(groups) == 8 and all(len(g) == 2 for g in groups)
+    assert all(len({(r[1], r[2], r[3]) for r in g}) == 1 for g in groups)
+    assert [g[0][2] for g in groups] == [False] * 4 + [True] * 4
+    assert [g[0][3] for g in groups[:4]] == [0, 0, 1, 1]
 
 
 @pytest.mark.slow
@@ -116,5 +117,5 @@ def test_benchmark_end_to_end_at_smoke_budget(tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## amd-epyc (measured table)" in report and "## arm (derived table)" in report
     assert "Measured end-to-end latency" in report
-    assert len(list((tmp_path / "out" / "runs").glob("*.json"))) == 8
+    assert len(list((tmp_path / "out" / "runs").glob("*.json"))) == 8  # 2 x 2 x 2
     assert (tmp_path / "out" / "fronts.png").stat().st_size > 0
