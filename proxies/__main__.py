@@ -1,4 +1,5 @@
-"""`python -m proxies validate --n 24 --seed 0 [--dataset fashion-mnist] [--out DIR]`.
+"""`python -m proxies validate --n 24 --seed 0 [--reference-seeds K] [--dataset fashion-mnist]
+[--out DIR]`.
 
 Bad input gives a one-line error on stderr and exit code 2.
 """
@@ -28,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="fashion-mnist, cifar10, cifar100 or imagefolder:PATH")
     v.add_argument("--budget", default="quick", help="proxy budget: level or key=value list")
     v.add_argument("--reference", default="full", help="reference budget (>= 10x the proxy's)")
+    v.add_argument("--reference-seeds", type=int, default=1, metavar="K",
+                   help="reference trainings per architecture, seeds SEED+1..SEED+K, averaged; "
+                        "K >= 2 also measures the reference's repeatability (default 1)")
     v.add_argument("--proxies", default=",".join(PROXIES),
                    help=f"comma-separated subset of {','.join(PROXIES)}")
     v.add_argument("--workers", type=int, default=1, help="processes, one thread each")
@@ -43,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers < 1:
             raise ValueError(f"--workers {args.workers}: must be >= 1")
         report = validate(n=args.n, seed=args.seed, dataset=args.dataset, budget=args.budget,
-                          reference=args.reference,
+                          reference=args.reference, reference_seeds=args.reference_seeds,
                           proxies=[p.strip() for p in args.proxies.split(",") if p.strip()],
                           workers=args.workers, out_dir=args.out,
                           log=lambda line: print(line, flush=True))
@@ -52,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     paths = write_report(report, args.out)
     print(markdown_table(report.table))
+    if (rep := report.settings["repeatability"]) is not None:
+        print(f"reference repeatability: seed noise {rep['within_std']:.2f} points, spread "
+              f"{rep['between_std']:.2f} points, noise ceiling tau {rep['split_half_tau']:.3f}, "
+              f"reliability {rep['reliability']:.2f}")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
