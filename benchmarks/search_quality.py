@@ -70,7 +70,7 @@ def plan(args) -> list[list[tuple[str, str, bool, int]]]:
     one process. Without early stopping first, then seed-major: a benchmark cut short still
     has whole seeds of the main comparison."""
     return [[(d, sampler, early, seed) for d in args.devices]
-            for early in (False, True) for seed in args.seeds for sampler in args.samplers]
+            for early in args.early for seed in args.seeds for sampler in args.samplers]
 
 
 def do_run(device: str, sampler: str, early: bool, seed: int, args, proxy: ReplayProxy,
@@ -256,6 +256,7 @@ def phase_report(args, out: Path, proxy: ReplayProxy) -> None:
                          f"{row.hv_mean:.3f} +- {row.hv_std:.3f} | {vs} | {row.hv_raw_mean:.2f} | "
                          f"{row.proxy_s:.0f} | {row.overhead_s:.1f} | {row.wall_s:.0f} | "
                          f"{row.dominates_t0_t1}/{row.seeds} |")
+        lines += [""] + verdict(df[df.device == device], m)
         lines += ["", "Presets (same proxy and table): " + ", ".join(
             f"{n.replace('fasternet_', '').upper()} acc {a:.3f} at {ms:.2f} ms"
             for n, (a, ms) in pre[device].items()), ""]
@@ -265,6 +266,23 @@ def phase_report(args, out: Path, proxy: ReplayProxy) -> None:
     lines += ["![hypervolume](hypervolume.png)", "", "![fronts](fronts.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def verdict(runs: pd.DataFrame, methods: pd.DataFrame) -> list[str]:
+    """The best method against random search (no early stopping), seed by seed."""
+    best = methods.iloc[0]
+    rand = runs[(runs.sampler == "random") & (runs.early_stopping == "off")].set_index("seed").hv
+    if best.sampler == "random" or rand.empty:
+        return [f"Best method: {best.sampler}, early stopping {best.early_stopping}."]
+    mine = runs[(runs.sampler == best.sampler)
+                & (runs.early_stopping == best.early_stopping)].set_index("seed").hv
+    seeds = sorted(set(mine.index) & set(rand.index))
+    wins = sum(mine[s] > rand[s] for s in seeds)
+    gain = mine[seeds].mean() / rand[seeds].mean() - 1
+    return [f"Best method: {best.sampler}, early stopping {best.early_stopping}: mean "
+            f"hypervolume {gain:+.1%} vs random search (goal >= +10%: "
+            f"{'met' if gain >= 0.10 else 'not met'}); higher than random's in {wins} of "
+            f"{len(seeds)} seeds."]
 
 
 def latency_section(out: Path) -> list[str]:
@@ -357,6 +375,7 @@ def main() -> None:
                    help="comma list of latency tables (default: this machine's measured table, arm)")
     p.add_argument("--samplers", default=",".join(SAMPLERS))
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--early-stopping", default="off,on", help="off, on, or both (default)")
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--budget", default="quick")
     p.add_argument("--shard", default="0/1", help="i/n: this process does run groups i, i+n, ...")
@@ -372,6 +391,10 @@ def main() -> None:
         p.error(f"--phase: unknown {', '.join(bad)}; choose from {', '.join(PHASES)}")
     args.samplers = [s.strip() for s in args.samplers.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    choices = {"off": False, "on": True}
+    if not set(args.early_stopping.split(",")) <= set(choices):
+        p.error(f"--early-stopping {args.early_stopping!r}: choose off, on or off,on")
+    args.early = [choices[x] for x in args.early_stopping.split(",")]
     args.reference_seeds = [int(s) for s in args.reference_seeds.split(",")]
     args.devices = (args.devices.split(",") if args.devices else [default_measured(), "arm"])
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -97,7 +97,7 @@ def test_normalized_hypervolume_and_preset_dominance():
 
 def test_plan_keeps_a_group_in_one_shard_and_puts_early_stopping_last():
     class A:
-        devices, seeds, samplers = ["x", "y"], [0, 1], ["tpe", "random"]
+        devices, seeds, samplers, early = ["x", "y"], [0, 1], ["tpe", "random"], [False, True]
 
     groups = sq.plan(A)
     assert len(groups) == 8 and all(len(g) == 2 for g in groups)
