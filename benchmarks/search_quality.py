@@ -124,9 +124,10 @@ def front_of(cands: list[dict]) -> list[dict]:
     return sorted((c for c, m in zip(done, mask) if m), key=lambda c: c["latency_ms"])
 
 
-def dominates(front: list[dict], acc: float, ms: float, key: str = "latency_ms") -> bool:
-    return any(c[key] <= ms and c["accuracy"] >= acc and (c[key] < ms or c["accuracy"] > acc)
-               for c in front)
+def dominates(front: list[dict], acc: float, ms: float) -> bool:
+    """Some member is at least as accurate and as fast as (acc, ms), and better on one."""
+    return any(c["latency_ms"] <= ms and c["accuracy"] >= acc
+               and (c["latency_ms"] < ms or c["accuracy"] > acc) for c in front)
 
 
 def summarize(runs: list[dict], pre: dict[str, dict[str, tuple[float, float]]]) -> pd.DataFrame:
@@ -394,6 +395,9 @@ def main() -> None:
         p.error(f"--phase: unknown {', '.join(bad)}; choose from {', '.join(PHASES)}")
     args.samplers = [s.strip() for s in args.samplers.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    index, _, count = args.shard.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        p.error(f"--shard {args.shard!r}: expected i/n with 0 <= i < n, e.g. 0/2")
     choices = {"off": False, "on": True}
     if not set(args.early_stopping.split(",")) <= set(choices):
         p.error(f"--early-stopping {args.early_stopping!r}: choose off, on or off,on")
