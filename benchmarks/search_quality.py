@@ -139,12 +139,13 @@ def summarize(runs: list[dict], pre: dict[str, dict[str, tuple[float, float]]]) 
                if c["state"] == "complete" and c["accuracy"] is not None]
         pts += list(pre[device].values())
         acc, lat = np.array(pts).T
-        lo_a, hi_a, lo_l, hi_l = acc.min(), acc.max(), lat.min(), lat.max()
+        lo_a, lo_l = acc.min(), lat.min()
+        span_a, span_l = max(acc.max() - lo_a, 1e-12), max(lat.max() - lo_l, 1e-12)
         raw_ref = 1.25 * max(ms for _, ms in pre[device].values())
         for r in mine:
             front = front_of(r["candidates"])
-            hv = hypervolume([(c["accuracy"] - lo_a) / (hi_a - lo_a) for c in front],
-                             [(c["latency_ms"] - lo_l) / (hi_l - lo_l) for c in front], 1.0)
+            hv = hypervolume([(c["accuracy"] - lo_a) / span_a for c in front],
+                             [(c["latency_ms"] - lo_l) / span_l for c in front], 1.0)
             raw = hypervolume([c["accuracy"] for c in front], [c["latency_ms"] for c in front],
                               raw_ref)
             dom = [n.replace("fasternet_", "").upper() for n, (a, ms) in pre[device].items()
@@ -174,7 +175,8 @@ def run_fronts(runs: list[dict], device: str) -> list[dict]:
 
 
 def phase_latency(args, out: Path, proxy: ReplayProxy) -> None:
-    from latency_tables.validate import _table_proto, measure_networks
+    from latency_tables.measure import Protocol
+    from latency_tables.validate import measure_networks
 
     runs = load_runs(out)
     device = measured_device(runs)
@@ -186,7 +188,8 @@ def phase_latency(args, out: Path, proxy: ReplayProxy) -> None:
     archs = [ArchConfig.from_dict(c["arch"]) for c in front] + [PRESETS[n] for n in PRESET_NAMES]
     names = [f"front {c['arch_id']}" for c in front] + list(PRESET_NAMES)
     print(f"latency: timing {len(archs)} networks on this machine ({table.describe()})", flush=True)
-    ms = measure_networks(archs, _table_proto(table), table.resolution, rounds=args.rounds)
+    proto = Protocol.from_dict(table.meta.get("protocol", {}))  # the table's own protocol
+    ms = measure_networks(archs, proto, table.resolution, rounds=args.rounds)
     rows = [{"name": n, "arch_id": a.arch_id, "arch": str(a), "accuracy": proxy(a).accuracy,
              "predicted_ms": table.predict(a), "measured_ms": m}
             for n, a, m in zip(names, archs, ms)]
@@ -194,6 +197,8 @@ def phase_latency(args, out: Path, proxy: ReplayProxy) -> None:
 
 
 def phase_reference(args, out: Path) -> None:
+    if not (out / "latency.csv").exists():
+        raise SystemExit(f"reference: no {out / 'latency.csv'}; run --phase latency first")
     lat = pd.read_csv(out / "latency.csv")
     t0 = lat[lat.name == "fasternet_t0"].iloc[0]
     front = lat[lat.name.str.startswith("front") & (lat.measured_ms <= t0.measured_ms)]
@@ -202,7 +207,8 @@ def phase_reference(args, out: Path) -> None:
         return
     best = front.sort_values("accuracy").iloc[-1]
     arch_of = {c["arch_id"]: c["arch"] for r in load_runs(out) for c in r["candidates"]}
-    pick = {"front": ArchConfig.from_dict(arch_of[best.arch_id]), "fasternet_t0": PRESETS["fasternet_t0"]}
+    pick = {"front": ArchConfig.from_dict(arch_of[best.arch_id]),
+            "fasternet_t0": PRESETS["fasternet_t0"]}
     path = out / "reference.json"
     done = json.loads(path.read_text()) if path.exists() else []
     for seed in args.reference_seeds:
