@@ -32,6 +32,7 @@ import optuna  # noqa: E402
 
 from latency_tables import LatencyTable  # noqa: E402
 from optimize import Objective, ParetoEarlyStopping, collect, fronts, hypervolume, make_sampler  # noqa: E402
+from optimize.report import dominates  # noqa: E402
 from optimize.runner import run_optuna  # noqa: E402
 from proxies import ProxyResult, make_proxy  # noqa: E402
 from search_space import PRESETS, ArchConfig, SearchSpace  # noqa: E402
@@ -151,8 +152,8 @@ def main() -> None:
             hv = hypervolume([c.accuracy for c in front.members],
                              [c.latency_ms[args.device] for c in front.members], ref_ms)
             dom = [n.replace("fasternet_", "").upper() for n, (acc, ms) in presets.items()
-                   if any(c.latency_ms[args.device] <= ms and c.accuracy >= acc and
-                          (c.latency_ms[args.device] < ms or c.accuracy > acc) for c in front.members)]
+                   if dominates([c.accuracy for c in front.members],
+                                [c.latency_ms[args.device] for c in front.members], acc, ms)]
             totals[early][0] += res["charged_s"]
             totals[early][1] += hv
             lines.append(f"| {seed} | {'on' if early else 'off'} | {res['stopped']} | "

@@ -50,7 +50,7 @@ from scipy import stats  # noqa: E402
 
 from latency_tables import LatencyTable  # noqa: E402
 from optimize import Objective, ParetoEarlyStopping, collect, hypervolume, make_sampler  # noqa: E402
-from optimize.report import markdown_table, pareto_mask  # noqa: E402
+from optimize.report import dominates, markdown_table, pareto_mask  # noqa: E402
 from optimize.runner import run_optuna  # noqa: E402
 from proxies import ShortTrain, make_proxy  # noqa: E402
 from search_space import PRESETS, ArchConfig, SearchSpace  # noqa: E402
@@ -124,10 +124,8 @@ def front_of(cands: list[dict]) -> list[dict]:
     return sorted((c for c, m in zip(done, mask) if m), key=lambda c: c["latency_ms"])
 
 
-def dominates(front: list[dict], acc: float, ms: float) -> bool:
-    """Some member is at least as accurate and as fast as (acc, ms), and better on one."""
-    return any(c["latency_ms"] <= ms and c["accuracy"] >= acc
-               and (c["latency_ms"] < ms or c["accuracy"] > acc) for c in front)
+def dominates_preset(front: list[dict], acc: float, ms: float) -> bool:
+    return dominates([c["accuracy"] for c in front], [c["latency_ms"] for c in front], acc, ms)
 
 
 def summarize(runs: list[dict], pre: dict[str, dict[str, tuple[float, float]]]) -> pd.DataFrame:
@@ -149,7 +147,7 @@ def summarize(runs: list[dict], pre: dict[str, dict[str, tuple[float, float]]]) 
             raw = hypervolume([c["accuracy"] for c in front], [c["latency_ms"] for c in front],
                               raw_ref)
             dom = [n.replace("fasternet_", "").upper() for n, (a, ms) in pre[device].items()
-                   if dominates(front, a, ms)]
+                   if dominates_preset(front, a, ms)]
             rows.append({"device": device, "source": r["source"], "sampler": r["sampler"],
                          "early_stopping": "on" if r["early"] else "off", "seed": r["seed"],
                          "hv": hv, "hv_raw": raw, "front": len(front),
@@ -309,7 +307,7 @@ def latency_section(out: Path) -> list[str]:
             for a, m in zip(front.accuracy, front.measured_ms)]
     pooled = front_of([{**r, "latency_ms": r["measured_ms"]} for r in rows])
     dom = [n.replace("fasternet_", "").upper() for n in PRESET_NAMES
-           for p in [lat[lat.name == n].iloc[0]] if dominates(pooled, p.accuracy, p.measured_ms)]
+           for p in [lat[lat.name == n].iloc[0]] if dominates_preset(pooled, p.accuracy, p.measured_ms)]
     err = (lat.predicted_ms / lat.measured_ms - 1).abs()
     return ["## Measured end-to-end latency (this machine, the table's protocol)", "",
             f"Every member of a front of a run on the measured table ({len(front)} architectures) "

@@ -25,7 +25,7 @@ from search_space import ArchConfig
 
 from .objective import INFEASIBLE, STOPPED
 
-__all__ = ["Candidate", "Front", "collect", "presets_of", "fronts", "pareto_mask",
+__all__ = ["Candidate", "Front", "collect", "presets_of", "fronts", "pareto_mask", "dominates",
            "hypervolume", "write_outputs"]
 
 
@@ -107,6 +107,11 @@ def pareto_mask(accuracy: Sequence[float], latency: Sequence[float]) -> np.ndarr
         better = (acc >= acc[i]) & (lat <= lat[i]) & ((acc > acc[i]) | (lat < lat[i]))
         mask[i] = not better.any()
     return mask
+
+
+def dominates(accuracy: Sequence[float], latency: Sequence[float], acc: float, ms: float) -> bool:
+    """Whether some point is at least as accurate and as fast as (acc, ms), and better on one."""
+    return any(lt <= ms and a >= acc and (lt < ms or a > acc) for a, lt in zip(accuracy, latency))
 
 
 def hypervolume(accuracy: Sequence[float], latency: Sequence[float], ref_latency: float,
@@ -234,9 +239,9 @@ def _report(run: Mapping[str, Any], cands: Sequence[Candidate], fr: Sequence[Fro
             for p in f.presets:
                 if p.accuracy is None:
                     continue
-                if any(c.latency_ms[f.device] <= p.latency_ms[f.device] and c.accuracy >= p.accuracy
-                       and (c.latency_ms[f.device] < p.latency_ms[f.device] or c.accuracy > p.accuracy)
-                       for c in f.members):
+                if dominates([c.accuracy for c in f.members],
+                             [c.latency_ms[f.device] for c in f.members],
+                             p.accuracy, p.latency_ms[f.device]):
                     dominated.append(p.name)
             out += ["Presets scored by the same proxy and table:", "", markdown_table(pdf), "",
                     f"Presets dominated by the front: {', '.join(dominated) or 'none'}.", ""]
