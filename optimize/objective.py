@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search_space import ArchConfig, ConstraintInfeasible, SearchSpace, count_params
 
 from .early_stop import History, ParetoEarlyStopping
+from .interrupt import CtrlC
 
 __all__ = ["Objective", "Constraints", "CandidateFailed", "mnas_reward", "MNAS_W",
            "history_of", "STOPPED", "INFEASIBLE", "INTERRUPTED"]
@@ -107,6 +108,8 @@ class Objective:
         self.target_latency_ms = target_latency_ms
         self.constraints = constraints or Constraints()
         self.early_stopping = early_stopping
+        #: Ctrl-C reaches the objective only while a candidate trains (`run_optuna` installs it).
+        self.ctrl_c = CtrlC()
 
     @property
     def directions(self) -> list[str]:
@@ -169,7 +172,8 @@ class Objective:
                 return False
             return self.early_stopping.should_stop(info["latency_ms"], step, accuracy, history)
 
-        result = self.proxy(arch, callback=callback)
+        with self.ctrl_c.training():
+            result = self.proxy(arch, callback=callback)
         trial.set_user_attr("checkpoints", checkpoints)
         trial.set_user_attr("proxy_seconds", result.seconds)
         if result.tse is not None:

@@ -9,6 +9,7 @@ not count).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -101,8 +102,13 @@ def run_optuna(study: optuna.Study, objective: Objective, n_trials: int,
     # Optuna logs every FAIL trial with a traceback (a failed candidate, Ctrl-C); the progress
     # callback and search.py already report those in one line each.
     logging.getLogger("optuna.study._optimize").setLevel(logging.ERROR)
-    study.optimize(objective, n_trials=None, timeout=timeout, n_jobs=workers,
-                   callbacks=[stop_when_done], catch=(CandidateFailed,), gc_after_trial=False)
+    # One worker: Ctrl-C is held during storage writes (optimize/interrupt.py). With several,
+    # the objective runs in threads that SIGINT cannot reach selectively; left as it was.
+    guard = objective.ctrl_c if workers == 1 else None
+    callbacks = [stop_when_done] + ([guard.check] if guard else [])
+    with guard.installed() if guard else contextlib.nullcontext():
+        study.optimize(objective, n_trials=None, timeout=timeout, n_jobs=workers,
+                       callbacks=callbacks, catch=(CandidateFailed,), gc_after_trial=False)
     if state["infeasible"]:
         raise ValueError(f"constraint infeasible: {infeasible_limit} candidates in a row broke "
                          "the constraints; loosen --max-latency/--max-params or the space")

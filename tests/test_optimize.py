@@ -588,3 +588,29 @@ def test_write_outputs_renders_the_computed_structure(tmp_path):
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (tmp_path / "report.md").read_text()
     assert "Latency source: fake table" in report and "complete 4" in report
+
+
+def test_ctrl_c_is_held_outside_training_and_immediate_inside():
+    import os
+    import signal
+
+    from optimize.interrupt import CtrlC
+
+    guard = CtrlC()
+    with guard.installed():
+        os.kill(os.getpid(), signal.SIGINT)  # e.g. during a storage write: held
+        assert guard.pending
+        with pytest.raises(KeyboardInterrupt):
+            guard.check()
+        guard.check()  # raised once, then clear
+        with pytest.raises(KeyboardInterrupt):
+            with guard.training():
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):  # the handler runs between bytecodes
+                    pass
+        assert not guard.armed and not guard.pending
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):  # a held one is raised on entering training
+            with guard.training():
+                raise AssertionError("not reached")
+    assert signal.getsignal(signal.SIGINT) is not guard._handler
