@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 from search_space import ArchConfig
 
+from .device import PRECISIONS
+
 __all__ = ["Budget", "BUDGETS", "ProxyResult", "StopTrial", "Proxy", "Callback"]
 
 
@@ -47,6 +49,11 @@ class Budget:
         label_smoothing: label smoothing of the cross-entropy loss.
         checkpoints: evaluations at evenly spaced steps when a callback is given (the last
             one is the end of training).
+        augment: random crop (padding an eighth of the image side) and horizontal flip of
+            every training image, drawn from the run's seed (the reference protocol's light
+            augmentation; short budgets train without it).
+        precision: ``auto`` (bf16 or fp16 autocast on CUDA, fp32 on the CPU), ``fp32``,
+            ``bf16`` or ``fp16`` (`proxies.device.resolve_precision`).
     """
 
     steps: int = 64
@@ -59,6 +66,8 @@ class Budget:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     checkpoints: int = 4
+    augment: bool = False
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "subset", "val_size", "resolution", "checkpoints"):
@@ -72,6 +81,19 @@ class Budget:
                 raise ValueError(f"budget.{name}: {value!r} must be a finite number >= 0")
         if not self.warmup < 1 or not self.label_smoothing < 1:
             raise ValueError("budget: warmup and label_smoothing must be < 1")
+        if not isinstance(self.augment, bool):
+            raise ValueError(f"budget.augment: {self.augment!r} must be true or false")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"budget.precision: {self.precision!r} must be one of "
+                             f"{', '.join(PRECISIONS)}")
+
+    def __repr__(self) -> str:
+        # Fields added after the replay caches were keyed by this text (benchmarks/reports/
+        # proxy_cache.json) appear only when they differ from their defaults.
+        later = ("augment", "precision")
+        parts = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                 if f.name not in later or getattr(self, f.name) != f.default]
+        return f"Budget({', '.join(parts)})"
 
     @property
     def cost(self) -> float:
@@ -100,11 +122,20 @@ class Budget:
                 base = BUDGETS[part]
                 continue
             key, _, value = part.partition("=")
-            changes[key.strip()] = _number(value.strip(), key.strip())
+            changes[key.strip()] = _value(value.strip(), key.strip())
         return _with(base, changes, spec)
 
 
-def _number(text: str, key: str) -> int | float:
+def _value(text: str, key: str) -> int | float | bool | str:
+    """A ``key=value`` budget field: text for `precision`, a flag for `augment`, else a number."""
+    if key == "precision":
+        return text
+    if key == "augment":
+        flags = {"1": True, "true": True, "yes": True, "on": True,
+                 "0": False, "false": False, "no": False, "off": False}
+        if text.lower() not in flags:
+            raise ValueError(f"budget: augment={text!r} must be true or false")
+        return flags[text.lower()]
     try:
         return int(text)
     except ValueError:
@@ -157,11 +188,20 @@ class ProxyResult:
     stopped_early: bool = False
     budget: Budget | None = None
     seed: int = 0
+    train_losses: tuple[tuple[int, float], ...] = ()
+    """(step, mean training loss since the previous checkpoint), at each checkpoint."""
+    device: str = "cpu"
+    """Where it ran (``cpu``, ``cuda:0 (NVIDIA H100 ...)``)."""
+    determinism: str = "exact"
+    """exact (CPU), best-effort (CUDA) or off: see `proxies.device`."""
+    precision: str = "fp32"
+    """The arithmetic of the training run: fp32, bf16 or fp16 autocast."""
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["budget"] = None if self.budget is None else dataclasses.asdict(self.budget)
         out["checkpoints"] = [list(c) for c in self.checkpoints]
+        out["train_losses"] = [list(c) for c in self.train_losses]
         return out
 
 

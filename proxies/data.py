@@ -12,6 +12,12 @@ from the training data (the search never sees a test split).
   ``PATH/val/<class>/...``; images are resized to ``image_size`` (default 64, short side
   then centre crop) and kept as uint8. Grayscale if every image is, else RGB.
 
+``heldout="test"`` (the reference trainer, `proxies.reference`) trains on the whole
+training split and holds out the dataset's test split instead: Fashion-MNIST's
+``t10k-*`` files (10,000 images), CIFAR's test batch, an ImageFolder's ``val/`` folder.
+Where a dataset has no such split it is carved from the training data as above (at least
+a sixth of it) and `Dataset.heldout` says so. The search itself never reads a test split.
+
 Images stay uint8 at their native size (Fashion-MNIST: 60k x 1 x 28 x 28 = 47 MB);
 `Dataset.batch` normalizes and resizes a batch to the training resolution on the fly.
 
@@ -67,6 +73,8 @@ class Dataset:
     mean: tuple[float, ...]
     """Per-channel mean of the training split, in [0, 1] units."""
     std: tuple[float, ...]
+    heldout: str = "validation split carved from the training data"
+    """Where ``val_x`` comes from (a carved validation split, or a test split)."""
 
     @property
     def num_classes(self) -> int:
@@ -80,10 +88,23 @@ class Dataset:
     def image_size(self) -> int:
         return int(self.train_x.shape[-1])
 
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """The same images on `device` (moved once; a no-op where they already are)."""
+        device = torch.device(device)
+        if self.device == device:
+            return self
+        moved = {name: getattr(self, name).to(device)
+                 for name in ("train_x", "train_y", "val_x", "val_y")}
+        return dataclasses.replace(self, **moved)
+
     def batch(self, x: torch.Tensor, resolution: int) -> torch.Tensor:
         """Normalize uint8 images and resize them (bilinear) to resolution x resolution."""
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         out = (x.float() / 255.0 - mean) / std
         if out.shape[-1] != resolution or out.shape[-2] != resolution:
             out = F.interpolate(out, size=(resolution, resolution), mode="bilinear",
@@ -91,13 +112,13 @@ class Dataset:
         return out.contiguous(memory_format=torch.channels_last)
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.name}: {len(self.train_y)} train / {len(self.val_y)} val, "
+        return (f"Dataset({self.name}: {len(self.train_y)} train / {len(self.val_y)} held out, "
                 f"{self.num_classes} classes, {self.in_chans}x{self.image_size}x{self.image_size})")
 
 
 def load_dataset(name: str = "fashion-mnist", *, root: str | Path | None = None,
                  val_per_class: int | None = None, image_size: int = 64,
-                 download: bool = True) -> Dataset:
+                 download: bool = True, heldout: str = "val") -> Dataset:
     """Load a dataset into memory and carve its validation split.
 
     Args:
@@ -109,25 +130,35 @@ def load_dataset(name: str = "fashion-mnist", *, root: str | Path | None = None,
             most a fifth of the smallest class. An ImageFolder with a ``val/`` folder uses it.
         image_size: side (pixels) ImageFolder images are resized to when loaded.
         download: let torchvision download a missing dataset.
+        heldout: ``val`` (the search's carved validation split) or ``test`` (the whole
+            training split for training, the dataset's test split held out; see above).
     """
+    if heldout not in ("val", "test"):
+        raise ValueError(f"heldout: {heldout!r} must be 'val' or 'test'")
     return _load_cached(str(name), None if root is None else str(root), val_per_class,
-                        int(image_size), bool(download))
+                        int(image_size), bool(download), heldout)
 
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(name: str, root: str | None, val_per_class: int | None, image_size: int,
-                 download: bool) -> Dataset:
+                 download: bool, heldout: str) -> Dataset:
     key = name.strip().lower()
     if key.startswith("imagefolder:"):
-        return _image_folder(Path(name.split(":", 1)[1]).expanduser(), val_per_class, image_size)
+        return _image_folder(Path(name.split(":", 1)[1]).expanduser(), val_per_class, image_size,
+                             heldout)
     if key in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
-        x, y, classes = _fashion_mnist(root, download)
         key = "fashion-mnist"
+        x, y, classes = _fashion_mnist(root, download)
+        test = _fashion_mnist(root, download, split="t10k") if heldout == "test" else None
     elif key in ("cifar10", "cifar100"):
         x, y, classes = _cifar(key, root, download)
+        test = _cifar(key, root, download, train=False) if heldout == "test" else None
     else:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} "
                            "or imagefolder:PATH")
+    if test is not None:
+        return _make(key, x, y, test[0], test[1], classes,
+                     heldout=f"the {key} test split ({len(test[1])} images)")
     train_idx, val_idx = carve_validation(y, val_per_class)
     return _make(key, x[train_idx], y[train_idx], x[val_idx], y[val_idx], classes)
 
@@ -161,12 +192,12 @@ def carve_validation(labels: torch.Tensor, val_per_class: int | None = None,
 
 
 def _make(name: str, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-          val_y: torch.Tensor, classes: tuple[str, ...]) -> Dataset:
+          val_y: torch.Tensor, classes: tuple[str, ...], heldout: str | None = None) -> Dataset:
     sample = train_x[:: max(1, len(train_x) // 10000)].float() / 255.0  # stats from <= 10k images
     mean = tuple(float(m) for m in sample.mean(dim=(0, 2, 3)))
     std = tuple(max(float(s), 1e-3) for s in sample.std(dim=(0, 2, 3)))
     return Dataset(name, train_x.contiguous(), train_y.long(), val_x.contiguous(), val_y.long(),
-                   classes, mean, std)
+                   classes, mean, std, *([heldout] if heldout else []))
 
 
 # ---------------------------------------------------------------------- Fashion-MNIST
@@ -183,11 +214,12 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def _fashion_mnist(root: str | None, download: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+def _fashion_mnist(root: str | None, download: bool,
+                   split: str = "train") -> tuple[torch.Tensor, torch.Tensor, tuple]:
     for folder in ([Path(root)] if root else []) + [FASHION_MNIST_DIR]:
         for suffix in (".gz", ""):
-            images = folder / f"train-images-idx3-ubyte{suffix}"
-            labels = folder / f"train-labels-idx1-ubyte{suffix}"
+            images = folder / f"{split}-images-idx3-ubyte{suffix}"
+            labels = folder / f"{split}-labels-idx1-ubyte{suffix}"
             if images.is_file() and labels.is_file():
                 x = torch.from_numpy(_read_idx(images).copy()).unsqueeze(1)
                 y = torch.from_numpy(_read_idx(labels).astype(np.int64))
@@ -195,22 +227,25 @@ def _fashion_mnist(root: str | None, download: bool) -> tuple[torch.Tensor, torc
     from torchvision.datasets import FashionMNIST
 
     ds = _torchvision(FashionMNIST, "fashion-mnist", Path(root) if root else _CACHE, download,
-                      hint="or install the Debian package dataset-fashion-mnist")
+                      hint="or install the Debian package dataset-fashion-mnist",
+                      train=split == "train")
     return ds.data.unsqueeze(1).clone(), ds.targets.clone().long(), _FMNIST_CLASSES
 
 
-def _cifar(name: str, root: str | None, download: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+def _cifar(name: str, root: str | None, download: bool,
+           train: bool = True) -> tuple[torch.Tensor, torch.Tensor, tuple]:
     from torchvision.datasets import CIFAR10, CIFAR100
 
     cls = CIFAR10 if name == "cifar10" else CIFAR100
-    ds = _torchvision(cls, name, Path(root) if root else _CACHE, download)
+    ds = _torchvision(cls, name, Path(root) if root else _CACHE, download, train=train)
     x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor(ds.targets, dtype=torch.int64), tuple(ds.classes)
 
 
-def _torchvision(cls: type, name: str, root: Path, download: bool, hint: str = ""):  # noqa: ANN202
+def _torchvision(cls: type, name: str, root: Path, download: bool, hint: str = "",  # noqa: ANN202
+                 train: bool = True):
     try:
-        return cls(str(root), train=True, download=download)
+        return cls(str(root), train=train, download=download)
     except Exception as e:  # torchvision raises URLError, RuntimeError, OSError ... offline
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         action = "download failed" if download else "not found (download=False)"
@@ -220,7 +255,8 @@ def _torchvision(cls: type, name: str, root: Path, download: bool, hint: str = "
 
 
 # ---------------------------------------------------------------------- ImageFolder
-def _image_folder(path: Path, val_per_class: int | None, image_size: int) -> Dataset:
+def _image_folder(path: Path, val_per_class: int | None, image_size: int,
+                  heldout: str = "val") -> Dataset:
     if not path.is_dir():
         raise DatasetError(f"imagefolder: {path} is not a folder")
     train_dir = path / "train"
@@ -238,7 +274,14 @@ def _image_folder(path: Path, val_per_class: int | None, image_size: int) -> Dat
         vx, vy = _read_split(val_dir, classes, image_size, require_all=False)
         gray = x.shape[1] == 1 and vx.shape[1] == 1
         x, vx = (x, vx) if gray else (_rgb(x), _rgb(vx))
-        return _make(name, x, y, vx, vy, classes)
+        return _make(name, x, y, vx, vy, classes, heldout=f"the val/ folder ({len(vy)} images)")
+    if heldout == "test":
+        # No test split: hold out a sixth of every class (as Fashion-MNIST's 10k of 60k).
+        per_class = max(1, int(torch.bincount(y)[torch.bincount(y) > 0].min()) // 6)
+        train_idx, val_idx = carve_validation(y, per_class)
+        return _make(name, x[train_idx], y[train_idx], x[val_idx], y[val_idx], classes,
+                     heldout=f"no test split: {len(val_idx)} images ({per_class} per class) "
+                             "carved from train/ and held out")
     train_idx, val_idx = carve_validation(y, val_per_class)
     return _make(name, x[train_idx], y[train_idx], x[val_idx], y[val_idx], classes)
 

@@ -25,13 +25,14 @@ the whole `quick` budget.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
@@ -40,26 +41,30 @@ from search_space import ArchConfig, build_model
 
 from .base import Budget, Callback, ProxyResult, StopTrial
 from .data import Dataset, load_dataset
+from .device import determinism, device_name, resolve_device, resolve_precision, torch_settings
 
-__all__ = ["ShortTrain", "torch_settings"]
-
-
-@contextmanager
-def torch_settings(threads: int, deterministic: bool = True) -> Iterator[None]:
-    """Run with `threads` intra-op threads and deterministic algorithms; restore after."""
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det)
+__all__ = ["ShortTrain", "torch_settings", "crop_flip"]
 
 
 def _resolve(dataset: Dataset | str) -> Dataset:
     return dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+
+
+def crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding (an eighth of the side, 4 px at 28-32 px) and random
+    horizontal flip of a uint8 batch (N x C x H x W), on the batch's device. The random
+    numbers come from the CPU `generator`, so a seed gives the same images on any device."""
+    n, _, h, w = x.shape
+    pad = max(1, w // 8)
+    shift = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    rows = shift[0, :, None] + torch.arange(h, device=x.device)
+    cols = shift[1, :, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    # Advanced indices around a slice put their dimensions first: N x H x W x C.
+    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 class ShortTrain:
@@ -71,7 +76,12 @@ class ShortTrain:
         budget: a `Budget`, a level name (``smoke``, ``quick``, ``full``) or ``key=value``
             string (see `Budget.parse`).
         seed: fixes initialization, training subset and batch order.
-        threads: intra-op threads during the run (1: see the module docstring).
+        threads: intra-op CPU threads during the run (1: see the module docstring); a CPU
+            setting only.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; a device
+            this machine lacks raises `DeviceError` here. The dataset is moved there once.
+        deterministic: deterministic algorithms (exact on the CPU, best-effort on CUDA;
+            the result's ``determinism`` says which, see `proxies.device`).
         score: ``accuracy`` (the default) or ``tse``; the latter scores a run by minus its
             sum of training losses (name ``tse``), accuracy still measured.
 
@@ -86,31 +96,48 @@ class ShortTrain:
 
     def __init__(self, *, dataset: Dataset | str = "fashion-mnist",
                  budget: Budget | str = "quick", seed: int = 0, threads: int = 1,
+                 device: str | torch.device = "auto", deterministic: bool = True,
                  score: str = "accuracy") -> None:
         if score not in ("accuracy", "tse"):
             raise ValueError(f"score: {score!r} must be 'accuracy' or 'tse'")
         self.score = score
         self.name = "short_train" if score == "accuracy" else "tse"
-        self.dataset = _resolve(dataset)
         self.budget = Budget.parse(budget)
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(self.budget.precision, self.device)
+        self.deterministic = bool(deterministic)
+        self.dataset = _resolve(dataset).to(self.device)
         self.seed = int(seed)
         self.threads = int(threads)
 
     def __repr__(self) -> str:
-        return f"ShortTrain(dataset={self.dataset.name!r}, budget={self.budget}, seed={self.seed})"
+        return (f"ShortTrain(dataset={self.dataset.name!r}, budget={self.budget}, "
+                f"seed={self.seed}, device={str(self.device)!r})")
 
     def __call__(self, arch: ArchConfig, *, callback: Callback | None = None) -> ProxyResult:
         start = time.perf_counter()
         run = _Run(self, arch)
-        with torch_settings(self.threads):
+        try:
+            return self._train(run, start, callback)
+        finally:
+            run.release()
+
+    def _train(self, run: _Run, start: float, callback: Callback | None) -> ProxyResult:
+        with torch_settings(self.threads, self.deterministic, self.device):
             try:
                 run.setup()
+            except torch.OutOfMemoryError:
+                return run.result(start, failed=f"out of memory building the network on "
+                                                f"{self.device}")
             except (RuntimeError, ValueError) as e:
                 return run.result(start, failed=f"cannot build or run the network: {_first(e)}")
             marks = _checkpoint_steps(self.budget) if callback is not None else ()
             for step in range(self.budget.steps):
                 try:
                     run.train_step(step)
+                except torch.OutOfMemoryError:
+                    return run.result(start, failed=f"out of memory at batch {step + 1} on "
+                                                    f"{self.device}")
                 except (RuntimeError, ValueError) as e:
                     return run.result(start, failed=f"step {step + 1}: {_first(e)}")
                 if run.failed:
@@ -156,7 +183,11 @@ class _Run:
         self.steps = 0
         self.accuracy: float | None = None
         self.checkpoints: list[tuple[int, float]] = []
+        self.train_losses: list[tuple[int, float]] = []
+        self._loss_mark = (0, 0.0)  # (steps, tse) at the previous checkpoint
         self.failed = ""
+        self.device = proxy.device
+        self.model: torch.nn.Module | None = None
 
     def setup(self) -> None:
         b, data = self.budget, self.data
@@ -170,9 +201,16 @@ class _Run:
         # architecture is measured on the same images.
         val = np.random.default_rng(0).permutation(len(data.val_y))[: b.val_size]
         self.val_idx = torch.from_numpy(np.sort(val))
+        # Augmentation draws from its own CPU generator: the same images on every device.
+        self.augment = torch.Generator().manual_seed(self.proxy.seed) if b.augment else None
         torch.manual_seed(self.proxy.seed)
         self.model = build_model(self.arch, num_classes=data.num_classes, in_chans=data.in_chans)
-        self.model = self.model.to(memory_format=torch.channels_last).train()
+        self.model = self.model.to(self.device, memory_format=torch.channels_last).train()
+        dtype = self.proxy.dtype
+        self.autocast = (torch.autocast(self.device.type, dtype=dtype) if dtype != torch.float32
+                         else contextlib.nullcontext())
+        # fp16 needs loss scaling; bf16 and fp32 do not.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16)
         self.optimizer = create_optimizer_v2(self.model, opt="adamw", lr=b.lr,
                                              weight_decay=b.weight_decay)
         warmup = round(b.warmup * b.steps)
@@ -185,17 +223,22 @@ class _Run:
     def train_step(self, step: int) -> None:
         b = self.budget
         idx = torch.from_numpy(self.order[step * b.batch_size: (step + 1) * b.batch_size])
-        x = self.data.batch(self.data.train_x[idx], b.resolution)
-        y = self.data.train_y[idx]
+        images = self.data.train_x[idx.to(self.data.train_x.device)]
+        if self.augment is not None:
+            images = crop_flip(images, self.augment)
+        x = self.data.batch(images, b.resolution)
+        y = self.data.train_y[idx.to(self.data.train_y.device)]
         self.scheduler.step(step)
-        loss = self.loss_fn(self.model(x), y)
-        value = float(loss.detach())
+        with self.autocast:
+            loss = self.loss_fn(self.model(x), y)
+        value = float(loss.detach())  # one host sync per step: the NaN check needs it
         if not math.isfinite(value):
             self.failed = f"training loss became {value} at step {step + 1}"
             return
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.tse += value
         self.steps = step + 1
 
@@ -204,9 +247,12 @@ class _Run:
         b, data = self.budget, self.data
         self.model.eval()
         correct = 0
-        for i in range(0, len(self.val_idx), 250):  # 250: bounded memory at any resolution
-            idx = self.val_idx[i: i + 250]
-            logits = self.model(data.batch(data.val_x[idx], b.resolution))
+        chunk = 250 if self.device.type == "cpu" else 2000  # bounded memory at any resolution
+        val_idx = self.val_idx.to(data.val_x.device)
+        for i in range(0, len(val_idx), chunk):
+            idx = val_idx[i: i + chunk]
+            with self.autocast:
+                logits = self.model(data.batch(data.val_x[idx], b.resolution)).float()
             if not torch.isfinite(logits).all():
                 self.failed = f"non-finite outputs on validation at step {self.steps}"
                 break
@@ -215,6 +261,10 @@ class _Run:
         self.accuracy = correct / len(self.val_idx) if not self.failed else None
         if self.accuracy is not None:
             self.checkpoints.append((self.steps, self.accuracy))
+            steps, tse = self._loss_mark
+            if self.steps > steps:
+                self.train_losses.append((self.steps, (self.tse - tse) / (self.steps - steps)))
+            self._loss_mark = (self.steps, self.tse)
         return self.accuracy if self.accuracy is not None else float("nan")
 
     def result(self, start: float, failed: str = "", stopped: bool = False) -> ProxyResult:
@@ -227,4 +277,16 @@ class _Run:
             tse=self.tse if not failed else None, seconds=time.perf_counter() - start,
             failed=bool(failed), reason=failed, steps=self.steps,
             checkpoints=tuple(self.checkpoints), stopped_early=stopped,
-            budget=self.budget, seed=self.proxy.seed)
+            budget=self.budget, seed=self.proxy.seed, train_losses=tuple(self.train_losses),
+            device=device_name(self.device),
+            determinism=determinism(self.device, self.proxy.deterministic),
+            precision={torch.float32: "fp32", torch.bfloat16: "bf16",
+                       torch.float16: "fp16"}[self.proxy.dtype])
+
+    def release(self) -> None:
+        """Free the model and optimizer now (after an out-of-memory error, the next
+        candidate must find the GPU memory free)."""
+        self.model = self.optimizer = None  # type: ignore[assignment]
+        if self.device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()

@@ -18,7 +18,8 @@
 
 Every proxy uses the same protocol as `ShortTrain`: ``proxy(arch) -> ProxyResult`` with
 the score in ``.score`` (higher is better), one seeded batch of ``budget.batch_size``
-training images at ``budget.resolution``, one thread, deterministic.
+training images at ``budget.resolution``, one thread, deterministic, on ``device`` (fp32:
+the scores are sums of tiny products that half precision would flush).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from search_space import ArchConfig, build_model, count_params, params_and_flops
 
 from .base import Budget, Callback, ProxyResult
 from .data import Dataset, load_dataset
-from .short_train import torch_settings
+from .device import determinism, device_name, resolve_device, torch_settings
 
 __all__ = ["ZeroCost", "ZERO_COST_SCORES"]
 
@@ -53,7 +54,7 @@ def _synflow(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         for p in model.state_dict().values():
             if p.is_floating_point():
                 p.abs_()
-    ones = torch.ones((1, *x.shape[1:]), dtype=torch.float64)
+    ones = torch.ones((1, *x.shape[1:]), dtype=torch.float64, device=x.device)
     model(ones).sum().backward()
     total = sum(float((w.detach() * w.grad).abs().sum()) for w in _weights(model) if w.grad is not None)
     return math.log(total) if total > 0 else float("-inf")
@@ -63,7 +64,7 @@ def _naswot(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     x = x.clone().requires_grad_(True)
     out = model(x)
     out.backward(torch.ones_like(out))
-    jacob = x.grad.reshape(len(x), -1).double().numpy()
+    jacob = x.grad.reshape(len(x), -1).double().cpu().numpy()
     corr = np.corrcoef(jacob)
     if not np.isfinite(corr).all():
         raise FloatingPointError("input Jacobians have zero variance (correlation undefined)")
@@ -101,12 +102,16 @@ class ZeroCost:
     """
 
     def __init__(self, name: str, *, dataset: Dataset | str = "fashion-mnist",
-                 budget: Budget | str = "quick", seed: int = 0, threads: int = 1) -> None:
+                 budget: Budget | str = "quick", seed: int = 0, threads: int = 1,
+                 device: str | torch.device = "auto", deterministic: bool = True) -> None:
         if name not in ZERO_COST_SCORES and name not in _ANALYTIC:
             raise ValueError(f"unknown zero-cost proxy {name!r}; choose one of "
                              f"{', '.join([*ZERO_COST_SCORES, *_ANALYTIC])}")
         self.name = name
-        self.dataset = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+        self.device = resolve_device(device)
+        self.deterministic = bool(deterministic)
+        data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+        self.dataset = data.to(self.device)
         self.budget = Budget.parse(budget)
         self.seed = int(seed)
         self.threads = int(threads)
@@ -118,14 +123,14 @@ class ZeroCost:
         data, b = self.dataset, self.budget
         rng = np.random.default_rng(self.seed)
         idx = torch.from_numpy(np.sort(rng.choice(len(data.train_y), size=min(
-            b.batch_size, len(data.train_y)), replace=False)))
+            b.batch_size, len(data.train_y)), replace=False))).to(self.device)
         return data.batch(data.train_x[idx], b.resolution), data.train_y[idx]
 
     def __call__(self, arch: ArchConfig, *, callback: Callback | None = None) -> ProxyResult:
         start = time.perf_counter()
         data, b = self.dataset, self.budget
         try:
-            with torch_settings(self.threads):
+            with torch_settings(self.threads, self.deterministic, self.device):
                 if self.name == "params":
                     score = count_params(arch, num_classes=data.num_classes,
                                          in_chans=data.in_chans) / 1e6
@@ -137,7 +142,7 @@ class ZeroCost:
                     x, y = self._batch()
                     torch.manual_seed(self.seed)
                     model = build_model(arch, num_classes=data.num_classes,
-                                        in_chans=data.in_chans).train()
+                                        in_chans=data.in_chans).to(self.device).train()
                     score = ZERO_COST_SCORES[self.name](model, x, y)
             reason = "" if math.isfinite(score) else f"score is {score}"
         except (RuntimeError, ValueError, FloatingPointError, np.linalg.LinAlgError) as e:
@@ -147,4 +152,5 @@ class ZeroCost:
         return ProxyResult(proxy=self.name, arch_id=arch.arch_id,
                            score=float("-inf") if failed else float(score),
                            seconds=time.perf_counter() - start, failed=failed, reason=reason,
-                           budget=b, seed=self.seed)
+                           budget=b, seed=self.seed, device=device_name(self.device),
+                           determinism=determinism(self.device, self.deterministic))

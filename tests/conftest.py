@@ -40,6 +40,16 @@ ODD_ARCHS: dict[str, tuple[ArchConfig, int]] = {
 }
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip, with the reason, on a machine without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=f"needs a CUDA device (torch {torch.__version__} sees none)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
 def _wants(metafunc: pytest.Metafunc, name: str) -> bool:
     """The test takes `name` and does not parametrize it itself."""
     explicit = set()
