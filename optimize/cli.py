@@ -37,8 +37,9 @@ def search_parser() -> argparse.ArgumentParser:
         "Other commands: `search.py devices`, `search.py show RUN`, `search.py export RUN ...`.")
     p.add_argument("--device", default="auto", help="latency table(s) to optimize for, comma-separated "
                    "(e.g. arm or arm,gpu); `search.py devices` lists them; default: this machine")
-    p.add_argument("--trials", type=int, default=40, help="candidates to evaluate (default 40; "
-                   "infeasible candidates, never trained, do not count)")
+    p.add_argument("--trials", type=int, default=40, help="distinct architectures to evaluate "
+                   "(default 40; infeasible candidates and repeated proposals, never trained, "
+                   "do not count)")
     p.add_argument("--timeout", type=float, default=780.0, help="stop starting trials after this "
                    "many seconds (default 780, so the default run stays within 15 minutes)")
     p.add_argument("--space", help="search space YAML (default: search_space/default.yaml)")
@@ -179,7 +180,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     from .early_stop import ParetoEarlyStopping
     from .objective import Constraints, Objective
     from .report import write_outputs
-    from .runner import make_sampler, open_study, recover_zombies, run_optuna
+    from .runner import SearchExhausted, make_sampler, open_study, recover_zombies, run_optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.trials < 1:
@@ -273,6 +274,8 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         else:
             run_optuna(study, objective, args.trials, timeout=args.timeout, workers=args.workers,
                        on_trial=progress)
+    except SearchExhausted as e:  # what was found is valid: say why it is less, and report it
+        print(e, flush=True)
     except MissingLayerError as e:
         raise UsageError(str(e)) from None
     except ValueError as e:

@@ -27,7 +27,8 @@ from .early_stop import History, ParetoEarlyStopping
 from .interrupt import CtrlC
 
 __all__ = ["Objective", "Constraints", "CandidateFailed", "mnas_reward", "MNAS_W",
-           "history_of", "STOPPED", "INFEASIBLE", "INTERRUPTED"]
+           "history_of", "finished_twin", "record_repeat", "STOPPED", "INFEASIBLE", "INTERRUPTED",
+           "DUPLICATE"]
 
 #: MnasNet's soft-constraint exponent (Tan et al. 2019, Sec. 3).
 MNAS_W = -0.07
@@ -35,6 +36,8 @@ MNAS_W = -0.07
 STOPPED, INFEASIBLE = "stopped_early", "infeasible"
 #: user-attribute flag of a FAIL trial cut off by Ctrl-C or kill -9: not evaluated, re-queued.
 INTERRUPTED = "interrupted"
+#: user attribute of a repeated proposal: the number of the trial that evaluated its architecture.
+DUPLICATE = "duplicate_of"
 
 
 class CandidateFailed(RuntimeError):
@@ -71,13 +74,28 @@ def history_of(trials: Sequence[FrozenTrial]) -> list[History]:
     return out
 
 
-def _finished_twin(trial: optuna.Trial, arch_id: str) -> FrozenTrial | None:
-    """An earlier trial of the same architecture that completed or was stopped early."""
-    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if t.number != trial.number and t.user_attrs.get("arch_id") == arch_id and (
-                t.state == TrialState.COMPLETE or STOPPED in t.user_attrs):
+def finished_twin(study: optuna.Study, arch_id: str, number: int) -> FrozenTrial | None:
+    """The trial (other than `number`) that evaluated `arch_id`: completed, stopped early or
+    failed. A trial cut off by an interruption did not evaluate it (its candidate is re-queued);
+    nor did a running one, so two workers that draw the same architecture at once both train."""
+    for t in study.get_trials(deepcopy=False,
+                              states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        ua = t.user_attrs
+        if t.number == number or ua.get("arch_id") != arch_id:
+            continue
+        if (t.state == TrialState.COMPLETE or STOPPED in ua
+                or (t.state == TrialState.FAIL and "fail_reason" in ua and INTERRUPTED not in ua)):
             return t
     return None
+
+
+def record_repeat(trial: optuna.Trial, twin: FrozenTrial) -> None:
+    """Store on `trial` the result its twin measured, and which trial that was (`DUPLICATE`)."""
+    trial.set_user_attr(DUPLICATE, twin.number)
+    for key in ("checkpoints", "tse", "accuracy", "fail_reason", STOPPED):
+        if key in twin.user_attrs:
+            trial.set_user_attr(key, twin.user_attrs[key])
+    trial.set_user_attr("proxy_seconds", 0.0)
 
 
 class Objective:
@@ -156,7 +174,7 @@ class Objective:
             trial.set_user_attr(INFEASIBLE, why)
             raise optuna.TrialPruned(f"infeasible: {why}")
 
-        twin = _finished_twin(trial, arch.arch_id)
+        twin = finished_twin(trial.study, arch.arch_id, trial.number)
         if twin is not None:
             return self._reuse(trial, twin)
 
@@ -191,17 +209,24 @@ class Objective:
         return (accuracy, *info["latency_ms"].values())
 
     def _reuse(self, trial: optuna.Trial, twin: FrozenTrial) -> float | tuple[float, ...]:
-        """The sampler proposed an architecture again (TPE does in categorical spaces): the
-        proxy is deterministic per architecture and seed, so take the finished result instead
-        of training it again. A twin stopped early is stopped again: the history has only
-        grown since, and the rule can only find more dominators."""
-        trial.set_user_attr("duplicate_of", twin.number)
-        for key in ("checkpoints", "tse", "accuracy"):
-            if key in twin.user_attrs:
-                trial.set_user_attr(key, twin.user_attrs[key])
-        trial.set_user_attr("proxy_seconds", 0.0)
+        """The sampler proposed an architecture again (TPE does in categorical spaces). The
+        proxy is deterministic per architecture and seed, so the trial takes its twin's result
+        instead of training: it is recorded (`DUPLICATE`, its parameters in the study) but
+        does not count toward `--trials` (`runner.evaluated`).
+
+        It is told to Optuna in its twin's state and with its twin's values, as an evaluation
+        would be: the sampler sees one more observation of a point it already knows. This keeps
+        what TPE learns as it was before repeats stopped counting; telling it PRUNED instead
+        would rank a good architecture below every complete trial (Optuna's TPE splits pruned
+        trials after complete ones), and FAIL would hide the proposal from the sampler. A
+        sampler that keeps proposing known architectures is stopped by the runner's bound on
+        repeats in a row. A twin stopped early is stopped again (the history has only grown
+        since, so the rule can only find more dominators); a failed twin fails again."""
+        record_repeat(trial, twin)
+        if twin.state == TrialState.FAIL:
+            raise CandidateFailed(f"{twin.user_attrs['arch_id']}: same architecture as trial "
+                                  f"{twin.number}: {twin.user_attrs['fail_reason']}")
         if twin.state == TrialState.PRUNED:
-            trial.set_user_attr(STOPPED, True)
             raise optuna.TrialPruned(f"same architecture as trial {twin.number}, stopped early")
         return twin.values[0] if self.objective == "score" else tuple(twin.values)
 

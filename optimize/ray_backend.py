@@ -7,6 +7,12 @@ per-trial record (architecture, latency per device, checkpoints) travels in the 
 last result and is written as Optuna user attributes before the trial is told, so the
 run folder looks the same as with the Optuna backend. With `--objective score`, ASHA (Li
 et al., MLSys 2020) stops weak trials on the scalar reward at the proxy's checkpoints.
+
+A proposal of an architecture the study has already evaluated never reaches a worker: the
+searcher records it as the Optuna backend does (`duplicate_of`, the twin's result told to
+the sampler) and asks again, so every Ray trial is a new architecture and `num_samples` is
+the number still to evaluate. When the repeats in a row reach the runner's bound, the searcher
+finishes and `run_ray` raises `SearchExhausted`.
 """
 
 from __future__ import annotations
@@ -17,10 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from .objective import INFEASIBLE, Objective
-from .runner import STUDY_NAME, evaluated
+from search_space import SearchSpace
+
+from .objective import INFEASIBLE, Objective, finished_twin, record_repeat
+from .runner import STUDY_NAME, SearchExhausted, tally
 
 __all__ = ["run_ray"]
 
@@ -62,7 +72,31 @@ def _trainable(config: dict[str, Any], objective: Objective) -> None:
 
 
 class _Search(OptunaSearch):
-    """OptunaSearch that also stores the trial's record as Optuna user attributes."""
+    """OptunaSearch that also stores the trial's record as Optuna user attributes, and records
+    repeated architectures itself instead of sending them to a worker."""
+
+    def __init__(self, *, arch_space: SearchSpace, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.arch_space = arch_space
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        while True:
+            config = super().suggest(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            arch = self.arch_space.to_arch(config)
+            twin = finished_twin(self._ot_study, arch.arch_id, ot_trial.number)
+            if twin is None:
+                return config
+            for key in ("arch", "arch_id", "latency_ms", "params_m"):
+                ot_trial.set_user_attr(key, twin.user_attrs[key])
+            record_repeat(ot_trial, twin)
+            if twin.state == TrialState.COMPLETE:
+                self._ot_study.tell(ot_trial, twin.values)
+            else:
+                self._ot_study.tell(ot_trial, state=twin.state)
+            del self._ot_trials[trial_id]  # the next super().suggest asks a new trial
+            if tally(self._ot_study.get_trials(deepcopy=False)).stuck:
+                return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -91,12 +125,12 @@ def run_ray(*, study: optuna.Study, storage: str, objective: Objective, n_trials
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    done = sum(evaluated(t) for t in study.get_trials(deepcopy=False))
-    remaining = n_trials - done
+    remaining = n_trials - tally(study.get_trials(deepcopy=False)).evaluated
     if remaining <= 0:
         return
     modes = ["max" if d == "maximize" else "min" for d in objective.directions]
-    searcher = _Search(space=_Define(objective.space.params()), metric=objective.metric_names, mode=modes,
+    searcher = _Search(arch_space=objective.space, space=_Define(objective.space.params()),
+                       metric=objective.metric_names, mode=modes,
                        sampler=study.sampler, study_name=STUDY_NAME,
                        storage=optuna.storages.RDBStorage(storage) if storage.startswith(
                            ("sqlite", "postgresql", "mysql")) else None, seed=seed)
@@ -126,3 +160,6 @@ def run_ray(*, study: optuna.Study, storage: str, objective: Objective, n_trials
                                   callbacks=[_Progress()]),
     )
     tuner.fit()
+    now = tally(study.get_trials(deepcopy=False))
+    if now.evaluated < n_trials and now.stuck:
+        raise SearchExhausted(now.evaluated, n_trials, now.repeats_in_a_row)

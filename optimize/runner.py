@@ -3,23 +3,25 @@
 The study lives in an Optuna storage (SQLite in the run folder by default). Every trial is
 committed to it as it finishes, so Ctrl-C or kill -9 loses at most the running trials; on
 `--resume` those are marked FAIL and their parameters re-enqueued, and the study continues
-until `n_trials` candidates have been evaluated (infeasible candidates, never trained, do
-not count).
+until `n_trials` distinct architectures have been evaluated: infeasible candidates (never
+trained) and repeated proposals (an architecture evaluated before, recorded with
+`duplicate_of`) do not count.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .objective import INFEASIBLE, INTERRUPTED, STOPPED, CandidateFailed, Objective
+from .objective import DUPLICATE, INFEASIBLE, INTERRUPTED, STOPPED, CandidateFailed, Objective
 
-__all__ = ["SAMPLERS", "make_sampler", "open_study", "evaluated", "run_optuna", "recover_zombies"]
+__all__ = ["SAMPLERS", "make_sampler", "open_study", "evaluated", "Tally", "tally", "SearchExhausted",
+           "run_optuna", "recover_zombies"]
 
 _log = logging.getLogger(__name__)
 
@@ -27,6 +29,12 @@ STUDY_NAME = "pconv-nas"
 # Infeasible draws cost microseconds; beyond this many per wanted trial the constraints are
 # hopeless and the run stops with "constraint infeasible" instead of spinning.
 _MAX_INFEASIBLE_PER_TRIAL = 200
+# A repeat costs a sampler call and a few storage writes. A sampler that proposes only
+# architectures already evaluated this many times in a row has nothing new to offer (a
+# space smaller than --trials, or TPE collapsed on its best points): stop instead of spinning.
+# TPE over the default space repeated itself at most 8 times in a row in runs of 100
+# architectures (seeds 0-2, synthetic accuracy), so 100 leaves a wide margin.
+_MAX_REPEATS_IN_A_ROW = 100
 
 
 def make_sampler(name: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
@@ -53,13 +61,56 @@ def open_study(storage: str, directions: list[str], sampler: optuna.samplers.Bas
 
 
 def evaluated(trial: FrozenTrial) -> bool:
-    """Whether a trial counts toward `--trials`: trained (fully or stopped early) or failed
-    (not cut off by an interruption: that candidate is re-queued and evaluated on resume)."""
+    """Whether a trial counts toward `--trials`: a newly evaluated architecture, trained (fully
+    or stopped early) or failed. Not counted: a repeat of an architecture evaluated before
+    (`duplicate_of`), an infeasible candidate, a trial cut off by an interruption (its
+    candidate is re-queued and evaluated on resume)."""
+    if DUPLICATE in trial.user_attrs:
+        return False
     if trial.state == TrialState.COMPLETE:
         return True
     if trial.state == TrialState.FAIL:
         return INTERRUPTED not in trial.user_attrs
     return trial.state == TrialState.PRUNED and INFEASIBLE not in trial.user_attrs
+
+
+class Tally(NamedTuple):
+    """Where a study stands against its budget and its bounds."""
+
+    evaluated: int           # distinct architectures evaluated (`evaluated`)
+    infeasible: int          # candidates that broke the constraints, never trained
+    repeats_in_a_row: int    # repeated proposals since the last newly evaluated architecture
+
+    @property
+    def stuck(self) -> bool:
+        """The sampler proposed nothing new for `_MAX_REPEATS_IN_A_ROW` proposals."""
+        return self.repeats_in_a_row >= _MAX_REPEATS_IN_A_ROW
+
+
+def tally(trials: Sequence[FrozenTrial]) -> Tally:
+    """Count `trials` (in trial order) for `run_optuna` and the Ray backend."""
+    streak, streak_open = 0, True
+    for t in reversed(trials):
+        if evaluated(t):
+            streak_open = False
+        elif streak_open and DUPLICATE in t.user_attrs:
+            streak += 1
+    return Tally(evaluated=sum(evaluated(t) for t in trials),
+                 infeasible=sum(INFEASIBLE in t.user_attrs for t in trials),
+                 repeats_in_a_row=streak)
+
+
+class SearchExhausted(RuntimeError):
+    """The sampler proposed only architectures already evaluated, `_MAX_REPEATS_IN_A_ROW` times
+    in a row: the search stopped with fewer than the requested distinct architectures. The
+    study is complete as far as it went (its results are valid)."""
+
+    def __init__(self, evaluated: int, wanted: int, repeats: int) -> None:
+        self.evaluated, self.wanted, self.repeats = evaluated, wanted, repeats
+        super().__init__(
+            f"search stopped: the last {repeats} proposals were all architectures already "
+            f"evaluated; distinct architectures evaluated: {evaluated} of {wanted} asked for (the "
+            "space may hold fewer; a random sampler or another seed may find more)")
 
 
 def recover_zombies(study: optuna.Study) -> int:
@@ -77,25 +128,25 @@ def recover_zombies(study: optuna.Study) -> int:
 def run_optuna(study: optuna.Study, objective: Objective, n_trials: int,
                timeout: float | None = None, workers: int = 1,
                on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> None:
-    """Optimize until `n_trials` candidates are evaluated (or `timeout` seconds pass)."""
-    def count() -> tuple[int, int]:
-        trials = study.get_trials(deepcopy=False)
-        return sum(evaluated(t) for t in trials), sum(INFEASIBLE in t.user_attrs for t in trials)
-
-    done, _ = count()
-    if done >= n_trials:
+    """Optimize until `n_trials` distinct architectures are evaluated (or `timeout` seconds
+    pass). Raises `SearchExhausted` when the sampler only repeats itself, and ValueError
+    ("constraint infeasible") when it only draws candidates that break the constraints."""
+    if tally(study.get_trials(deepcopy=False)).evaluated >= n_trials:
         return
     infeasible_limit = _MAX_INFEASIBLE_PER_TRIAL * n_trials
-    state: dict[str, Any] = {"infeasible": False}
+    state: dict[str, Any] = {"infeasible": False, "exhausted": None}
 
     def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
         if on_trial is not None:
             on_trial(study, trial)
-        done, infeasible = count()
-        if done >= n_trials:
+        now = tally(study.get_trials(deepcopy=False))
+        if now.evaluated >= n_trials:
             study.stop()
-        elif infeasible >= infeasible_limit:
+        elif now.infeasible >= infeasible_limit:
             state["infeasible"] = True
+            study.stop()
+        elif now.stuck:
+            state["exhausted"] = SearchExhausted(now.evaluated, n_trials, now.repeats_in_a_row)
             study.stop()
 
     logging.getLogger("optuna").setLevel(logging.WARNING)
@@ -112,10 +163,18 @@ def run_optuna(study: optuna.Study, objective: Objective, n_trials: int,
     if state["infeasible"]:
         raise ValueError(f"constraint infeasible: {infeasible_limit} candidates in a row broke "
                          "the constraints; loosen --max-latency/--max-params or the space")
+    if state["exhausted"] is not None:
+        raise state["exhausted"]
 
 
 def describe_trial(trial: FrozenTrial) -> str:
     """Short outcome of a trial for the progress line."""
+    if DUPLICATE in trial.user_attrs:
+        return f"repeat of trial {trial.user_attrs[DUPLICATE]}, not counted ({_outcome(trial)})"
+    return _outcome(trial)
+
+
+def _outcome(trial: FrozenTrial) -> str:
     if trial.state == TrialState.COMPLETE:
         return "complete"
     if trial.state == TrialState.FAIL:

@@ -10,6 +10,7 @@ test_search_cli.py.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -38,7 +39,8 @@ from optimize import (
     select,
     write_outputs,
 )
-from optimize.objective import INFEASIBLE, INTERRUPTED, STOPPED
+from optimize.objective import DUPLICATE, INFEASIBLE, INTERRUPTED, STOPPED, finished_twin
+from optimize.runner import SearchExhausted, Tally, describe_trial, tally
 from proxies import BUDGETS, ProxyResult
 from search_space import PRESETS, ArchConfig, SearchSpace
 
@@ -465,7 +467,7 @@ def test_run_optuna_continues_to_the_requested_count():
     assert len(proxy.calls) == sum(evaluated(t) and "duplicate_of" not in t.user_attrs for t in trials)
 
 
-def test_repeated_architecture_reuses_the_finished_result():
+def test_repeated_architecture_is_recorded_but_not_trained_nor_counted():
     archs = [variant(i) for i in range(3)]
     curves = {archs[0].arch_id: flat(0.9), archs[1].arch_id: {2: 0.1, 4: 0.1},
               archs[2].arch_id: flat(0.8)}
@@ -475,13 +477,133 @@ def test_repeated_architecture_reuses_the_finished_result():
     s = study(obj.directions)
     for i in (0, 1, 0, 1, 2):
         s.enqueue_trial({"i": i})
-    run_optuna(s, obj, n_trials=5)
+    run_optuna(s, obj, n_trials=3)
     t = s.get_trials()
+    assert len(t) == 5 and tally(t) == Tally(evaluated=3, infeasible=0, repeats_in_a_row=0)
     assert [a.arch_id for a in proxy.calls] == [archs[0].arch_id, archs[1].arch_id, archs[2].arch_id]
+    assert [evaluated(x) for x in t] == [True, True, False, False, True]
+    # the repeat keeps its proposal and its twin's result, and tells the sampler the twin's values
+    assert t[2].params == {"i": 0} and t[2].user_attrs["arch_id"] == archs[0].arch_id
     assert t[2].state == TrialState.COMPLETE and t[2].values == t[0].values
-    assert t[2].user_attrs["duplicate_of"] == 0 and t[2].user_attrs["proxy_seconds"] == 0.0
+    assert t[2].user_attrs[DUPLICATE] == 0 and t[2].user_attrs["proxy_seconds"] == 0.0
+    assert t[2].user_attrs["checkpoints"] == t[0].user_attrs["checkpoints"]
     assert t[1].state == TrialState.PRUNED and STOPPED in t[1].user_attrs  # dominated by trial 0
-    assert t[3].state == TrialState.PRUNED and t[3].user_attrs["duplicate_of"] == 1
+    assert t[3].state == TrialState.PRUNED and t[3].user_attrs[DUPLICATE] == 1
+    assert STOPPED in t[3].user_attrs
+    assert describe_trial(t[3]) == "repeat of trial 1, not counted (stopped early (dominated))"
+
+
+def test_trials_counts_distinct_architectures():
+    """`n_trials` = distinct architectures: repeats before and between them do not count."""
+    archs = [variant(i) for i in range(6)]
+    proxy = FakeProxy(lambda a: flat(0.5))
+    obj = Objective(space=ListSpace(archs), proxy=proxy,
+                    latency={"d": FakeTable(lambda a: float(a.feature_dim))})
+    s = study(obj.directions)
+    for i in (0, 0, 0, 1, 0, 1, 2, 2):
+        s.enqueue_trial({"i": i})
+    run_optuna(s, obj, n_trials=4)  # the fourth comes from the random sampler
+    t = s.get_trials()
+    assert tally(t).evaluated == 4 and len(proxy.calls) == 4
+    assert len({a.arch_id for a in proxy.calls}) == 4
+    assert [x.user_attrs.get(DUPLICATE) for x in t[:8]] == [None, 0, 0, None, 0, 3, None, 6]
+    assert all(not evaluated(x) for x in t if DUPLICATE in x.user_attrs)
+
+
+def test_repeat_of_a_failed_architecture_fails_without_training():
+    archs = [variant(i) for i in range(2)]
+    proxy = FakeProxy(lambda a: flat(0.5), fail=lambda a: "nan loss" if a == archs[0] else "")
+    obj = Objective(space=ListSpace(archs), proxy=proxy, latency={"d": FakeTable(lambda a: 1.0)})
+    s = study(obj.directions)
+    for i in (0, 0, 1):
+        s.enqueue_trial({"i": i})
+    run_optuna(s, obj, n_trials=2)
+    t = s.get_trials()
+    assert [x.state for x in t] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert t[1].user_attrs[DUPLICATE] == 0 and t[1].user_attrs["fail_reason"] == "nan loss"
+    assert len(proxy.calls) == 2 and not evaluated(t[1])
+
+
+def test_interrupted_trial_is_no_twin():
+    """A trial cut off by Ctrl-C evaluated nothing: its re-queued candidate trains."""
+    s = study(["maximize", "minimize"])
+    s.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={
+        "arch_id": "x", INTERRUPTED: True, "fail_reason": "interrupted (Ctrl-C)"}))
+    s.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={
+        "arch_id": "x", INFEASIBLE: "too slow"}))
+    assert finished_twin(s, "x", number=5) is None
+    s.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, values=[0.5, 1.0],
+                                          user_attrs={"arch_id": "x"}))
+    assert finished_twin(s, "x", number=5).number == 2
+    assert finished_twin(s, "x", number=2) is None  # not its own twin
+
+
+def test_a_sampler_stuck_on_known_architectures_is_stopped():
+    """A space of 2 architectures and --trials 5: the random sampler can only repeat itself."""
+    archs = [variant(i) for i in range(2)]
+    proxy = FakeProxy(lambda a: flat(0.5))
+    obj = Objective(space=ListSpace(archs), proxy=proxy, latency={"d": FakeTable(lambda a: 1.0)})
+    s = study(obj.directions)
+    # the timeout only guards against a hang: a run that times out returns without raising
+    with pytest.raises(SearchExhausted, match="distinct architectures evaluated: 2 of 5 asked") as e:
+        run_optuna(s, obj, n_trials=5, timeout=60)
+    assert "\n" not in str(e.value) and "the last 100 proposals were all" in str(e.value)
+    t = s.get_trials()
+    assert len(proxy.calls) == 2 and tally(t) == Tally(evaluated=2, infeasible=0, repeats_in_a_row=100)
+    assert (e.value.evaluated, e.value.wanted, e.value.repeats) == (2, 5, 100)
+    assert sum(DUPLICATE in x.user_attrs for x in t) == len(t) - 2
+
+
+def test_the_bound_counts_repeats_in_a_row_only(monkeypatch):
+    monkeypatch.setattr("optimize.runner._MAX_REPEATS_IN_A_ROW", 3)
+    archs = [variant(i) for i in range(3)]
+    proxy = FakeProxy(lambda a: flat(0.5))
+    obj = Objective(space=ListSpace(archs), proxy=proxy, latency={"d": FakeTable(lambda a: 1.0)})
+    s = study(obj.directions)
+    for i in (0, 0, 0, 1, 1, 0, 2):  # 2 repeats, a new one, 2 repeats, a new one
+        s.enqueue_trial({"i": i})
+    run_optuna(s, obj, n_trials=3)
+    assert tally(s.get_trials()).evaluated == 3 and len(s.get_trials()) == 7
+
+    s.enqueue_trial({"i": 1})  # 3 repeats in a row: stopped, even when resumed
+    with pytest.raises(SearchExhausted, match="evaluated: 3 of 4 asked for"):
+        run_optuna(s, obj, n_trials=4, timeout=60)
+    assert len(s.get_trials()) == 10 and len(proxy.calls) == 3
+
+
+def test_ray_searcher_records_repeats_without_a_worker(monkeypatch):
+    """The Ray backend's searcher answers a repeated proposal itself and asks again, so no
+    worker trains it and every Ray trial is a new architecture; stuck, it finishes."""
+    pytest.importorskip("ray.tune")
+    from ray.tune.search import Searcher
+
+    from optimize.ray_backend import _ATTRS, _Define, _Search
+
+    monkeypatch.setattr("optimize.runner._MAX_REPEATS_IN_A_ROW", 4)
+    two = SearchSpace.from_dict({"stages": 2, "widths": [[16], [32]], "depths": [[1], [1]],
+                                 "act": ["gelu", "relu"]})
+    searcher = _Search(arch_space=two, space=_Define(two.params()), metric=["accuracy", "latency_ms:d"],
+                       mode=["max", "min"], sampler=optuna.samplers.RandomSampler(seed=0),
+                       study_name="pconv-nas", seed=0)
+    finished = {}
+    for n in range(2):  # both architectures evaluated by (pretend) workers
+        config = searcher.suggest(f"t{n}")
+        assert config != Searcher.FINISHED
+        arch = two.to_arch(config)
+        assert arch.arch_id not in finished, "a repeat reached a worker"
+        finished[arch.arch_id] = 0.5 + n / 10
+        attrs = {"arch": arch.to_dict(), "arch_id": arch.arch_id, "latency_ms": {"d": 1.0 + n},
+                 "params_m": 0.1, "accuracy": finished[arch.arch_id], "checkpoints": [[4, 0.5]]}
+        searcher.on_trial_complete(f"t{n}", {"accuracy": finished[arch.arch_id],
+                                             "latency_ms:d": 1.0 + n, _ATTRS: json.dumps(attrs)})
+    assert searcher.suggest("t2") == Searcher.FINISHED
+    trials = searcher._ot_study.get_trials()
+    assert tally(trials) == Tally(evaluated=2, infeasible=0, repeats_in_a_row=4)
+    for t in trials[2:]:
+        twin = trials[t.user_attrs[DUPLICATE]]
+        assert t.state == TrialState.COMPLETE and t.values == twin.values
+        assert t.user_attrs["arch_id"] == twin.user_attrs["arch_id"]
+        assert t.user_attrs["accuracy"] == finished[t.user_attrs["arch_id"]]
 
 
 # ------------------------------------------------------------------------- report: compute
