@@ -1,5 +1,5 @@
 """`python -m proxies validate --n 24 --seed 0 [--reference-seeds K] [--dataset fashion-mnist]
-[--out DIR]`.
+[--out DIR]` and `python -m proxies reference build|report` (`proxies.reference`).
 
 Bad input gives a one-line error on stderr and exit code 2.
 """
@@ -36,11 +36,46 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"comma-separated subset of {','.join(PROXIES)}")
     v.add_argument("--workers", type=int, default=1, help="processes, one thread each")
     v.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder ({DEFAULT_OUT})")
+    _reference_parser(sub)
     return parser
+
+
+def _reference_parser(sub: argparse._SubParsersAction) -> None:
+    from .reference import HERE
+
+    ref = sub.add_parser("reference", help="ground-truth sets: architectures x seeds trained "
+                                           "to a complete schedule")
+    rsub = ref.add_subparsers(dest="action", required=True)
+    b = rsub.add_parser("build", help="draw a set (or reopen one) and train what it lacks")
+    b.add_argument("--out", type=Path, default=None,
+                   help=f"the set's folder (default {HERE}/<dataset>; reopened if it exists)")
+    b.add_argument("--dataset", default="fashion-mnist",
+                   help="fashion-mnist, cifar10, cifar100 or imagefolder:PATH")
+    b.add_argument("--n", type=int, default=40, help="sampled architectures (multiple of 5)")
+    b.add_argument("--seed", type=int, default=0, help="sampling and split seed (default 0)")
+    b.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
+    b.add_argument("--protocol", default=None, action="append",
+                   help="key=value changes to the default protocol, e.g. epochs=20,lr=5e-4; "
+                        "repeat for several protocols (a pilot)")
+    b.add_argument("--pilot", action="store_true",
+                   help="the pilot's architectures (smallest, tiny, T0, T1, T2, largest) "
+                        "instead of a sampled set")
+    b.add_argument("--only", default="", help="comma-separated roles or arch ids to train now")
+    b.add_argument("--table", default="arm", help="latency table of the strata (default arm)")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    b.add_argument("--workers", type=int, default=1, help="processes (one thread each on CPU)")
+    b.add_argument("--shard", default="0/1", help="i/n: train only this shard of the runs")
+    b.add_argument("--limit", type=int, default=None, help="train at most this many runs")
+    r = rsub.add_parser("report", help="Markdown + plot of a set (spread, noise, ceiling)")
+    r.add_argument("set", nargs="?", default="fashion-mnist", help="dataset name or folder")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "reference":
+        from .reference.cli import run
+
+        return run(args)
     from .validate import markdown_table, validate, write_report
 
     try:

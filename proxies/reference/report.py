@@ -1,0 +1,239 @@
+"""Compute, then draw: what a reference set says, per protocol.
+
+`summarize(folder)` computes a `Summary` per protocol: the per-architecture K-seed means,
+the set's reliability (seed noise, spread between architectures, the seed-vs-seed Kendall
+tau that is the noise ceiling of any proxy, the reliability of the K-seed mean; the same
+statistics as `proxies.validate.reference_repeatability`), accuracy against predicted
+latency, params-only and FLOPs-only Kendall tau as the baselines every proxy must beat
+(on every architecture, the tune half and the holdout half separately), where the presets
+land, and the cost per run. `write_report` renders ``report.md`` and ``accuracy.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..validate import reference_repeatability
+from .build import ReferenceSet, members_frame, read_runs
+
+__all__ = ["Summary", "summarize", "write_report", "NOISE_CEILING_GOAL"]
+
+#: The issue's bar for a set that can rank the space: seed-vs-seed Kendall tau.
+NOISE_CEILING_GOAL = 0.8
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """One protocol of a set, computed from its finished runs."""
+
+    protocol_id: str
+    archs: pd.DataFrame
+    """One row per architecture: members' columns, ``acc_s<seed>`` per seed, ``mean``, ``std``,
+    ``n_seeds``, ``seconds`` (mean per run), ``device``."""
+    seeds: tuple[int, ...]
+    complete: int
+    """Architectures with every seed finished (the statistics use only these)."""
+    repeatability: dict[str, Any] | None
+    pair_taus: list[float]
+    """Kendall tau of every pair of seeds (the noise ceiling is their mean)."""
+    baselines: pd.DataFrame
+    """Kendall tau of params / FLOPs / latency with the K-seed mean: all, tune, holdout."""
+    failed: pd.DataFrame
+    latency_col: str | None
+
+    @property
+    def noise_ceiling(self) -> float:
+        return float(np.mean(self.pair_taus)) if self.pair_taus else math.nan
+
+
+def _tau(a: pd.Series, b: pd.Series) -> float:
+    ok = pd.concat([a, b], axis=1).dropna()
+    return float(stats.kendalltau(ok.iloc[:, 0], ok.iloc[:, 1]).statistic) if len(ok) >= 3 else math.nan
+
+
+def summarize(folder: Path) -> list[Summary]:
+    rset = ReferenceSet.load(folder)
+    runs = read_runs(folder)
+    members = members_frame(rset)
+    lat = next((c for c in members.columns if c.startswith("latency_ms_")), None)
+    out = []
+    for protocol in rset.protocols:
+        pid = protocol.protocol_id
+        mine = runs[runs["protocol_id"] == pid] if not runs.empty else runs
+        ok = mine[mine["status"] == "ok"] if not mine.empty else mine
+        failed = mine[mine["status"] != "ok"] if not mine.empty else mine
+        archs = members.copy()
+        seeds = tuple(s for s in rset.seeds
+                      if not ok.empty and (ok["seed"] == s).any())
+        for s in seeds:
+            col = ok[ok["seed"] == s].set_index("arch_id")["accuracy"]
+            archs[f"acc_s{s}"] = archs["arch_id"].map(col)
+        cols = [f"acc_s{s}" for s in seeds]
+        archs["n_seeds"] = archs[cols].notna().sum(axis=1) if cols else 0
+        archs["mean"] = archs[cols].mean(axis=1) if cols else math.nan
+        archs["std"] = archs[cols].std(axis=1, ddof=1) if len(cols) > 1 else math.nan
+        if not ok.empty:
+            archs["seconds"] = archs["arch_id"].map(ok.groupby("arch_id")["seconds"].mean())
+            archs["device"] = archs["arch_id"].map(ok.groupby("arch_id")["device"].first())
+        full = archs[archs["n_seeds"] == len(seeds)] if seeds else archs.iloc[0:0]
+        rep, taus = None, []
+        if len(seeds) >= 2 and len(full) >= 3:
+            frame = full.rename(columns={f"acc_s{s}": f"reference_s{s}" for s in seeds})
+            rep = dataclasses.asdict(reference_repeatability(frame, seeds))
+            taus = [_tau(full[f"acc_s{a}"], full[f"acc_s{b}"])
+                    for a, b in itertools.combinations(seeds, 2)]
+        rows = []
+        for name in ("params_m", "flops_g", *([lat] if lat else [])):
+            row = {"predictor": name.removesuffix("_m").removesuffix("_g")}
+            for split in ("all", "tune", "holdout"):
+                part = archs if split == "all" else archs[archs["split"] == split]
+                row[split] = _tau(part[name], part["mean"])
+                row[f"n_{split}"] = int(part["mean"].notna().sum())
+            rows.append(row)
+        out.append(Summary(pid, archs, seeds, len(full), rep, taus, pd.DataFrame(rows),
+                           failed, lat))
+    return out
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _markdown(folder: Path, rset: ReferenceSet, summaries: list[Summary],
+              runs: pd.DataFrame) -> str:
+    pilot = bool(rset.design.get("pilot"))
+    lines = [f"# Reference set: {rset.dataset}" + (" (pilot)" if pilot else ""), "",
+             f"`python -m proxies reference report {folder}` (rows: `{folder}/runs*.jsonl`, "
+             f"set: `{folder}/set.json`).", ""]
+    if not pilot:
+        d = rset.design
+        n_tune = sum(m.split == "tune" for m in rset.members)
+        lines += [f"{d.get('n')} architectures sampled from the default space (seed "
+                  f"{d.get('seed')}), {d.get('n', 0) // max(d.get('strata', 1), 1)} per quintile "
+                  f"of predicted latency on the `{d.get('latency_table')}` table (edges "
+                  f"{', '.join(f'{e:g}' for e in d.get('latency_edges_ms', []))} ms), plus "
+                  f"{', '.join(d.get('presets', []))}; split {n_tune} tune / "
+                  f"{len(rset.members) - n_tune} holdout (seed {d.get('split_seed')}).", ""]
+    if not runs.empty:
+        held = runs["heldout"].dropna().unique()
+        machines = runs["machine"].dropna().unique()
+        devices = runs["device"].dropna().unique()
+        lines += [f"Accuracy on {', '.join(held)} (the search never reads it). Trained on "
+                  f"{', '.join(devices)}; machines: {', '.join(machines)}; torch "
+                  f"{', '.join(runs['torch'].dropna().unique())}.", ""]
+    for s in summaries:
+        lines += _protocol_section(s, rset)
+    return "\n".join(lines)
+
+
+def _protocol_section(s: Summary, rset: ReferenceSet) -> list[str]:
+    p = next(p for p in rset.protocols if p.protocol_id == s.protocol_id)
+    a = s.archs
+    done = int((a["n_seeds"] > 0).sum())
+    lines = [f"## Protocol `{s.protocol_id}`", "",
+             f"{p.epochs} epochs of the full training split, batch {p.batch_size}, AdamW peak lr "
+             f"{p.lr:g} (warm-up {p.warmup:g} of the steps, cosine to zero), weight decay "
+             f"{p.weight_decay:g}, label smoothing {p.label_smoothing:g}, "
+             f"{'random crop + flip' if p.augment else 'no augmentation'}, {p.resolution} px.",
+             "",
+             f"Complete: {s.complete} of {len(a)} architectures with all {len(s.seeds)} seeds "
+             f"({', '.join(map(str, s.seeds)) or 'none yet'}); {done} with at least one; "
+             f"{len(s.failed)} failed run(s) recorded (retried by the next build).", ""]
+    if done == 0:
+        return lines
+    shown = a[a["n_seeds"] > 0].sort_values(s.latency_col or "flops_g")
+    seed_cols = [f"acc_s{x}" for x in s.seeds]
+    lat_head = f" {s.latency_col.removeprefix('latency_ms_')} ms |" if s.latency_col else ""
+    lines += ["| arch | role | split | params M | GFLOPs |" + lat_head
+              + "".join(f" seed {x} |" for x in s.seeds) + " mean % | s / run | device |",
+              "| --- | --- | --- | ---: | ---: |" + (" ---: |" if s.latency_col else "")
+              + " ---: |" * len(s.seeds) + " ---: | ---: | --- |"]
+    for r in shown.itertuples():
+        d = r._asdict()
+        lat = f" {d[s.latency_col]:.1f} |" if s.latency_col else ""
+        lines.append(f"| {r.arch_id} | {r.role} | {r.split} | {r.params_m:.2f} | "
+                     f"{r.flops_g:.3f} |{lat}"
+                     + "".join(f" {_fmt(d[c] * 100, 2)} |" for c in seed_cols)
+                     + f" {_fmt(r.mean * 100, 2)} | {_fmt(d.get('seconds'), 0)} | "
+                       f"{d.get('device', '')} |")
+    lines.append("")
+    rep = s.repeatability
+    if rep:
+        verdict = "reaches" if s.noise_ceiling >= NOISE_CEILING_GOAL else "does not reach"
+        lines += ["| measure | value |", "| --- | ---: |",
+                  f"| seed noise (pooled within-architecture std) | {rep['within_std']:.2f} points |",
+                  f"| spread (std over architectures of the {len(s.seeds)}-seed mean) | "
+                  f"{rep['between_std']:.2f} points |",
+                  f"| noise ceiling: Kendall tau seed vs seed (mean of {len(s.pair_taus)} pairs) | "
+                  f"{s.noise_ceiling:.3f} |",
+                  f"| reliability of the {len(s.seeds)}-seed mean | {rep['reliability']:.2f} |",
+                  "", f"The noise ceiling {verdict} the goal of {NOISE_CEILING_GOAL} "
+                  f"(N = {s.complete} architectures).", ""]
+    b = s.baselines
+    lines += ["Kendall tau of each cheap predictor with the mean reference accuracy (baselines "
+              "a proxy must beat; latency: does accuracy rise with it?):", "",
+              "| predictor | all | tune | holdout |", "| --- | ---: | ---: | ---: |"]
+    for r in b.itertuples():
+        lines.append(f"| {r.predictor} | {_fmt(r.all)} (N={r.n_all}) | {_fmt(r.tune)} "
+                     f"(N={r.n_tune}) | {_fmt(r.holdout)} (N={r.n_holdout}) |")
+    lines.append("")
+    ranked = shown.dropna(subset=["mean"]).sort_values("mean", ascending=False)
+    named = [r for r in ranked.itertuples() if r.role != "sampled"]
+    if named:
+        lines += ["Where the named networks land (rank by mean accuracy among the "
+                  f"{len(ranked)} architectures with results): "
+                  + "; ".join(f"{r.role} {list(ranked['arch_id']).index(r.arch_id) + 1} "
+                              f"({r.mean * 100:.2f} %)" for r in named) + ".", ""]
+    secs = a["seconds"].dropna() if "seconds" in a else pd.Series(dtype=float)
+    if len(secs):
+        lines += [f"Cost: {secs.mean():.0f} s per run on average ({secs.min():.0f}-"
+                  f"{secs.max():.0f} s), {secs.sum() * len(s.seeds) / 3600:.2f} device-hours "
+                  "for one run of every seed of the architectures shown.", ""]
+    return lines
+
+
+def write_report(folder: Path) -> list[Path]:
+    """``report.md`` and ``accuracy.png`` in `folder`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rset = ReferenceSet.load(folder)
+    summaries = summarize(folder)
+    runs = read_runs(folder)
+    fig, axes = plt.subplots(1, len(summaries), figsize=(5.5 * len(summaries), 4.2),
+                             squeeze=False)
+    for ax, s in zip(axes[0], summaries):
+        a = s.archs.dropna(subset=["mean"])
+        x = s.latency_col or "flops_g"
+        for split, marker in (("tune", "o"), ("holdout", "s"), ("pilot", "D")):
+            part = a[a["split"] == split]
+            if len(part):
+                ax.errorbar(part[x], part["mean"] * 100, yerr=part["std"].fillna(0) * 100,
+                            fmt=marker, ms=5, capsize=2, label=split)
+        for r in a[a["role"] != "sampled"].itertuples():
+            ax.annotate(r.role.replace("fasternet_", ""), (getattr(r, x), r.mean * 100),
+                        fontsize=8, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"predicted latency, {x.removeprefix('latency_ms_')} table (ms)"
+                      if s.latency_col else "GFLOPs")
+        ax.set_ylabel("held-out accuracy (%), mean over seeds")
+        ax.set_title(s.protocol_id, fontsize=9)
+        if len(a):
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths = [folder / "report.md", folder / "accuracy.png"]
+    fig.savefig(paths[1], dpi=110)
+    plt.close(fig)
+    paths[0].write_text(_markdown(folder, rset, summaries, runs)
+                        + "\n![accuracy vs latency](accuracy.png)\n")
+    return paths
