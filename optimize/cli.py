@@ -341,11 +341,12 @@ def _score_presets(study: optuna.Study, objective: Any) -> None:
 def _print_fronts(fronts: list[Any]) -> None:
     for f in fronts:
         print(f"\nPareto front on {f.device} ({f.source}):")
-        print(f"  {'name':14s} {'accuracy':>8s} {'ms/image':>9s} {'params M':>8s}  arch")
+        print(f"  {'name':14s} {'proposed':>8s} {'accuracy':>8s} {'ms/image':>9s} {'params M':>8s}  arch")
         rows = [(c, "") for c in f.members] + [(p, "preset") for p in f.presets]
         for c, tag in sorted(rows, key=lambda r: r[0].latency_ms.get(f.device, 0.0)):
             acc = "-" if c.accuracy is None else f"{c.accuracy:.4f}"
-            print(f"  {c.name:14s} {acc:>8s} {c.latency_ms[f.device]:9.2f} "
+            proposed = "" if tag else f"x{c.proposed}"
+            print(f"  {c.name:14s} {proposed:>8s} {acc:>8s} {c.latency_ms[f.device]:9.2f} "
                   f"{(c.params_m or 0):8.2f}  {c.arch_id if not tag else '(preset)'} {c.arch}")
 
 

@@ -1,7 +1,10 @@
 """Compute, then draw: candidates and Pareto fronts from a study, then the run folder files.
 
 `collect(study)` turns trials into `Candidate` records; `fronts(...)` computes one
-2-D front (accuracy vs latency) per device; `write_outputs` renders `trials.csv`,
+2-D front (accuracy vs latency) per device, over distinct architectures: a repeated proposal
+(`duplicate_of`) stays a row of `trials.csv`, but the front, `pareto.csv`, `report.md` and
+`pareto.png` show each architecture once, with how often it was proposed (`proposed`, "x3" in
+the plot); `write_outputs` renders `trials.csv`,
 `pareto.csv`, `pareto.png`, `report.md`, `archs/<arch_id>.yaml` and `run.json` from the
 study alone (its user attributes hold the run description and the scored presets), so
 `python search.py show RUN` regenerates everything but `study.db`.
@@ -12,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ from optuna.trial import TrialState
 
 from search_space import ArchConfig
 
-from .objective import INFEASIBLE, STOPPED
+from .objective import DUPLICATE, INFEASIBLE, INTERRUPTED, STOPPED
 
 __all__ = ["Candidate", "Front", "collect", "presets_of", "fronts", "pareto_mask", "dominates",
            "hypervolume", "write_outputs"]
@@ -44,6 +48,8 @@ class Candidate:
     proxy_seconds: float | None = None
     started: str = ""
     finished: str = ""
+    duplicate_of: int | None = None  # the trial that evaluated this architecture before
+    proposed: int = 1              # trials of the study that proposed this architecture
 
     @property
     def arch_id(self) -> str:
@@ -71,9 +77,16 @@ def _state(t: optuna.trial.FrozenTrial) -> str:
 
 
 def collect(study: optuna.Study) -> list[Candidate]:
-    """Every trial of the study as a Candidate (architecture rebuilt from its user attrs)."""
+    """Every trial of the study as a Candidate (architecture rebuilt from its user attrs).
+
+    `proposed` counts the trials that proposed the same architecture, its repeats included; a
+    trial cut off by an interruption is not one (its candidate was re-queued, and counts once).
+    """
+    trials = study.get_trials(deepcopy=False)
+    proposed = Counter(t.user_attrs["arch_id"] for t in trials
+                       if "arch_id" in t.user_attrs and INTERRUPTED not in t.user_attrs)
     out = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         ua = t.user_attrs
         arch = ArchConfig.from_dict(ua["arch"]) if "arch" in ua else None
         reason = str(ua.get("fail_reason") or ua.get(INFEASIBLE) or "")
@@ -84,7 +97,8 @@ def collect(study: optuna.Study) -> list[Candidate]:
             name=f"trial {t.number}", number=t.number, state=_state(t), arch=arch,
             accuracy=None if acc is None else float(acc), latency_ms=ua.get("latency_ms", {}),
             params_m=ua.get("params_m"), reason=reason, proxy_seconds=ua.get("proxy_seconds"),
-            started=str(t.datetime_start or ""), finished=str(t.datetime_complete or "")))
+            started=str(t.datetime_start or ""), finished=str(t.datetime_complete or ""),
+            duplicate_of=ua.get(DUPLICATE), proposed=proposed.get(ua.get("arch_id"), 1)))
     return out
 
 
@@ -125,10 +139,20 @@ def hypervolume(accuracy: Sequence[float], latency: Sequence[float], ref_latency
     return float(compute_hypervolume(pts, np.array([-ref_accuracy, ref_latency])))
 
 
+def _distinct(candidates: Iterable[Candidate]) -> Iterator[Candidate]:
+    """The first candidate of each architecture, in the given order."""
+    seen = set()
+    for c in candidates:
+        if c.arch_id not in seen:
+            seen.add(c.arch_id)
+            yield c
+
+
 def fronts(candidates: Sequence[Candidate], presets: Sequence[Candidate],
            sources: Mapping[str, str]) -> list[Front]:
-    """One front per device over the fully trained candidates."""
-    done = [c for c in candidates if c.state == "complete" and c.accuracy is not None]
+    """One front per device over the fully trained architectures, each once (its first trial:
+    a repeat carries the same result)."""
+    done = list(_distinct(c for c in candidates if c.state == "complete" and c.accuracy is not None))
     out = []
     for device, source in sources.items():
         pts = [c for c in done if device in c.latency_ms]
@@ -144,14 +168,18 @@ def _rows(candidates: Sequence[Candidate], devices: Sequence[str]) -> pd.DataFra
     rows = []
     for c in candidates:
         row: dict[str, Any] = {"name": c.name, "number": c.number, "state": c.state,
-                               "arch_id": c.arch_id, "accuracy": c.accuracy,
+                               "duplicate_of": c.duplicate_of, "arch_id": c.arch_id,
+                               "proposed": c.proposed, "accuracy": c.accuracy,
                                "params_m": c.params_m}
         for d in devices:
             row[f"latency_ms_{d}"] = c.latency_ms.get(d)
         row.update(arch=str(c.arch) if c.arch else "", reason=c.reason,
                    proxy_seconds=c.proxy_seconds, started=c.started, finished=c.finished)
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if len(df):  # trial numbers stay integers next to the empty cells of the originals
+        df["duplicate_of"] = df["duplicate_of"].astype("Int64")
+    return df
 
 
 def _plot(fr: list[Front], path: Path) -> None:
@@ -167,7 +195,13 @@ def _plot(fr: list[Front], path: Path) -> None:
         xs = [c.latency_ms[f.device] for c in f.members]
         ys = [c.accuracy for c in f.members]
         ax.step(xs, ys, where="post", c="tab:red", lw=1.2)
-        ax.scatter(xs, ys, s=30, c="tab:red", zorder=3, label="Pareto front")
+        repeated = any(c.proposed > 1 for c in f.members)
+        ax.scatter(xs, ys, s=30, c="tab:red", zorder=3,
+                   label="Pareto front" + (" (xN: proposed N times)" if repeated else ""))
+        for c, x, y in zip(f.members, xs, ys):
+            if c.proposed > 1:  # proposed several times, evaluated once
+                ax.annotate(f"x{c.proposed}", (x, y), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7, color="tab:red")
         for p in f.presets:
             if p.accuracy is None:
                 continue
@@ -207,7 +241,7 @@ def write_outputs(run_dir: Path, study: optuna.Study) -> list[Front]:
     _rows(cands, devices).to_csv(run_dir / "trials.csv", index=False)
     front_rows = []
     for f in fr:
-        df = _rows(f.members, [f.device])
+        df = _rows(f.members, [f.device]).drop(columns="duplicate_of", errors="ignore")
         df.insert(0, "device", f.device)
         front_rows.append(df)
     pareto = pd.concat(front_rows, ignore_index=True) if front_rows else pd.DataFrame()
@@ -227,10 +261,15 @@ def _report(run: Mapping[str, Any], cands: Sequence[Candidate], fr: Sequence[Fro
     out = [f"# pconv-nas run: {run.get('name', '')}", "",
            f"`{' '.join(run.get('argv', []))}`", "",
            f"Trials by state: {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}.", ""]
+    repeats = sum(c.duplicate_of is not None for c in cands)
+    if repeats:
+        out += [f"{repeats} of the trials proposed an architecture evaluated before: recorded in "
+                "trials.csv (`duplicate_of`), not trained and not counted; the fronts list each "
+                "architecture once, `proposed` is how often it was proposed.", ""]
     for f in fr:
         out += [f"## Pareto front on {f.device}", "", f"Latency source: {f.source}", ""]
-        df = _rows(f.members, [f.device])[["name", "arch_id", "accuracy", f"latency_ms_{f.device}",
-                                           "params_m", "arch"]]
+        df = _rows(f.members, [f.device])[["name", "arch_id", "proposed", "accuracy",
+                                           f"latency_ms_{f.device}", "params_m", "arch"]]
         out += [markdown_table(df) if len(df) else "(no completed trial yet)", ""]
         if f.presets:
             pdf = _rows(f.presets, [f.device])[["name", "accuracy", f"latency_ms_{f.device}",

@@ -712,6 +712,44 @@ def test_write_outputs_renders_the_computed_structure(tmp_path):
     assert "Latency source: fake table" in report and "complete 4" in report
 
 
+def test_front_lists_each_architecture_once_with_how_often_it_was_proposed(tmp_path, capsys):
+    archs = [variant(i) for i in range(4)]
+    ms = {a.arch_id: m for a, m in zip(archs, [1.0, 2.0, 3.0, 4.0])}
+    accs = {a.arch_id: v for a, v in zip(archs, [0.3, 0.5, 0.4, 0.6])}
+    obj = Objective(space=ListSpace(archs), proxy=FakeProxy(lambda a: flat(accs[a.arch_id])),
+                    latency={"d": FakeTable(ms)})
+    s = study(obj.directions)
+    for i in (0, 2, 0, 2, 3, 0, 3, 1):  # the fourth distinct architecture comes last
+        s.enqueue_trial({"i": i})
+    run_optuna(s, obj, n_trials=4)
+    s.set_user_attr("run", {"name": "unit", "argv": ["search.py"], "devices": ["d"],
+                            "sources": {"d": "fake table"}})
+
+    (f,) = write_outputs(tmp_path, s)
+    assert [(c.number, c.proposed) for c in f.members] == [(0, 3), (7, 1), (4, 2)]
+    assert [(c.number, c.proposed) for c in f.others] == [(1, 2)]  # dominated, also once
+    pareto = pd.read_csv(tmp_path / "pareto.csv")
+    assert pareto["arch_id"].tolist() == [archs[i].arch_id for i in (0, 1, 3)]
+    assert pareto["proposed"].tolist() == [3, 1, 2] and "duplicate_of" not in pareto
+    trials = pd.read_csv(tmp_path / "trials.csv", dtype={"duplicate_of": "Int64"})
+    assert trials["number"].tolist() == list(range(8))  # every trial, repeats included
+    assert trials["duplicate_of"].tolist() == [pd.NA, pd.NA, 0, 1, pd.NA, 0, 4, pd.NA]
+    assert trials["proposed"].tolist() == [3, 2, 3, 2, 2, 3, 2, 1]
+    report = (tmp_path / "report.md").read_text()
+    assert "4 of the trials proposed an architecture evaluated before" in report
+    table = report[report.index("| name |"):].split("\n\n")[0]
+    assert "| proposed |" in table and len(table.splitlines()) == 2 + 3
+    assert f"| trial 0 | {archs[0].arch_id} | 3 |" in table
+
+    from optimize.cli import _print_fronts
+
+    _print_fronts([f])
+    printed = capsys.readouterr().out
+    assert "proposed" in printed
+    rows = [line.split() for line in printed.splitlines() if line.strip().startswith("trial ")]
+    assert [(r[1], r[2]) for r in rows] == [("0", "x3"), ("7", "x1"), ("4", "x2")]
+
+
 def test_ctrl_c_is_held_outside_training_and_immediate_inside():
     import os
     import signal

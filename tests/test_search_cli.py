@@ -348,6 +348,56 @@ def test_bad_input_exits_2_with_one_line(fault, tmp_path, capsys):
         assert load(tmp_path / "old").trials == []
 
 
+# ------------------------------------------------------------------- repeated proposals
+ONE_ARCH_SPACE = """stages: 4
+widths: [[40], [80], [160], [320]]
+depths: [[1], [2], [8], [2]]
+n_divs: [4]
+mlp_ratios: [2]
+kernel_sizes: [3]
+act: [gelu]
+feature_dim: [1280]
+patch_size: [4]
+merge_size: [2]
+"""
+
+
+def test_space_smaller_than_trials_stops_with_the_distinct_count(tmp_path, monkeypatch, capsys):
+    """A space of one architecture (FasterNet-T0) and --trials 3: the sampler can only repeat
+    it. Repeats are recorded, not trained or counted; the bound stops the run with one line,
+    and the run folder is written with the architecture once on the front."""
+    from test_optimize import FakeProxy
+
+    proxy = FakeProxy(lambda arch: {2: 0.5, 4: 0.6})
+    monkeypatch.setattr("proxies.make_proxy", lambda name, **kwargs: proxy)
+    monkeypatch.setattr("optimize.runner._MAX_REPEATS_IN_A_ROW", 5)
+    (tmp_path / "one.yaml").write_text(ONE_ARCH_SPACE)
+    run_dir = tmp_path / "run"
+    rc = search.main([*search_argv(run_dir, 3), "--space", str(tmp_path / "one.yaml")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    stopped = [line for line in out.splitlines() if line.startswith("search stopped")]
+    assert stopped == ["search stopped: the last 5 proposals were all architectures already "
+                       "evaluated; distinct architectures evaluated: 1 of 3 asked for (the space "
+                       "may hold fewer; a random sampler or another seed may find more)"]
+    assert out.count("repeat of trial 0, not counted (complete)") == 5
+    # trained once (then the three presets, scored by the same proxy)
+    assert [a.arch_id for a in proxy.calls[:1]] == [ArchConfig.from_file(p).arch_id
+                                                    for p in (run_dir / "archs").glob("*.yaml")]
+    assert len(proxy.calls) == 1 + 3
+
+    trials = load(run_dir).trials
+    assert len(trials) == 6 and sum(evaluated(t) for t in trials) == 1
+    assert [t.user_attrs.get("duplicate_of") for t in trials] == [None, 0, 0, 0, 0, 0]
+    csv = pd.read_csv(run_dir / "trials.csv")
+    assert len(csv) == 6 and csv["duplicate_of"].isna().sum() == 1
+    pareto = pd.read_csv(run_dir / "pareto.csv")
+    assert pareto[["name", "proposed"]].values.tolist() == [["trial 0", 6]]
+    (row,) = [line for line in out.splitlines() if line.strip().startswith("trial 0 ")]
+    assert row.split()[2] == "x6"
+    assert "| trial 0 |" in (run_dir / "report.md").read_text()
+
+
 # --------------------------------------------------------------------- interruption, resume
 def test_resume_after_kill_9(tmp_path):
     run_dir = tmp_path / "run"
