@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
                         "K >= 2 also measures the reference's repeatability (default 1)")
     v.add_argument("--proxies", default=",".join(PROXIES),
                    help=f"comma-separated subset of {','.join(PROXIES)}")
+    v.add_argument("--against", default=None, metavar="SET",
+                   help="rank against a committed reference set instead of training a "
+                        "reference: `reference` (the set of --dataset) or a set folder")
+    v.add_argument("--split", default="holdout", help="with --against: holdout, tune or all")
+    v.add_argument("--protocol", default=None, help="with --against: the set's protocol id")
     v.add_argument("--workers", type=int, default=1, help="processes, one thread each")
     v.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder ({DEFAULT_OUT})")
     _reference_parser(sub)
@@ -76,17 +81,31 @@ def main(argv: list[str] | None = None) -> int:
         from .reference.cli import run
 
         return run(args)
-    from .validate import markdown_table, validate, write_report
+    from .validate import markdown_table, validate, validate_against, write_report
 
     try:
         if args.workers < 1:
             raise ValueError(f"--workers {args.workers}: must be >= 1")
+        names = [p.strip() for p in args.proxies.split(",") if p.strip()]
+        if args.against:
+            out = args.out if args.out != DEFAULT_OUT else DEFAULT_OUT / f"against_{args.split}"
+            # `--against reference`: the committed set of --dataset.
+            against = args.dataset if args.against == "reference" else args.against
+            report = validate_against(reference_set=against, split=args.split,
+                                      protocol=args.protocol, seed=args.seed,
+                                      budget=args.budget, proxies=names,
+                                      workers=args.workers, out_dir=out,
+                                      log=lambda line: print(line, flush=True))
+            paths = write_report(report, out)
+            print(markdown_table(report.table))
+            print("wrote " + ", ".join(str(p) for p in paths))
+            return 0
         report = validate(n=args.n, seed=args.seed, dataset=args.dataset, budget=args.budget,
                           reference=args.reference, reference_seeds=args.reference_seeds,
                           proxies=[p.strip() for p in args.proxies.split(",") if p.strip()],
                           workers=args.workers, out_dir=args.out,
                           log=lambda line: print(line, flush=True))
-    except (DatasetError, ArchError, ValueError) as e:
+    except (DatasetError, ArchError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     paths = write_report(report, args.out)

@@ -48,7 +48,7 @@ from .registry import PROXIES
 from .short_train import ShortTrain
 
 __all__ = ["Repeatability", "ValidationReport", "correlations", "reference_repeatability",
-           "validate", "write_report"]
+           "validate", "validate_against", "write_report", "top_k_overlap"]
 
 #: Minimum reference / proxy cost ratio (the issue's "at least 10x").
 MIN_REFERENCE_RATIO = 10.0
@@ -101,7 +101,8 @@ def _evaluate_proxies(arch_dict: dict[str, Any], dataset: str, budget: Budget, s
     """Every proxy for one architecture (runs in a worker process)."""
     arch = ArchConfig.from_dict(arch_dict)
     row: dict[str, Any] = {"arch_id": arch.arch_id, "arch": str(arch)}
-    short = ShortTrain(dataset=dataset, budget=budget, seed=seed)(arch)
+    short = (ShortTrain(dataset=dataset, budget=budget, seed=seed)(arch)
+             if {"short_train", "tse"} & set(names) else None)
     for name in names:
         if name in ("short_train", "tse"):
             result = short
@@ -130,10 +131,19 @@ def _evaluate_reference(arch_dict: dict[str, Any], dataset: str, reference: Budg
     return row
 
 
-def correlations(rows: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
-    """Kendall tau-b and Spearman rho of each proxy column against ``reference``.
-    ``cost_vs_reference`` divides by the mean seconds of ONE reference training (one seed),
-    not of the K trainings the reference averages."""
+def top_k_overlap(score: pd.Series, reference: pd.Series, k: int = 5) -> float:
+    """Share of the reference's top `k` architectures that are in the score's top `k`."""
+    k = min(k, len(score))
+    if k == 0:
+        return math.nan
+    return len(set(score.nlargest(k).index) & set(reference.nlargest(k).index)) / k
+
+
+def correlations(rows: pd.DataFrame, names: Sequence[str],
+                 noise_ceiling: float | None = None) -> pd.DataFrame:
+    """Kendall tau-b, Spearman rho and top-5 overlap of each proxy column against
+    ``reference`` (and tau / `noise_ceiling` when given). ``cost_vs_reference`` divides by
+    the mean seconds of ONE reference training (one seed), not of the K it averages."""
     out = []
     ref_seconds = float(rows["reference_seconds"].mean())
     for name in names:
@@ -143,8 +153,12 @@ def correlations(rows: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
             tau = float(stats.kendalltau(ok[name], ok["reference"]).statistic)
             rho = float(stats.spearmanr(ok[name], ok["reference"]).statistic)
         seconds = float(rows[f"{name}_seconds"].mean())
-        out.append({"proxy": name, "kendall_tau": tau, "spearman_rho": rho, "n": len(ok),
-                    "mean_seconds": seconds, "cost_vs_reference": seconds / ref_seconds})
+        row = {"proxy": name, "kendall_tau": tau, "spearman_rho": rho, "n": len(ok),
+               "mean_seconds": seconds, "cost_vs_reference": seconds / ref_seconds}
+        if noise_ceiling is not None:
+            row["top5_overlap"] = top_k_overlap(ok[name], ok["reference"])
+            row["tau_vs_ceiling"] = tau / noise_ceiling if noise_ceiling > 0 else math.nan
+        out.append(row)
     return pd.DataFrame(out)
 
 
@@ -233,6 +247,75 @@ def validate(*, n: int = 24, seed: int = 0, dataset: str = "fashion-mnist",
     return ValidationReport(rows, correlations(rows, names), settings)
 
 
+def validate_against(*, reference_set: str | Path = "fashion-mnist", split: str = "holdout",
+                     protocol: str | None = None, seed: int = 0, budget: Budget | str = "quick",
+                     proxies: Sequence[str] | None = None, workers: int = 1,
+                     out_dir: Path | None = None,
+                     log: Callable[[str], None] | None = None) -> ValidationReport:
+    """Every proxy on the `split` architectures of a committed reference set, ranked against
+    the set's K-seed mean accuracy (no reference training: the set is the reference).
+
+    Args:
+        reference_set: a dataset name with a committed set (`proxies.reference.load`) or
+            a set folder. Proxies run on the set's dataset.
+        split: ``holdout`` (judging; never design on it), ``tune`` or ``all``.
+        protocol: the set's protocol id to rank against (default: its only / first one).
+        seed: the proxies' seed.
+    """
+    from .reference import ReferenceSet, folder_of
+    from .reference.report import summarize
+
+    budget = Budget.parse(budget)
+    names = tuple(proxies) if proxies else tuple(PROXIES)
+    for name in names:
+        if name not in PROXIES:
+            raise ValueError(f"unknown proxy {name!r}; choose from {', '.join(PROXIES)}")
+    if split not in ("holdout", "tune", "all"):
+        raise ValueError(f"--split {split!r}: choose holdout, tune or all")
+    folder = folder_of(reference_set)
+    rset = ReferenceSet.load(folder)
+    summaries = {s.protocol_id: s for s in summarize(folder)}
+    pid = protocol or rset.protocols[0].protocol_id
+    if pid not in summaries:
+        raise ValueError(f"protocol {pid!r} is not in {folder}; it has "
+                         f"{', '.join(summaries)}")
+    summary = summaries[pid]
+    ref = summary.archs[summary.archs["n_seeds"] == len(summary.seeds)]
+    if split != "all":
+        ref = ref[ref["split"] == split]
+    if len(ref) < 3:
+        raise ValueError(f"{folder}: only {len(ref)} {split} architectures have every seed "
+                         f"of protocol {pid}; build more of the set first")
+    archs = [m.arch for m in rset.members if m.arch_id in set(ref["arch_id"])]
+    done = _load_rows(out_dir, [a.arch_id for a in archs], names, legacy_seed=-1)
+    resumed = len(done)
+    jobs = _jobs(archs, done, rset.dataset, budget, budget, seed, (), names)
+    start = time.perf_counter()
+    for i, part in enumerate(_run(jobs, workers), 1):
+        done[part["arch_id"]] = {**done.get(part["arch_id"], {}), **part}
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with open(out_dir / "rows.jsonl", "a") as f:
+                f.write(json.dumps({"key": _key(names), **part}) + "\n")
+        if log:
+            log(f"[{i}/{len(jobs)}] {part['arch_id']} {_describe(part, names)} "
+                f"({time.perf_counter() - start:.0f} s)")
+    means = ref.set_index("arch_id")
+    rows = pd.DataFrame([{**_assemble(done[a.arch_id], names, ()),
+                          "reference": float(means.loc[a.arch_id, "mean"]),
+                          "reference_seconds": float(means.loc[a.arch_id, "seconds"]),
+                          "split": means.loc[a.arch_id, "split"]} for a in archs])
+    ceiling = summary.noise_ceiling
+    settings = {"n": len(archs), "seed": seed, "dataset": rset.dataset, "proxies": list(names),
+                "budget": dataclasses.asdict(budget), "against": str(folder),
+                "protocol": pid, "split": split, "reference_seeds": list(summary.seeds),
+                "noise_ceiling": ceiling, "workers": workers,
+                "wall_seconds": time.perf_counter() - start, "resumed_rows": resumed,
+                "proxy_runs": len(jobs), "reference_trainings": 0, "repeatability":
+                summary.repeatability, "machine": _machine(), "cost_ratio": math.nan}
+    return ValidationReport(rows, correlations(rows, names, noise_ceiling=ceiling), settings)
+
+
 Job = tuple[Callable[..., dict[str, Any]], tuple]
 
 
@@ -288,6 +371,8 @@ def _assemble(row: dict[str, Any], names: tuple[str, ...],
         if f"{name}_reason" in row:
             out[f"{name}_reason"] = row[f"{name}_reason"]
     cols = [_column(s) for s in ref_seeds]
+    if not cols:  # the reference comes from elsewhere (a reference set)
+        return out
     out["reference"] = float(np.mean([row[c] for c in cols]))
     out["reference_seconds"] = float(np.mean([row[f"{c}_seconds"] for c in cols]))
     for c in cols:
@@ -361,8 +446,12 @@ def write_report(report: ValidationReport, out_dir: Path) -> list[Path]:
     ax2.set_ylabel("reference accuracy (%)")
     s = report.settings
     k = len(s["reference_seeds"])
-    fig.suptitle(f"{s['dataset']}, N={s['n']}, seed={s['seed']}, reference = "
-                 f"{s['cost_ratio']:.0f}x proxy cost" + (f", mean of {k} seeds" if k > 1 else ""))
+    if "against" in s:
+        fig.suptitle(f"{s['dataset']}, N={s['n']} {s['split']} architectures of the reference "
+                     f"set, protocol {s['protocol']}, mean of {k} seeds")
+    else:
+        fig.suptitle(f"{s['dataset']}, N={s['n']}, seed={s['seed']}, reference = "
+                     f"{s['cost_ratio']:.0f}x proxy cost" + (f", mean of {k} seeds" if k > 1 else ""))
     fig.tight_layout()
     fig.savefig(paths[2], dpi=110)
     plt.close(fig)
@@ -371,16 +460,42 @@ def write_report(report: ValidationReport, out_dir: Path) -> list[Path]:
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    lines = ["| proxy | Kendall tau | Spearman rho | N | mean s / arch | cost vs reference |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    extra = "top5_overlap" in table
+    lines = ["| proxy | Kendall tau | Spearman rho | N | mean s / arch | cost vs reference |"
+             + (" top-5 overlap | tau / noise ceiling |" if extra else ""),
+             "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if extra else "")]
     for r in table.itertuples():
         lines.append(f"| {r.proxy} | {r.kendall_tau:.3f} | {r.spearman_rho:.3f} | {r.n} | "
-                     f"{r.mean_seconds:.2f} | {r.cost_vs_reference:.3f} |")
+                     f"{r.mean_seconds:.2f} | {r.cost_vs_reference:.3f} |"
+                     + (f" {r.top5_overlap:.2f} | {r.tau_vs_ceiling:.2f} |" if extra else ""))
     return "\n".join(lines)
+
+
+def _against_markdown(report: ValidationReport) -> str:
+    s = report.settings
+    b = s["budget"]
+    return "\n".join([
+        "# Proxy validation against a reference set", "",
+        f"`python -m proxies validate --against {s['against']} --split {s['split']}`", "",
+        f"{s['n']} {s['split']} architectures of the reference set `{s['against']}` (protocol "
+        f"`{s['protocol']}`, mean of seeds {', '.join(map(str, s['reference_seeds']))}; its "
+        f"noise ceiling, the seed-vs-seed Kendall tau over the whole set, is "
+        f"{s['noise_ceiling']:.3f}). Proxies at {b['steps']} steps x {b['batch_size']} images, "
+        f"{b['resolution']} px, seed {s['seed']}. Every number here comes from the "
+        f"{s['split']} half" + (" (the half no proxy was designed on)." if s["split"] == "holdout"
+                                else "."), "",
+        markdown_table(report.table), "",
+        f"Seconds are per architecture on {s['machine']}; `cost vs reference` divides by the "
+        "mean seconds of one reference training as recorded in the set (its device may "
+        f"differ). Wall time {s['wall_seconds'] / 60:.1f} min with {s['workers']} worker(s); "
+        f"{s['resumed_rows']} architectures resumed.", "",
+        "![correlations](correlations.png)", ""])
 
 
 def _markdown(report: ValidationReport) -> str:
     s = report.settings
+    if "against" in s:
+        return _against_markdown(report)
     b, r = s["budget"], s["reference"]
     seeds, rep = s["reference_seeds"], s["repeatability"]
     ref = report.rows["reference"].dropna() * 100

@@ -244,3 +244,22 @@ def test_cli_builds_a_pilot_and_reports(folder_data, tmp_path, capsys):
     assert main(["reference", "report", str(out)]) == 0
     assert "smallest" in (out / "report.md").read_text()
     assert isinstance(load(out), pd.DataFrame)
+
+
+def test_validate_against_a_set_uses_only_the_split(tmp_path, capsys):
+    _synthetic(tmp_path / "set", noise=0.0)
+    out = tmp_path / "out"
+    code = main(["validate", "--against", str(tmp_path / "set"), "--split", "holdout",
+                 "--proxies", "params,flops", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rows = pd.read_csv(out / "rows.csv")
+    assert set(rows["split"]) == {"holdout"} and len(rows) >= 3
+    table = pd.read_csv(out / "correlations.csv").set_index("proxy")
+    # The synthetic accuracy is monotone in params (head for 1000 classes vs 10: same order).
+    assert table.loc["params", "kendall_tau"] > 0.9
+    assert {"top5_overlap", "tau_vs_ceiling"} <= set(table.columns)
+    text = (out / "report.md").read_text()
+    assert "holdout half" in text and "noise ceiling" in text
+    assert main(["validate", "--against", str(tmp_path / "set"), "--split", "middle",
+                 "--proxies", "params", "--out", str(out)]) == 2
+    assert main(["validate", "--against", str(tmp_path / "none"), "--out", str(out)]) == 2
