@@ -2,6 +2,7 @@
 `ShortTrain` measured side by side in one process.
 
     python benchmarks/proxy_speed.py [--arch fasternet_t0] [--levels smoke,quick] [--steps 12]
+    python benchmarks/proxy_speed.py --device cuda [--concurrency 1,4,8] [--candidates 48]
 
 1. One training step (batch 64, 32x32, AdamW) in four settings, alternated in rounds so
    that machine noise hits all alike: {1, 2} threads x {contiguous, channels_last}.
@@ -9,17 +10,30 @@
    channels_last).
 2. `ShortTrain` end to end at each budget level, without and with a callback (the
    callback adds `checkpoints - 1` evaluations), and each zero-cost proxy.
+
+With ``--device cuda`` (an accelerator) it measures instead, in one run:
+3. seconds per quick-budget candidate for T0/T1/T2 on the device and on one core of the
+   same machine's CPU, side by side (the ratio is the speed-up per candidate);
+4. candidates per minute with 1, 4 and 8 candidates trained concurrently on the one
+   device (worker processes, one thread each; each builds its proxy and trains one
+   warm-up candidate before the clock starts), over the same architectures sampled from
+   the default space. Results also go to ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
 import os
 import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -27,7 +41,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from proxies import BUDGETS, PROXIES, ShortTrain, load_dataset  # noqa: E402
-from search_space import PRESETS, build_model  # noqa: E402
+from proxies.device import device_name, resolve_device  # noqa: E402
+from search_space import PRESETS, SearchSpace, build_model  # noqa: E402
 
 
 def step_ms(arch, data, threads: int, channels_last: bool, steps: int, rounds: int = 3) -> float:
@@ -53,12 +68,79 @@ def step_ms(arch, data, threads: int, channels_last: bool, steps: int, rounds: i
     return statistics.median(times) * 1e3
 
 
+def _concurrent_worker(archs: list[dict], device: str, level: str, start_at: float) -> tuple:
+    """One worker process: build the proxy, train one warm-up candidate, wait for the
+    common start, then train `archs`; returns (candidates, end time, failures)."""
+    from search_space import ArchConfig
+
+    proxy = ShortTrain(dataset="fashion-mnist", budget=level, seed=0, device=device)
+    proxy(ArchConfig.from_dict(archs[0]))  # warm-up: CUDA context, cuDNN, allocator
+    time.sleep(max(0.0, start_at - time.time()))
+    failed = sum(proxy(ArchConfig.from_dict(a)).failed for a in archs[1:])
+    return len(archs) - 1, time.time(), failed
+
+
+def accelerator(args: argparse.Namespace) -> dict:
+    device = resolve_device(args.device)
+    data = load_dataset("fashion-mnist")
+    name = device_name(device)
+    print(f"{name} vs one core of {platform.processor() or platform.machine()} "
+          f"({os.cpu_count()} cpus), torch {torch.__version__}, budget {args.level}")
+    out: dict = {"device": name, "cpus": os.cpu_count(), "torch": torch.__version__,
+                 "level": args.level, "per_candidate": {}, "concurrent": {}}
+    print(f"\nseconds per {args.level} candidate (second of two runs):")
+    for preset in ("fasternet_t0", "fasternet_t1", "fasternet_t2"):
+        row = {}
+        for where in (str(device), "cpu"):
+            proxy = ShortTrain(dataset=data, budget=args.level, seed=0, device=where, threads=1)
+            proxy(PRESETS[preset])  # warm-up
+            r = proxy(PRESETS[preset])
+            row[where] = {"seconds": r.seconds, "accuracy": r.accuracy, "precision": r.precision}
+        fast, slow = row[str(device)]["seconds"], row["cpu"]["seconds"]
+        out["per_candidate"][preset] = {**row, "speedup": slow / fast}
+        print(f"  {preset}: {fast:6.2f} s on {device} ({row[str(device)]['precision']}), "
+              f"{slow:6.1f} s on one CPU core: x{slow / fast:.1f}")
+    rng = np.random.default_rng(0)
+    space = SearchSpace.default()
+    archs = [space.sample(rng).to_dict() for _ in range(args.candidates)]
+    context = multiprocessing.get_context("spawn")
+    print(f"\n{args.candidates} architectures sampled from the default space (seed 0), "
+          f"{args.level} budget, N concurrent worker processes on {device}:")
+    for n in (int(c) for c in args.concurrency.split(",")):
+        shares = [[archs[i % len(archs)]] + archs[i::n] for i in range(n)]
+        start_at = time.time() + args.warmup_s
+        with ProcessPoolExecutor(max_workers=n, mp_context=context) as pool:
+            parts = list(pool.map(_concurrent_worker, shares, [str(device)] * n,
+                                  [args.level] * n, [start_at] * n))
+        done = sum(p[0] for p in parts)
+        wall = max(p[1] for p in parts) - start_at
+        per_min = done / wall * 60
+        out["concurrent"][n] = {"candidates": done, "seconds": wall, "per_minute": per_min,
+                                "failed": sum(p[2] for p in parts)}
+        print(f"  N={n}: {done} candidates in {wall:.1f} s = {per_min:.0f} per minute "
+              f"({out['concurrent'][n]['failed']} failed)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="fasternet_t0", choices=list(PRESETS))
     parser.add_argument("--levels", default="smoke,quick", help="budget levels (add full: ~2 min)")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per setting per round")
+    parser.add_argument("--device", default=None,
+                        help="cuda / cuda:N (or cpu, to try the accelerator mode): sections 3-4")
+    parser.add_argument("--level", default="quick", help="budget of sections 3-4")
+    parser.add_argument("--concurrency", default="1,4,8", help="concurrent candidates (3-4)")
+    parser.add_argument("--candidates", type=int, default=48, help="architectures timed (4)")
+    parser.add_argument("--warmup-s", type=float, default=30.0,
+                        help="seconds the workers get to start before the clock (4)")
+    parser.add_argument("--json", default=None, help="also write the results here (3-4)")
     args = parser.parse_args()
+    if args.device is not None:
+        accelerator(args)
+        return
     arch, data = PRESETS[args.arch], load_dataset("fashion-mnist")
     print(f"{args.arch} on {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}")
 
