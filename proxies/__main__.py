@@ -67,6 +67,8 @@ def _reference_parser(sub: argparse._SubParsersAction) -> None:
                         "instead of a sampled set")
     b.add_argument("--only", default="", help="comma-separated roles or arch ids to train now")
     b.add_argument("--table", default="arm", help="latency table of the strata (default arm)")
+    b.add_argument("--extra", default=None, action="append", metavar="ROLE=ARCH.yaml",
+                   help="an extra architecture of a new set, e.g. a front member to re-check")
     b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     b.add_argument("--workers", type=int, default=1, help="processes (one thread each on CPU)")
     b.add_argument("--shard", default="0/1", help="i/n: train only this shard of the runs")

@@ -263,3 +263,18 @@ def test_validate_against_a_set_uses_only_the_split(tmp_path, capsys):
     assert main(["validate", "--against", str(tmp_path / "set"), "--split", "middle",
                  "--proxies", "params", "--out", str(out)]) == 2
     assert main(["validate", "--against", str(tmp_path / "none"), "--out", str(out)]) == 2
+
+
+def test_extras_join_the_set_and_bad_files_exit_2(tmp_path, capsys):
+    extra = tmp_path / "front.yaml"
+    SMALL.save(extra)
+    rset = design_set(dataset="fashion-mnist", n=5, seed=0, extras={"front": SMALL})
+    assert [m.role for m in rset.members if m.arch_id == SMALL.arch_id] == ["front"]
+    assert rset.design["extras"] == ["front"]
+    (tmp_path / "bad.yaml").write_text("widths: [8, 16\n")
+    for spec in (f"front={tmp_path / 'bad.yaml'}", f"front={tmp_path / 'missing.yaml'}", "front"):
+        code = main(["reference", "build", "--out", str(tmp_path / "set"), "--n", "5",
+                     "--extra", spec, "--limit", "0", "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "set").exists()  # nothing written before the error

@@ -29,7 +29,7 @@ import multiprocessing
 import platform
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -140,9 +140,11 @@ def _latency_predictor(table: str) -> Callable[[ArchConfig], float]:
 def design_set(*, dataset: str, n: int = 40, seed: int = 0, seeds: Sequence[int] = (0, 1, 2),
                protocols: Sequence[Protocol] = (), space: SearchSpace | None = None,
                table: str = "arm", strata: int = 5,
-               presets: Sequence[str] = SET_PRESETS) -> ReferenceSet:
+               presets: Sequence[str] = SET_PRESETS,
+               extras: Mapping[str, ArchConfig] | None = None) -> ReferenceSet:
     """`n` architectures stratified by predicted latency on `table` (``n / strata`` per
-    quantile), plus `presets`, split into tune/holdout halves by a seeded permutation."""
+    quantile), plus `presets` and `extras` (role -> architecture, e.g. a front member whose
+    claim is re-checked), split into tune/holdout halves by a seeded permutation."""
     if n < strata or n % strata:
         raise ValueError(f"--n {n}: must be a positive multiple of the {strata} latency strata")
     space = space or SearchSpace.default()
@@ -162,16 +164,20 @@ def design_set(*, dataset: str, n: int = 40, seed: int = 0, seeds: Sequence[int]
         if counts[k] < per:
             counts[k] += 1
             members.append((arch, "sampled", k))
-    sampled = {a.arch_id for a, _, _ in members}
-    chosen = members + [(PRESETS[name], name, -1) for name in presets
-                        if PRESETS[name].arch_id not in sampled]
+    named = {**{name: PRESETS[name] for name in presets}, **(extras or {})}
+    chosen, ids = list(members), {a.arch_id for a, _, _ in members}
+    for role, arch in named.items():
+        if arch.arch_id not in ids:
+            ids.add(arch.arch_id)
+            chosen.append((arch, role, -1))
     split_rng = np.random.default_rng(seed + 1)
     order = split_rng.permutation(len(chosen))
     halves = {int(i): ("tune" if rank % 2 == 0 else "holdout") for rank, i in enumerate(order)}
     design = {"space": "default", "n": n, "seed": seed, "strata": strata,
               "latency_table": table, "pool": len(pool),
               "latency_edges_ms": [round(float(e), 3) for e in edges],
-              "split_seed": seed + 1, "presets": list(presets)}
+              "split_seed": seed + 1, "presets": list(presets),
+              "extras": sorted(extras or {})}
     return ReferenceSet(dataset=dataset, seeds=tuple(seeds),
                         protocols=tuple(protocols) or (Protocol(),), design=design,
                         members=tuple(Member(a, role, k, halves[i])

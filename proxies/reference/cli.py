@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from search_space import ArchError
+from search_space import ArchConfig, ArchError
 
 from ..data import DatasetError, load_dataset
 from ..device import DeviceError, resolve_device
@@ -65,8 +65,14 @@ def _open_or_design(args: argparse.Namespace, folder: Path) -> ReferenceSet:
     if args.pilot:
         return ReferenceSet(dataset=args.dataset, members=pilot_members(), seeds=seeds,
                             protocols=protocols, design={"pilot": True})
+    extras = {}
+    for spec in args.extra or []:
+        role, sep, path = spec.partition("=")
+        if not sep or not role.strip():
+            raise ValueError(f"--extra {spec!r}: give ROLE=ARCH.yaml")
+        extras[role.strip()] = ArchConfig.from_file(path.strip())
     return design_set(dataset=args.dataset, n=args.n, seed=args.seed, seeds=seeds,
-                      protocols=protocols, table=args.table)
+                      protocols=protocols, table=args.table, extras=extras)
 
 
 def build(args: argparse.Namespace) -> int:
