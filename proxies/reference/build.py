@@ -11,7 +11,7 @@ stratified by predicted latency on a latency table (equal counts per quantile of
 sample), plus named presets; a fixed, seeded split puts half of them in ``tune`` and half
 in ``holdout`` (presets included), so a proxy is designed on one and judged on the other.
 
-`run_missing` trains every (architecture, seed) pair the rows lack — sharded with
+`run_missing` trains every (protocol, architecture, seed) run the rows lack — sharded with
 ``shard=(i, n)`` over processes or machines, in ``workers`` processes on one device. A
 failed run (NaN loss, out of memory, a network that cannot run) is recorded with its
 reason, never counted as a result, and retried by the next build.
@@ -292,8 +292,7 @@ def run_missing(rset: ReferenceSet, folder: Path, *, device: str = "auto", worke
                 only: Callable[[RunPlan], bool] | None = None,
                 log: Callable[[str], None] | None = None) -> int:
     """Train the runs of `rset` that `folder` lacks (ok rows), this shard's only; append
-    each record as it finishes. Cheapest runs first (FLOPs x images), so a partial set
-    covers many architectures. Returns the number of runs trained now."""
+    each record as it finishes (order: see below). Returns the number of runs trained now."""
     dev = resolve_device(device)  # a configuration error stops here, before any run
     data = load_dataset(rset.dataset, heldout="test")
     done = read_runs(folder)
@@ -302,12 +301,20 @@ def run_missing(rset: ReferenceSet, folder: Path, *, device: str = "auto", worke
     todo = [p for p in rset.plan() if p.key not in ok and shard_of(p.key, shard[1]) == shard[0]
             and (only is None or only(p))]
 
-    def cost(p: RunPlan) -> float:
-        flops = params_and_flops(p.member.arch, p.protocol.resolution, data.num_classes,
-                                 data.in_chans).flops_g
-        return flops * p.protocol.cost_images(len(data.train_y))
+    @functools.cache
+    def flops(arch: ArchConfig, resolution: int) -> float:
+        return params_and_flops(arch, resolution, data.num_classes, data.in_chans).flops_g
 
-    todo.sort(key=lambda p: (cost(p), p.key))
+    def cost(p: RunPlan) -> float:
+        return flops(p.member.arch, p.protocol.resolution) * p.protocol.cost_images(
+            len(data.train_y))
+
+    # Protocol by protocol, seed by seed, so that a run cut short leaves whole seeds of the
+    # first protocol; within a seed the longest first, so that workers finish together.
+    protocol_rank = {p.protocol_id: i for i, p in enumerate(rset.protocols)}
+    seed_rank = {s: i for i, s in enumerate(rset.seeds)}
+    todo.sort(key=lambda p: (protocol_rank[p.protocol.protocol_id], seed_rank[p.seed],
+                             -cost(p), p.key))
     if limit is not None:
         todo = todo[:limit]
     out = folder / f"runs-{socket.gethostname()}.jsonl"
