@@ -137,8 +137,8 @@ def test_failed_runs_are_recorded_and_retried(folder_data, tmp_path, monkeypatch
     rset = _set(folder_data, seeds=(0,))
     real = build_module.train_one
 
-    def nan_run(plan, dataset, device, threads=1):
-        row = real(plan, dataset, device, threads)
+    def nan_run(plan, dataset, device, threads=1, workers=1):
+        row = real(plan, dataset, device, threads, workers)
         return {**row, "status": "failed", "reason": "training loss became nan at step 3",
                 "accuracy": None}
 

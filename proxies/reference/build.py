@@ -245,7 +245,7 @@ def _heldout_dataset(name: str, device: str) -> Dataset:
 
 
 def train_one(plan_dict: dict[str, Any], dataset: str, device: str,
-              threads: int = 1) -> dict[str, Any]:
+              threads: int = 1, workers: int = 1) -> dict[str, Any]:
     """One reference training (runs in a worker process) -> its run record."""
     protocol = Protocol.from_dict(plan_dict["protocol"])
     arch = ArchConfig.from_dict(plan_dict["arch"])
@@ -267,7 +267,7 @@ def train_one(plan_dict: dict[str, Any], dataset: str, device: str,
                    for step, acc in result.checkpoints],
         "seconds": round(result.seconds, 2), "device": result.device,
         "precision": result.precision, "determinism": result.determinism,
-        "threads": threads if result.device == "cpu" else None,
+        "threads": threads if result.device == "cpu" else None, "workers": workers,
         "heldout": data.heldout, "n_train": len(data.train_y), "n_heldout": len(data.val_y),
         "protocol": protocol.to_dict(), "role": plan_dict["role"],
         "machine": _machine(), "torch": torch.__version__,
@@ -319,7 +319,8 @@ def run_missing(rset: ReferenceSet, folder: Path, *, device: str = "auto", worke
         todo = todo[:limit]
     out = folder / f"runs-{socket.gethostname()}.jsonl"
     jobs = [({"protocol": p.protocol.to_dict(), "arch": p.member.arch.to_dict(),
-              "seed": p.seed, "role": p.member.role}, rset.dataset, str(dev)) for p in todo]
+              "seed": p.seed, "role": p.member.role}, rset.dataset, str(dev), 1, workers)
+            for p in todo]
     start = time.perf_counter()
     for i, row in enumerate(_execute(jobs, workers, dev.type), 1):
         _append(out, row)

@@ -64,7 +64,8 @@ def _open_or_design(args: argparse.Namespace, folder: Path) -> ReferenceSet:
                             design=rset.design)
     if args.pilot:
         return ReferenceSet(dataset=args.dataset, members=pilot_members(), seeds=seeds,
-                            protocols=protocols, design={"pilot": True})
+                            protocols=protocols,
+                            design={"pilot": True, "latency_table": args.table})
     extras = {}
     for spec in args.extra or []:
         role, sep, path = spec.partition("=")

@@ -48,6 +48,9 @@ class Summary:
     """Kendall tau of params / FLOPs / latency with the K-seed mean: all, tune, holdout."""
     failed: pd.DataFrame
     latency_col: str | None
+    curves: pd.DataFrame
+    """Mean held-out accuracy over seeds after each epoch: one row per architecture
+    (index arch_id), one column per epoch."""
 
     @property
     def noise_ceiling(self) -> float:
@@ -83,6 +86,8 @@ def summarize(folder: Path) -> list[Summary]:
         if not ok.empty:
             archs["seconds"] = archs["arch_id"].map(ok.groupby("arch_id")["seconds"].mean())
             archs["device"] = archs["arch_id"].map(ok.groupby("arch_id")["device"].first())
+            if "workers" in ok:
+                archs["workers"] = archs["arch_id"].map(ok.groupby("arch_id")["workers"].max())
         full = archs[archs["n_seeds"] == len(seeds)] if seeds else archs.iloc[0:0]
         rep, taus = None, []
         if len(seeds) >= 2 and len(full) >= 3:
@@ -99,8 +104,19 @@ def summarize(folder: Path) -> list[Summary]:
                 row[f"n_{split}"] = int(part["mean"].notna().sum())
             rows.append(row)
         out.append(Summary(pid, archs, seeds, len(full), rep, taus, pd.DataFrame(rows),
-                           failed, lat))
+                           failed, lat, _curves(ok)))
     return out
+
+
+def _curves(ok: pd.DataFrame) -> pd.DataFrame:
+    if ok.empty or "epochs" not in ok:
+        return pd.DataFrame()
+    points = [(r.arch_id, e["epoch"], e["accuracy"]) for r in ok.itertuples()
+              for e in (r.epochs if isinstance(r.epochs, list) else [])]
+    if not points:
+        return pd.DataFrame()
+    frame = pd.DataFrame(points, columns=["arch_id", "epoch", "accuracy"])
+    return frame.pivot_table(index="arch_id", columns="epoch", values="accuracy", aggfunc="mean")
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -152,7 +168,7 @@ def _protocol_section(s: Summary, rset: ReferenceSet) -> list[str]:
     shown = a[a["n_seeds"] > 0].sort_values(s.latency_col or "flops_g")
     seed_cols = [f"acc_s{x}" for x in s.seeds]
     lat_head = f" {s.latency_col.removeprefix('latency_ms_')} ms |" if s.latency_col else ""
-    lines += ["| arch | role | split | params M | GFLOPs |" + lat_head
+    lines += ["| arch | role | split | params M | MFLOPs |" + lat_head
               + "".join(f" seed {x} |" for x in s.seeds) + " mean % | s / run | device |",
               "| --- | --- | --- | ---: | ---: |" + (" ---: |" if s.latency_col else "")
               + " ---: |" * len(s.seeds) + " ---: | ---: | --- |"]
@@ -160,7 +176,7 @@ def _protocol_section(s: Summary, rset: ReferenceSet) -> list[str]:
         d = r._asdict()
         lat = f" {d[s.latency_col]:.1f} |" if s.latency_col else ""
         lines.append(f"| {r.arch_id} | {r.role} | {r.split} | {r.params_m:.2f} | "
-                     f"{r.flops_g:.3f} |{lat}"
+                     f"{r.flops_g * 1000:.1f} |{lat}"
                      + "".join(f" {_fmt(d[c] * 100, 2)} |" for c in seed_cols)
                      + f" {_fmt(r.mean * 100, 2)} | {_fmt(d.get('seconds'), 0)} | "
                        f"{d.get('device', '')} |")
@@ -192,12 +208,40 @@ def _protocol_section(s: Summary, rset: ReferenceSet) -> list[str]:
                   f"{len(ranked)} architectures with results): "
                   + "; ".join(f"{r.role} {list(ranked['arch_id']).index(r.arch_id) + 1} "
                               f"({r.mean * 100:.2f} %)" for r in named) + ".", ""]
+    lines += _curve_lines(s, shown)
     secs = a["seconds"].dropna() if "seconds" in a else pd.Series(dtype=float)
     if len(secs):
+        workers = sorted({int(w) for w in a.get("workers", pd.Series(dtype=float)).dropna()})
+        side = (f"; {', '.join(map(str, workers))} runs trained side by side on the device"
+                if workers else "")
         lines += [f"Cost: {secs.mean():.0f} s per run on average ({secs.min():.0f}-"
-                  f"{secs.max():.0f} s), {secs.sum() * len(s.seeds) / 3600:.2f} device-hours "
-                  "for one run of every seed of the architectures shown.", ""]
+                  f"{secs.max():.0f} s, wall time of one run{side}), "
+                  f"{secs.sum() * len(s.seeds) / 3600:.2f} device-hours for one run of every "
+                  "seed of the architectures shown.", ""]
     return lines
+
+
+def _curve_lines(s: Summary, shown: pd.DataFrame) -> list[str]:
+    """Mean accuracy after each epoch, and how well each epoch ranks the final accuracy
+    (Kendall tau over the architectures with every epoch): what a shorter run would say."""
+    c = s.curves.dropna()
+    if c.empty or c.shape[1] < 2:
+        return []
+    epochs = list(c.columns)
+    if len(epochs) > 10:  # the first three, then evenly spaced to the last
+        epochs = sorted(set(epochs[:3] + epochs[3::max(1, len(epochs) // 7)] + epochs[-1:]))
+    roles = shown.set_index("arch_id")["role"]
+    order = [a for a in shown["arch_id"] if a in c.index]
+    final = c[c.columns[-1]]
+    lines = ["Mean held-out accuracy (%) after each epoch; last row: Kendall tau of that "
+             "epoch's accuracy with the final one over these architectures:", "",
+             "| arch | role |" + "".join(f" e{e} |" for e in epochs),
+             "| --- | --- |" + " ---: |" * len(epochs)]
+    for arch_id in order:
+        lines.append(f"| {arch_id} | {roles.get(arch_id, '')} |"
+                     + "".join(f" {c.loc[arch_id, e] * 100:.2f} |" for e in epochs))
+    lines.append("| tau vs final | |" + "".join(f" {_fmt(_tau(c[e], final), 2)} |" for e in epochs))
+    return [*lines, ""]
 
 
 def write_report(folder: Path) -> list[Path]:
