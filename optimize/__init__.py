@@ -4,10 +4,11 @@ runners, fronts and reports, selection and export (DESIGN.md, "optimize/")."""
 from .early_stop import History, ParetoEarlyStopping
 from .export import PICKS, export_onnx, select
 from .objective import MNAS_W, CandidateFailed, Constraints, Objective, mnas_reward
+from .processes import run_processes
 from .report import Candidate, Front, collect, fronts, hypervolume, pareto_mask, write_outputs
 from .runner import SAMPLERS, evaluated, make_sampler, open_study, recover_zombies, run_optuna
 
 __all__ = ["MNAS_W", "PICKS", "SAMPLERS", "Candidate", "CandidateFailed", "Constraints", "Front",
            "History", "Objective", "ParetoEarlyStopping", "collect", "evaluated", "export_onnx",
            "fronts", "hypervolume", "make_sampler", "mnas_reward", "open_study", "pareto_mask",
-           "recover_zombies", "run_optuna", "select", "write_outputs"]
+           "recover_zombies", "run_optuna", "run_processes", "select", "write_outputs"]

@@ -1,12 +1,20 @@
 """Ray Tune backend: `Tuner` + `OptunaSearch` on the run's own Optuna storage.
 
-Each trial runs the same objective pieces (latency lookup, constraints, proxy) in a Ray
-worker. `OptunaSearch` asks and tells the study in `study.db`, so a finished trial is in
-the storage the moment it completes, and a crashed worker only fails its own trial. The
-per-trial record (architecture, latency per device, checkpoints) travels in the trial's
-last result and is written as Optuna user attributes before the trial is told, so the
-run folder looks the same as with the Optuna backend. With `--objective score`, ASHA (Li
-et al., MLSys 2020) stops weak trials on the scalar reward at the proxy's checkpoints.
+Each trial runs the Optuna backend's own evaluation, `Objective.__call__`, in a Ray worker
+(`_TuneTrial` presents the proposal as a trial; constraints, duplicate reuse and Pareto early
+stopping included), and requests one CPU and `--gpus-per-trial` GPUs (`trial_resources`).
+The objective, its proxy and the proxy's dataset are built on the driver, on its
+`--proxy-device`, and shipped to the workers; a worker given a GPU sees it as cuda:0. The
+workers read the study (twins, early-stopping history) from the storage URL, so a cluster
+of several nodes needs a storage every node reaches (`--storage postgresql://...`).
+
+`OptunaSearch` asks and tells the study in `study.db`, so a finished trial is in the storage
+the moment it completes, and a crashed worker only fails its own trial. The per-trial record
+(architecture, latency per device, checkpoints) travels in the trial's last result with how
+the evaluation ended, and is written as Optuna user attributes before the trial is told
+(COMPLETE, PRUNED or FAIL, as with the Optuna backend), so the run folder looks the same.
+With `--objective score`, ASHA (Li et al., MLSys 2020) stops weak trials on the scalar
+reward at the proxy's checkpoints.
 
 A proposal of an architecture the study has already evaluated never reaches a worker: the
 searcher records it as the Optuna backend does (`duplicate_of`, the twin's result told to
@@ -18,57 +26,88 @@ finishes and `run_ray` raises `SearchExhausted`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FixedTrial, TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search_space import SearchSpace
 
-from .objective import INFEASIBLE, Objective, finished_twin, record_repeat
+from .objective import CandidateFailed, Objective, finished_twin, record_repeat
 from .runner import STUDY_NAME, SearchExhausted, tally
 
-__all__ = ["run_ray"]
+__all__ = ["run_ray", "trial_resources", "ClusterError"]
 
 _ATTRS = "pconv_attrs"  # result key carrying the trial's user attributes (JSON)
+_STATE = "pconv_state"  # result key: how the evaluation ended (complete, pruned, fail)
 
 
-def _trainable(config: dict[str, Any], objective: Objective) -> None:
+class ClusterError(ValueError):
+    """The Ray cluster cannot give a trial what it asks for (a configuration error)."""
+
+
+def trial_resources(gpus_per_trial: float | None, cluster: Mapping[str, float]) -> dict[str, float]:
+    """What one Ray trial requests: one CPU and `gpus_per_trial` GPUs. A fraction packs
+    several trials on one GPU (0.25: four); None is 1 when `cluster` (Ray's
+    `cluster_resources()`) reports GPUs, else 0. Raises `ClusterError` for a request the
+    cluster can never grant (Ray would wait for it forever)."""
+    gpus = float(cluster.get("GPU", 0.0))
+    g = (1.0 if gpus > 0 else 0.0) if gpus_per_trial is None else float(gpus_per_trial)
+    if not (math.isfinite(g) and g >= 0):
+        raise ClusterError(f"--gpus-per-trial: {gpus_per_trial} must be a number >= 0")
+    if g > 1 and not g.is_integer():  # Ray's rule: fractions only below one GPU
+        raise ClusterError(f"--gpus-per-trial: {g} must be a whole number when above 1")
+    if g > gpus:
+        raise ClusterError(f"--gpus-per-trial {g:g}: the Ray cluster reports {gpus:g} GPU(s); "
+                           "use 0 to train on CPUs")
+    return {"cpu": 1, "gpu": g}
+
+
+class _TuneTrial(FixedTrial):
+    """A Tune trial as `Objective.__call__` sees it: the searcher's proposal as fixed
+    parameters, the run's study (read for a finished twin and the early-stopping history),
+    and intermediate scores sent to Tune for ASHA (`--objective score`). Its number is -1:
+    the Optuna trial behind it is RUNNING, and `finished_twin` only looks at finished ones."""
+
+    def __init__(self, params: dict[str, Any], study: optuna.Study) -> None:
+        super().__init__(params, number=-1)
+        self.study = study
+
+    def report(self, value: float, step: int) -> None:
+        from ray import tune
+
+        tune.report({"score": value, "step": step})
+
+
+def _trainable(config: dict[str, Any], objective: Objective, storage: str) -> None:
+    """Evaluate one proposal with the Optuna backend's `Objective.__call__` (constraints,
+    duplicate reuse, Pareto early stopping, failure) and send Tune its final result: the
+    objective values, the trial's user attributes (`_ATTRS`) and how it ended (`_STATE`)."""
     from ray import tune
 
-    arch = objective.space.to_arch(config)
-    info = objective.describe(arch)
-    attrs: dict[str, Any] = {"arch": arch.to_dict(), "arch_id": arch.arch_id, **info}
-    why = objective.space.violation(arch) or objective.constraints.violation(
-        info["latency_ms"], info["params_m"])
-    if why:
-        attrs[INFEASIBLE] = why
-        raise RuntimeError(f"infeasible: {why}")  # never trained; the trial is told FAIL
-    checkpoints: list[tuple[int, float]] = []
+    trial = _TuneTrial(config, optuna.load_study(study_name=STUDY_NAME, storage=storage))
+    tune.report(_final_result(objective, trial))
 
-    def metrics(accuracy: float, step: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"accuracy": accuracy, "step": step,
-                               **{f"latency_ms:{d}": ms for d, ms in info["latency_ms"].items()}}
-        if objective.objective == "score":
-            out["score"] = objective.reward(accuracy, info)
-        return out
 
-    def callback(step: int, accuracy: float) -> bool:
-        checkpoints.append((step, accuracy))
-        if step < objective.proxy.budget.steps:
-            tune.report(metrics(accuracy, step))
-        return False
-
-    result = objective.proxy(arch, callback=callback)
-    if result.failed:
-        raise RuntimeError(f"{arch.arch_id}: {result.reason}")
-    accuracy = float(result.score if result.accuracy is None else result.accuracy)
-    attrs.update(checkpoints=checkpoints, proxy_seconds=result.seconds, accuracy=accuracy)
-    tune.report({**metrics(accuracy, result.steps), _ATTRS: json.dumps(attrs)})
+def _final_result(objective: Objective, trial: _TuneTrial) -> dict[str, Any]:
+    values: tuple[float, ...] = (math.nan,) * len(objective.metric_names)
+    state = "complete"
+    try:
+        out = objective(trial)
+        values = tuple(out) if isinstance(out, tuple) else (float(out),)
+    except optuna.TrialPruned:
+        state = "pruned"
+    except CandidateFailed:
+        state = "fail"
+    # Tune requires the metrics in every result; a trial that did not complete carries NaN
+    # and its state, and the searcher tells Optuna PRUNED or FAIL (`_Search.on_trial_complete`).
+    return {**dict(zip(objective.metric_names, values)), _STATE: state,
+            _ATTRS: json.dumps(trial.user_attrs)}
 
 
 class _Search(OptunaSearch):
@@ -104,6 +143,9 @@ class _Search(OptunaSearch):
         if ot_trial is not None and result and _ATTRS in result:
             for key, value in json.loads(result[_ATTRS]).items():
                 ot_trial.set_user_attr(key, value)
+        state = (result or {}).get(_STATE, "complete")
+        if state != "complete":  # no values: OptunaSearch tells FAIL on error, else PRUNED
+            result, error = None, state == "fail"
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
@@ -120,8 +162,13 @@ class _Define:
 
 def run_ray(*, study: optuna.Study, storage: str, objective: Objective, n_trials: int,
             timeout: float | None, workers: int, address: str | None, seed: int,
+            gpus_per_trial: float | None = None,
             on_trial: Callable[[optuna.Study, Any], None] | None = None,
             run_dir: Path | None = None) -> None:
+    """Evaluate `n_trials` distinct architectures with Ray Tune, `workers` at a time, each
+    trial requesting `trial_resources(gpus_per_trial, ...)`. Raises `ClusterError` before
+    any trial when the cluster lacks the GPUs asked for, and `SearchExhausted` as
+    `run_optuna` does."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -150,9 +197,11 @@ def run_ray(*, study: optuna.Study, storage: str, objective: Objective, n_trials
     if not ray.is_initialized():
         ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
+    resources = trial_resources(gpus_per_trial, ray.cluster_resources())
     root = (run_dir or Path(storage.removeprefix("sqlite:///")).parent).resolve()
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(_trainable, objective=objective), {"cpu": 1}),
+        tune.with_resources(tune.with_parameters(_trainable, objective=objective, storage=storage),
+                            resources),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=remaining, max_concurrent_trials=workers,
                                     time_budget_s=timeout),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .objective import DUPLICATE, INFEASIBLE, INTERRUPTED, STOPPED, CandidateFailed, Objective
 
 __all__ = ["SAMPLERS", "make_sampler", "open_study", "evaluated", "Tally", "tally", "SearchExhausted",
-           "run_optuna", "recover_zombies"]
+           "InfeasibleSearch", "run_optuna", "recover_zombies"]
 
 _log = logging.getLogger(__name__)
 
@@ -113,6 +113,34 @@ class SearchExhausted(RuntimeError):
             "space may hold fewer; a random sampler or another seed may find more)")
 
 
+class InfeasibleSearch(ValueError):
+    """Only candidates that break the constraints were drawn ("constraint infeasible")."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"constraint infeasible: {limit} candidates in a row broke the "
+                         "constraints; loosen --max-latency/--max-params or the space")
+
+
+def verdict(trials: Sequence[FrozenTrial], n_trials: int) -> tuple[bool, Exception | None]:
+    """Whether a search of `n_trials` distinct architectures should stop, and the error that
+    says why it ends short (None when the count is reached or nothing stops it)."""
+    now = tally(trials)
+    if now.evaluated >= n_trials:
+        return True, None
+    if now.infeasible >= _MAX_INFEASIBLE_PER_TRIAL * n_trials:
+        return True, InfeasibleSearch(_MAX_INFEASIBLE_PER_TRIAL * n_trials)
+    if now.stuck:
+        return True, SearchExhausted(now.evaluated, n_trials, now.repeats_in_a_row)
+    return False, None
+
+
+def quiet_optuna() -> None:
+    """Warnings only; Optuna logs every FAIL trial with a traceback (a failed candidate,
+    Ctrl-C), which the progress callback and search.py already report in one line each."""
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    logging.getLogger("optuna.study._optimize").setLevel(logging.ERROR)
+
+
 def recover_zombies(study: optuna.Study) -> int:
     """Mark trials left RUNNING by a killed process FAIL and re-enqueue their parameters."""
     zombies = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -129,30 +157,22 @@ def run_optuna(study: optuna.Study, objective: Objective, n_trials: int,
                timeout: float | None = None, workers: int = 1,
                on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> None:
     """Optimize until `n_trials` distinct architectures are evaluated (or `timeout` seconds
-    pass). Raises `SearchExhausted` when the sampler only repeats itself, and ValueError
-    ("constraint infeasible") when it only draws candidates that break the constraints."""
+    pass), in this process: `workers` threads share the study (see `optimize.processes` for
+    worker processes). Raises `SearchExhausted` when the sampler only repeats itself, and
+    `InfeasibleSearch` when it only draws candidates that break the constraints."""
     if tally(study.get_trials(deepcopy=False)).evaluated >= n_trials:
         return
-    infeasible_limit = _MAX_INFEASIBLE_PER_TRIAL * n_trials
-    state: dict[str, Any] = {"infeasible": False, "exhausted": None}
+    ended: list[Exception] = []
 
     def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
         if on_trial is not None:
             on_trial(study, trial)
-        now = tally(study.get_trials(deepcopy=False))
-        if now.evaluated >= n_trials:
-            study.stop()
-        elif now.infeasible >= infeasible_limit:
-            state["infeasible"] = True
-            study.stop()
-        elif now.stuck:
-            state["exhausted"] = SearchExhausted(now.evaluated, n_trials, now.repeats_in_a_row)
+        stop, why = verdict(study.get_trials(deepcopy=False), n_trials)
+        if stop:
+            ended.extend([why] if why else [])
             study.stop()
 
-    logging.getLogger("optuna").setLevel(logging.WARNING)
-    # Optuna logs every FAIL trial with a traceback (a failed candidate, Ctrl-C); the progress
-    # callback and search.py already report those in one line each.
-    logging.getLogger("optuna.study._optimize").setLevel(logging.ERROR)
+    quiet_optuna()
     # One worker: Ctrl-C is held during storage writes (optimize/interrupt.py). With several,
     # the objective runs in threads that SIGINT cannot reach selectively; left as it was.
     guard = objective.ctrl_c if workers == 1 else None
@@ -160,11 +180,8 @@ def run_optuna(study: optuna.Study, objective: Objective, n_trials: int,
     with guard.installed() if guard else contextlib.nullcontext():
         study.optimize(objective, n_trials=None, timeout=timeout, n_jobs=workers,
                        callbacks=callbacks, catch=(CandidateFailed,), gc_after_trial=False)
-    if state["infeasible"]:
-        raise ValueError(f"constraint infeasible: {infeasible_limit} candidates in a row broke "
-                         "the constraints; loosen --max-latency/--max-params or the space")
-    if state["exhausted"] is not None:
-        raise state["exhausted"]
+    if ended:
+        raise ended[0]
 
 
 def describe_trial(trial: FrozenTrial) -> str:

@@ -774,3 +774,150 @@ def test_ctrl_c_is_held_outside_training_and_immediate_inside():
             with guard.training():
                 raise AssertionError("not reached")
     assert signal.getsignal(signal.SIGINT) is not guard._handler
+
+
+# ------------------------------------------------------------------ Ray: shared evaluation
+SHARED_ARCHS = [variant(i) for i in range(4)]
+# two fast accurate candidates, a slow weak one (stopped early), one that fails
+_SHARED = {SHARED_ARCHS[0].arch_id: (5.0, flat(0.8)), SHARED_ARCHS[1].arch_id: (6.0, flat(0.85)),
+           SHARED_ARCHS[2].arch_id: (20.0, {2: 0.3, 4: 0.9}), SHARED_ARCHS[3].arch_id: (1.0, flat(0.5))}
+
+
+def shared_objective() -> Objective:
+    proxy = FakeProxy(lambda a: _SHARED[a.arch_id][1],
+                      fail=lambda a: "nan loss" if a == SHARED_ARCHS[3] else "")
+    return Objective(space=ListSpace(SHARED_ARCHS), proxy=proxy,
+                     early_stopping=ParetoEarlyStopping(margin=0.02, min_dominators=2),
+                     latency={"dev": FakeTable({k: v[0] for k, v in _SHARED.items()})})
+
+
+def test_ray_trainable_evaluates_like_the_optuna_objective():
+    """The Ray trainable runs `Objective.__call__`: the same states, values and records as the
+    Optuna backend, early stopping, failure and a repeated architecture included. A Ray
+    evaluation that drifted from the objective's (as its former copy did) fails here."""
+    pytest.importorskip("ray.tune")
+    from optimize.ray_backend import _ATTRS, _STATE, _final_result, _TuneTrial
+
+    order = [0, 0, 1, 3, 3, 2]  # the fourth distinct architecture comes last
+    by_optuna = study(["maximize", "minimize"])
+    for i in order:
+        by_optuna.enqueue_trial({"i": i})
+    run_optuna(by_optuna, shared_objective(), n_trials=4)
+
+    by_ray, objective = study(["maximize", "minimize"]), shared_objective()
+    states = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
+    for i in order:  # as `_Search`: ask, the trainable's result, attributes, tell
+        asked = by_ray.ask()
+        result = _final_result(objective, _TuneTrial({"i": i}, by_ray))
+        for key, value in json.loads(result[_ATTRS]).items():
+            asked.set_user_attr(key, value)
+        state = states[result[_STATE]]
+        values = [result["accuracy"], result["latency_ms:dev"]]
+        by_ray.tell(asked, values if state == TrialState.COMPLETE else None, state=state)
+    assert [a.arch_id for a in objective.proxy.calls] == [SHARED_ARCHS[i].arch_id for i in (0, 1, 3, 2)]
+
+    def record(t: optuna.trial.FrozenTrial) -> tuple:  # attributes as a storage holds them (JSON)
+        attrs = {k: v for k, v in t.user_attrs.items() if k != "proxy_seconds"}
+        return t.state, t.values, json.loads(json.dumps(attrs))
+
+    ray_trials, optuna_trials = by_ray.get_trials(), by_optuna.get_trials()
+    assert [record(t) for t in ray_trials] == [record(t) for t in optuna_trials]
+    assert [t.state for t in ray_trials] == [TrialState.COMPLETE, TrialState.COMPLETE,
+                                             TrialState.COMPLETE, TrialState.FAIL,
+                                             TrialState.FAIL, TrialState.PRUNED]
+    assert STOPPED in ray_trials[5].user_attrs and ray_trials[3].user_attrs["fail_reason"] == "nan loss"
+    assert [t.user_attrs.get(DUPLICATE) for t in ray_trials] == [None, 0, None, None, 3, None]
+
+
+def test_ray_searcher_tells_the_state_the_trainable_reports():
+    pytest.importorskip("ray.tune")
+    from optimize.ray_backend import _ATTRS, _STATE, _Define, _Search
+
+    two = SearchSpace.from_dict({"stages": 2, "widths": [[16], [32]], "depths": [[1], [1]],
+                                 "act": ["gelu", "relu"]})
+    searcher = _Search(arch_space=two, space=_Define(two.params()), metric=["accuracy", "latency_ms:d"],
+                       mode=["max", "min"], sampler=optuna.samplers.RandomSampler(seed=0),
+                       study_name="pconv-nas", seed=0)
+    for n, (state, attrs) in enumerate([("fail", {"fail_reason": "nan loss"}),
+                                        ("pruned", {STOPPED: True, "accuracy": 0.2})]):
+        searcher.suggest(f"t{n}")
+        searcher.on_trial_complete(f"t{n}", {"accuracy": math.nan, "latency_ms:d": math.nan,
+                                             _STATE: state, _ATTRS: json.dumps(attrs)})
+    failed, stopped = searcher._ot_study.get_trials()
+    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "nan loss"
+    assert stopped.state == TrialState.PRUNED and stopped.user_attrs[STOPPED] is True
+
+
+@pytest.mark.parametrize(("gpus_per_trial", "cluster", "gpu"), [
+    (None, {"CPU": 8.0}, 0.0),            # no GPUs: CPU trials
+    (None, {"CPU": 8.0, "GPU": 2.0}, 1.0),  # GPUs: one each by default
+    (0.25, {"CPU": 8.0, "GPU": 1.0}, 0.25),  # four per GPU
+    (0, {"CPU": 8.0, "GPU": 1.0}, 0.0),
+    (2, {"CPU": 8.0, "GPU": 2.0}, 2.0),
+])
+def test_ray_trial_resources(gpus_per_trial, cluster, gpu):
+    pytest.importorskip("ray.tune")
+    from optimize.ray_backend import trial_resources
+
+    assert trial_resources(gpus_per_trial, cluster) == {"cpu": 1, "gpu": gpu}
+
+
+@pytest.mark.parametrize(("gpus_per_trial", "cluster", "match"), [
+    (-1, {"GPU": 1.0}, ">= 0"),
+    (math.nan, {"GPU": 1.0}, ">= 0"),
+    (1.5, {"GPU": 4.0}, "whole number"),
+    (1, {"CPU": 8.0}, "reports 0 GPU"),
+    (0.5, {}, "reports 0 GPU"),
+])
+def test_ray_trial_resources_rejects_what_the_cluster_cannot_give(gpus_per_trial, cluster, match):
+    pytest.importorskip("ray.tune")
+    from optimize.ray_backend import ClusterError, trial_resources
+
+    with pytest.raises(ClusterError, match=match):
+        trial_resources(gpus_per_trial, cluster)
+
+
+# ----------------------------------------------------------------------- worker processes
+def slow_objective() -> Objective:
+    """Module level, so a spawned worker can build it: 12 architectures, a proxy that takes
+    0.2 s and reports the process it ran in as its TSE."""
+    import os
+    import time
+
+    archs = [variant(i) for i in range(12)]
+
+    class InWorker(FakeProxy):
+        def __call__(self, arch: ArchConfig, *, callback=None) -> ProxyResult:
+            time.sleep(0.2)
+            return dataclasses.replace(super().__call__(arch, callback=callback), tse=os.getpid())
+
+    return Objective(space=ListSpace(archs), proxy=InWorker(lambda a: flat(0.5)),
+                     latency={"d": FakeTable(lambda a: float(a.feature_dim))})
+
+
+def test_worker_processes_evaluate_distinct_architectures_on_one_storage(tmp_path):
+    import functools
+    import os
+
+    from optimize.processes import run_processes
+    from optimize.runner import make_sampler
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    s = optuna.create_study(storage=storage, study_name="pconv-nas",
+                            directions=["maximize", "minimize"])
+    seen: list[int] = []
+    run_processes(s, storage=storage, make_objective=slow_objective,
+                  make_sampler=functools.partial(make_sampler, "random", n_trials=5), seed=0,
+                  n_trials=5, workers=2, timeout=120, on_trial=lambda st, t: seen.append(t.number))
+    trials = s.get_trials()
+    counted = [t for t in trials if evaluated(t)]
+    assert 5 <= len(counted) <= 5 + 1  # trials running when the count was reached finish
+    trained = [t for t in counted if DUPLICATE not in t.user_attrs]
+    assert len({t.user_attrs["arch_id"] for t in trained}) >= 5
+    pids = {t.user_attrs["tse"] for t in trained}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    assert sorted(seen) == [t.number for t in trials if t.state.is_finished()]
+    run_processes(s, storage=storage, make_objective=slow_objective,  # resumed: nothing to do
+                  make_sampler=functools.partial(make_sampler, "random", n_trials=5), seed=0,
+                  n_trials=5, workers=2)
+    assert len(s.get_trials()) == len(trials)
