@@ -6,7 +6,9 @@ Every user mistake becomes a `UsageError` (one line; `search.py` prints it and e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -60,7 +62,13 @@ def search_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("optuna", "ray"), default="optuna",
                    help="optuna: local loop (default); ray: Ray Tune with OptunaSearch")
     p.add_argument("--workers", type=int, default=1, help="concurrent trials (default 1)")
+    p.add_argument("--proxy-device", default="auto", help="where candidates train: auto (CUDA "
+                   "when available; default), cpu, cuda or cuda:N")
+    p.add_argument("--parallel", choices=("threads", "processes"), help="how --workers run with "
+                   "the optuna backend (default: processes on CUDA, threads on the CPU)")
     p.add_argument("--ray-address", help="existing Ray cluster (default: start a local Ray)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs each Ray trial requests; a fraction "
+                   "packs several per GPU, 0.25: four (default 1 when the cluster has GPUs, else 0)")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run folder)")
     p.add_argument("--run-dir", help="run folder (default: results/<date>-<devices>)")
     p.add_argument("--resume", action="store_true", help="continue the study in --run-dir")
@@ -151,6 +159,71 @@ def _max_latency(spec: str | None, devices: list[str]) -> dict[str, float]:
     return out
 
 
+def _proxy_device(args: argparse.Namespace) -> Any:
+    """The proxy's `torch.device`, checked before anything is written."""
+    from proxies import DeviceError, resolve_device
+
+    try:
+        device = resolve_device(args.proxy_device)
+    except DeviceError as e:
+        raise UsageError(f"--proxy-device: {e}") from None
+    if args.gpus_per_trial is not None:
+        if args.backend != "ray":
+            raise UsageError("--gpus-per-trial applies to --backend ray")
+        if not args.gpus_per_trial >= 0:  # also NaN
+            raise UsageError(f"--gpus-per-trial: {args.gpus_per_trial} must be >= 0")
+    if args.backend == "ray" and device.type == "cuda" and (
+            device.index not in (None, 0) or args.gpus_per_trial == 0):
+        raise UsageError(f"--proxy-device {args.proxy_device}: Ray gives each trial its own GPU "
+                         "(seen as cuda:0); use --proxy-device auto or cuda with "
+                         "--gpus-per-trial > 0, or cpu")
+    return device
+
+
+def _parallel(args: argparse.Namespace, device: Any) -> str:
+    """threads or processes for the optuna backend's --workers (`optimize.processes`)."""
+    if args.parallel is not None and args.backend != "optuna":
+        raise UsageError("--parallel applies to --backend optuna (Ray runs its own workers)")
+    if args.parallel == "threads" and device.type == "cuda" and args.workers > 1:
+        raise UsageError("--parallel threads: candidates on CUDA share process-global torch "
+                         "settings across threads; use --parallel processes")
+    if args.parallel is not None:
+        return str(args.parallel)
+    return "processes" if device.type == "cuda" and args.workers > 1 else "threads"
+
+
+def _trains_on(proxy: Any, device: Any) -> dict[str, str]:
+    """Where and how the candidates train, for the run's first line and `run.json`."""
+    import torch
+
+    from proxies.device import determinism, device_name
+
+    device = getattr(proxy, "device", device)
+    dtype = getattr(proxy, "dtype", torch.float32)  # zero-cost proxies score in fp32
+    return {"device": str(device), "name": device_name(device),
+            "precision": {torch.float32: "fp32", torch.bfloat16: "bf16 autocast",
+                          torch.float16: "fp16 autocast"}[dtype],
+            "determinism": determinism(device, getattr(proxy, "deterministic", True))}
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveFactory:
+    """The run's `Objective`, built where it is called: in this process, or in a worker
+    process (`optimize.processes`), where the proxy loads its dataset onto its own device.
+    Picklable: the proxy is given by name and factory arguments (`proxies.make_proxy`)."""
+
+    proxy: str
+    proxy_kwargs: Mapping[str, Any]
+    objective_kwargs: Mapping[str, Any]
+
+    def __call__(self) -> Any:
+        from proxies import make_proxy
+
+        from .objective import Objective
+
+        return Objective(proxy=make_proxy(self.proxy, **self.proxy_kwargs), **self.objective_kwargs)
+
+
 def _open_run_study(run_dir: Path, storage: str | None) -> optuna.Study:
     from .runner import STUDY_NAME
 
@@ -174,13 +247,21 @@ def _versions() -> dict[str, str]:
 # ---------------------------------------------------------------------------- search
 def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     from latency_tables import MissingLayerError
-    from proxies import DatasetError, make_proxy
+    from proxies import DatasetError, DeviceError
     from search_space import DEFAULT_SPACE_PATH, ArchError, SearchSpace
 
     from .early_stop import ParetoEarlyStopping
-    from .objective import Constraints, Objective
+    from .objective import Constraints
+    from .processes import run_processes, storage_of
     from .report import write_outputs
-    from .runner import SearchExhausted, make_sampler, open_study, recover_zombies, run_optuna
+    from .runner import (
+        InfeasibleSearch,
+        SearchExhausted,
+        make_sampler,
+        open_study,
+        recover_zombies,
+        run_optuna,
+    )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.trials < 1:
@@ -200,6 +281,8 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"--max-params: {args.max_params} must be > 0 (millions)")
     if args.resume and not args.run_dir:
         raise UsageError("--resume needs --run-dir (the run folder to continue)")
+    device = _proxy_device(args)
+    parallel = _parallel(args, device)
 
     tables = _tables(devices)
     devices = list(tables)
@@ -225,24 +308,36 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     except OSError as e:
         raise UsageError(f"--run-dir {run_dir}: not writable ({e.strerror})") from None
 
+    make_objective = ObjectiveFactory(
+        proxy=args.proxy,
+        proxy_kwargs={"dataset": args.dataset, "budget": args.budget, "seed": args.seed,
+                      "device": args.proxy_device},
+        objective_kwargs={
+            "space": space, "latency": tables, "objective": args.objective,
+            "target_latency_ms": args.target_latency,
+            "constraints": Constraints(max_latency_ms=max_latency, max_params_m=args.max_params),
+            "early_stopping": None if args.no_early_stopping else ParetoEarlyStopping()})
     try:
-        proxy = make_proxy(args.proxy, dataset=args.dataset, budget=args.budget, seed=args.seed)
+        objective = make_objective()
+    except DeviceError as e:  # e.g. a budget's bf16 on a GPU without it
+        raise UsageError(f"--proxy-device/--budget: {e}") from None
     except DatasetError as e:
         raise UsageError(f"--dataset: {e}") from None
     except ValueError as e:
         raise UsageError(f"--proxy/--budget: {e}") from None
-
-    objective = Objective(
-        space=space, latency=tables, proxy=proxy, objective=args.objective,
-        target_latency_ms=args.target_latency,
-        constraints=Constraints(max_latency_ms=max_latency, max_params_m=args.max_params),
-        early_stopping=None if args.no_early_stopping else ParetoEarlyStopping())
+    proxy = objective.proxy
+    trains = _trains_on(proxy, device)
+    print(f"proxy on {trains['name']}: {trains['precision']}, {trains['determinism']} determinism"
+          + ("" if trains["determinism"] != "best-effort" else
+             " (CUDA kernels: repeatable as far as they allow, not bit-exact)"))
     sources = {d: _provenance(t) for d, t in tables.items()}
     for d in tables:  # a derived table's note names the command that measures the device
         print(f"latency on {d}: {sources[d]}")
     storage = args.storage or f"sqlite:///{run_dir / 'study.db'}"
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5) if args.objective == "score" else None
-    study = open_study(storage, objective.directions,
+    # Worker processes write the same SQLite file: wait for their locks (`storage_of`).
+    study = open_study(storage_of(storage) if parallel == "processes" else storage,
+                       objective.directions,
                        make_sampler(args.sampler, args.seed, args.trials), pruner)
     if args.resume:
         n = recover_zombies(study)
@@ -256,6 +351,8 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
                objective=args.objective, target_latency_ms=args.target_latency,
                max_latency_ms=max_latency, max_params_m=args.max_params, sampler=args.sampler,
                backend=args.backend, workers=args.workers, trials=args.trials,
+               parallel=parallel if args.backend == "optuna" else None,
+               gpus_per_trial=args.gpus_per_trial, proxy_device=trains,
                early_stopping=not args.no_early_stopping, versions=_versions(),
                machine=f"{platform.machine()}, {os.cpu_count()} cores")
     run["runs"] = [*run.get("runs", []), dt.datetime.now().isoformat(timespec="seconds")]
@@ -266,22 +363,28 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     progress = _Progress(args.trials, devices, start)
     try:
         if args.backend == "ray":
-            from .ray_backend import run_ray
+            from .ray_backend import ClusterError, run_ray
 
-            run_ray(study=study, storage=storage, objective=objective, n_trials=args.trials,
-                    timeout=args.timeout, workers=args.workers, address=args.ray_address,
-                    seed=args.seed, on_trial=progress, run_dir=run_dir)
+            try:
+                run_ray(study=study, storage=storage, objective=objective, n_trials=args.trials,
+                        timeout=args.timeout, workers=args.workers, address=args.ray_address,
+                        seed=args.seed, gpus_per_trial=args.gpus_per_trial, on_trial=progress,
+                        run_dir=run_dir)
+            except ClusterError as e:
+                raise UsageError(str(e)) from None
+        elif parallel == "processes":
+            run_processes(study, storage=storage, make_objective=make_objective,
+                          make_sampler=functools.partial(make_sampler, args.sampler,
+                                                         n_trials=args.trials),
+                          seed=args.seed, n_trials=args.trials, workers=args.workers,
+                          timeout=args.timeout, on_trial=progress)
         else:
             run_optuna(study, objective, args.trials, timeout=args.timeout, workers=args.workers,
                        on_trial=progress)
     except SearchExhausted as e:  # what was found is valid: say why it is less, and report it
         print(e, flush=True)
-    except MissingLayerError as e:
+    except (MissingLayerError, InfeasibleSearch) as e:
         raise UsageError(str(e)) from None
-    except ValueError as e:
-        if "constraint infeasible" in str(e):
-            raise UsageError(str(e)) from None
-        raise
     _score_presets(study, objective)
     fronts = write_outputs(run_dir, study)
     _print_fronts(fronts)

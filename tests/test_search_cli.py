@@ -348,6 +348,103 @@ def test_bad_input_exits_2_with_one_line(fault, tmp_path, capsys):
         assert load(tmp_path / "old").trials == []
 
 
+# ------------------------------------------------------------------------ proxy device
+def test_run_json_and_first_lines_say_where_candidates_train(finished_run):
+    run_dir, proc = finished_run
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["proxy_device"] == {"device": "cpu", "name": "cpu", "precision": "fp32",
+                                   "determinism": "exact"}
+    assert run["parallel"] == "threads"
+    assert proc.stdout.splitlines()[0] == "proxy on cpu: fp32, exact determinism"
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+DEVICE_FAULTS = {
+    "malformed": (["--proxy-device", "gpu0"], "--proxy-device"),
+    "cuda-absent": (["--proxy-device", "cuda"], "CUDA is not available"),
+    "cuda-index-absent": (["--proxy-device", "cuda:1"], "CUDA is not available"),
+    "gpus-per-trial-negative": (["--backend", "ray", "--gpus-per-trial", "-1"], ">= 0"),
+    "gpus-per-trial-without-ray": (["--gpus-per-trial", "1"], "--backend ray"),
+    "parallel-with-ray": (["--backend", "ray", "--parallel", "processes"], "--backend optuna"),
+}
+
+
+@pytest.mark.parametrize("fault", list(DEVICE_FAULTS))
+def test_bad_proxy_device_exits_2_before_any_trial(fault, no_cuda, tmp_path, capsys):
+    extra, needle = DEVICE_FAULTS[fault]
+    rc = search.main([*search_argv(tmp_path / "run", 1), *extra])
+    assert_one_line_error(rc, capsys.readouterr().err, needle)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--proxy-device", "cuda", "--parallel", "threads", "--workers", "2"], "--parallel processes"),
+    (["--proxy-device", "cuda", "--backend", "ray", "--gpus-per-trial", "0"], "--gpus-per-trial"),
+    (["--proxy-device", "cuda:0", "--proxy", "nope"], "unknown proxy"),
+])
+def test_cuda_settings_that_cannot_work_exit_2(extra, needle, fake_cuda, tmp_path, capsys):
+    """With a (faked) GPU: threads sharing torch's global settings on CUDA, a CUDA proxy with
+    no GPU per Ray trial; a bad proxy name still fails before any trial."""
+    rc = search.main([*search_argv(tmp_path / "run", 1), *extra])
+    assert_one_line_error(rc, capsys.readouterr().err, needle)
+    assert not (tmp_path / "run" / "study.db").exists()
+
+
+@pytest.mark.slow
+def test_worker_processes_search_end_to_end(tmp_path):
+    """--workers 2 --parallel processes on the CPU: the path a GPU takes by default."""
+    run_dir = tmp_path / "run"
+    proc = cli(*search_argv(run_dir, 4), "--workers", "2", "--parallel", "processes")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    trials = load(run_dir).trials
+    counted = [t for t in trials if evaluated(t)]
+    assert 4 <= len(counted) <= 5 and not any(t.state.name == "RUNNING" for t in trials)
+    assert len({t.user_attrs["arch_id"] for t in counted}) >= 4
+    assert len(pd.read_csv(run_dir / "trials.csv")) == len(trials)
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["parallel"] == "processes" and run["workers"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("parallel", [[], ["--parallel", "processes"]], ids=["default", "processes"])
+def test_cuda_search_with_two_workers(parallel, tmp_path):
+    """A real search on the GPU, two candidates at a time in two processes (the default)."""
+    run_dir = tmp_path / "run"
+    proc = cli(*search_argv(run_dir, 4), "--proxy-device", "cuda", "--workers", "2", *parallel)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best-effort determinism" in proc.stdout.splitlines()[0]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["proxy_device"]["device"] == "cuda:0"
+    assert run["proxy_device"]["determinism"] == "best-effort"
+    assert run["parallel"] == "processes"
+    trials = load(run_dir).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sum(evaluated(t) for t in trials) >= 4 and complete
+    assert all(0 <= t.user_attrs["accuracy"] <= 1 for t in complete)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_ray_backend_packs_two_trials_per_gpu(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = cli(*search_argv(run_dir, 2), "--backend", "ray", "--workers", "2",
+               "--gpus-per-trial", "0.5", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run_dir / "run.json").read_text())["gpus_per_trial"] == 0.5
+    assert sum(evaluated(t) for t in load(run_dir).trials) == 2
+
+
 # ------------------------------------------------------------------- repeated proposals
 ONE_ARCH_SPACE = """stages: 4
 widths: [[40], [80], [160], [320]]
