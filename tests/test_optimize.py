@@ -895,6 +895,7 @@ def slow_objective() -> Objective:
                      latency={"d": FakeTable(lambda a: float(a.feature_dim))})
 
 
+@pytest.mark.slow  # two spawned interpreters import torch: 16-28 s on the 2-core machine
 def test_worker_processes_evaluate_distinct_architectures_on_one_storage(tmp_path):
     import functools
     import os
