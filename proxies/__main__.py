@@ -13,6 +13,7 @@ from pathlib import Path
 from search_space import ArchError
 
 from .data import DatasetError
+from .device import DeviceError
 from .registry import PROXIES
 
 DEFAULT_OUT = Path(__file__).with_name("reports")
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--split", default="holdout", help="with --against: holdout, tune or all")
     v.add_argument("--protocol", default=None, help="with --against: the set's protocol id")
     v.add_argument("--workers", type=int, default=1, help="processes, one thread each")
+    v.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:N")
     v.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder ({DEFAULT_OUT})")
     _reference_parser(sub)
     return parser
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             report = validate_against(reference_set=against, split=args.split,
                                       protocol=args.protocol, seed=args.seed,
                                       budget=args.budget, proxies=names,
-                                      workers=args.workers, out_dir=out,
+                                      workers=args.workers, out_dir=out, device=args.device,
                                       log=lambda line: print(line, flush=True))
             paths = write_report(report, out)
             print(markdown_table(report.table))
@@ -105,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         report = validate(n=args.n, seed=args.seed, dataset=args.dataset, budget=args.budget,
                           reference=args.reference, reference_seeds=args.reference_seeds,
                           proxies=[p.strip() for p in args.proxies.split(",") if p.strip()],
-                          workers=args.workers, out_dir=args.out,
+                          workers=args.workers, out_dir=args.out, device=args.device,
                           log=lambda line: print(line, flush=True))
-    except (DatasetError, ArchError, ValueError, FileNotFoundError) as e:
+    except (DatasetError, DeviceError, ArchError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     paths = write_report(report, args.out)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +45,7 @@ from search_space import ArchConfig, SearchSpace, params_and_flops
 
 from .base import Budget
 from .data import load_dataset
+from .device import device_name, resolve_device
 from .registry import PROXIES
 from .short_train import ShortTrain
 
@@ -97,18 +99,18 @@ def _column(seed: int) -> str:
 
 
 def _evaluate_proxies(arch_dict: dict[str, Any], dataset: str, budget: Budget, seed: int,
-                      names: tuple[str, ...]) -> dict[str, Any]:
+                      names: tuple[str, ...], device: str = "cpu") -> dict[str, Any]:
     """Every proxy for one architecture (runs in a worker process)."""
     arch = ArchConfig.from_dict(arch_dict)
     row: dict[str, Any] = {"arch_id": arch.arch_id, "arch": str(arch)}
-    short = (ShortTrain(dataset=dataset, budget=budget, seed=seed)(arch)
+    short = (ShortTrain(dataset=dataset, budget=budget, seed=seed, device=device)(arch)
              if {"short_train", "tse"} & set(names) else None)
     for name in names:
         if name in ("short_train", "tse"):
             result = short
             score = result.score if name == "short_train" or result.failed else -result.tse
         else:
-            result = PROXIES[name](dataset=dataset, budget=budget, seed=seed)(arch)
+            result = PROXIES[name](dataset=dataset, budget=budget, seed=seed, device=device)(arch)
             score = result.score
         row[name] = score if not result.failed else math.nan
         row[f"{name}_seconds"] = result.seconds
@@ -118,10 +120,10 @@ def _evaluate_proxies(arch_dict: dict[str, Any], dataset: str, budget: Budget, s
 
 
 def _evaluate_reference(arch_dict: dict[str, Any], dataset: str, reference: Budget,
-                        seed: int) -> dict[str, Any]:
+                        seed: int, device: str = "cpu") -> dict[str, Any]:
     """One reference training of one architecture (runs in a worker process)."""
     arch = ArchConfig.from_dict(arch_dict)
-    ref = ShortTrain(dataset=dataset, budget=reference, seed=seed)(arch)
+    ref = ShortTrain(dataset=dataset, budget=reference, seed=seed, device=device)(arch)
     col = _column(seed)
     row: dict[str, Any] = {"arch_id": arch.arch_id, "arch": str(arch),
                            col: ref.accuracy if not ref.failed else math.nan,
@@ -189,7 +191,7 @@ def reference_repeatability(rows: pd.DataFrame, seeds: Sequence[int]) -> Repeata
 def validate(*, n: int = 24, seed: int = 0, dataset: str = "fashion-mnist",
              budget: Budget | str = "quick", reference: Budget | str = "full",
              reference_seeds: int = 1, proxies: Sequence[str] | None = None,
-             workers: int = 1, out_dir: Path | None = None,
+             workers: int = 1, out_dir: Path | None = None, device: str = "auto",
              log: Callable[[str], None] | None = None) -> ValidationReport:
     """Sample `n` architectures, score them with every proxy and the reference.
 
@@ -198,11 +200,13 @@ def validate(*, n: int = 24, seed: int = 0, dataset: str = "fashion-mnist",
             .. ``seed + K``; the reference is their mean. K >= 2 also measures the
             reference's repeatability (``settings["repeatability"]``).
         workers: processes (one thread each); results do not depend on it.
+        device: where proxies and references train (``auto``: CUDA when available).
         out_dir: where ``rows.jsonl`` is kept for resuming (None: no resume file). Only
             what it lacks is computed: a run with a larger K trains only the new seeds.
         log: called with one line per finished proxy run or reference training.
     """
     budget, reference = Budget.parse(budget), Budget.parse(reference)
+    dev = resolve_device(device)
     names = tuple(proxies) if proxies else tuple(PROXIES)
     for name in names:
         if name not in PROXIES:
@@ -222,9 +226,9 @@ def validate(*, n: int = 24, seed: int = 0, dataset: str = "fashion-mnist",
     ref_seeds = tuple(range(seed + 1, seed + 1 + reference_seeds))
     done = _load_rows(out_dir, [a.arch_id for a in archs], names, legacy_seed=seed + 1)
     resumed = len(done)
-    jobs = _jobs(archs, done, dataset, budget, reference, seed, ref_seeds, names)
+    jobs = _jobs(archs, done, dataset, budget, reference, seed, ref_seeds, names, str(dev))
     start = time.perf_counter()
-    for i, part in enumerate(_run(jobs, workers), 1):
+    for i, part in enumerate(_run(jobs, workers, dev.type), 1):
         done[part["arch_id"]] = {**done.get(part["arch_id"], {}), **part}
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +243,8 @@ def validate(*, n: int = 24, seed: int = 0, dataset: str = "fashion-mnist",
     settings = {"n": n, "seed": seed, "dataset": dataset, "proxies": list(names),
                 "budget": dataclasses.asdict(budget), "reference": dataclasses.asdict(reference),
                 "reference_seeds": list(ref_seeds), "cost_ratio": reference.cost / budget.cost,
-                "workers": workers, "wall_seconds": time.perf_counter() - start,
+                "workers": workers, "device": device_name(dev),
+                "wall_seconds": time.perf_counter() - start,
                 "resumed_rows": resumed,
                 "proxy_runs": sum(fn is _evaluate_proxies for fn, _ in jobs),
                 "reference_trainings": sum(fn is _evaluate_reference for fn, _ in jobs),
@@ -250,7 +255,7 @@ def validate(*, n: int = 24, seed: int = 0, dataset: str = "fashion-mnist",
 def validate_against(*, reference_set: str | Path = "fashion-mnist", split: str = "holdout",
                      protocol: str | None = None, seed: int = 0, budget: Budget | str = "quick",
                      proxies: Sequence[str] | None = None, workers: int = 1,
-                     out_dir: Path | None = None,
+                     out_dir: Path | None = None, device: str = "auto",
                      log: Callable[[str], None] | None = None) -> ValidationReport:
     """Every proxy on the `split` architectures of a committed reference set, ranked against
     the set's K-seed mean accuracy (no reference training: the set is the reference).
@@ -266,6 +271,7 @@ def validate_against(*, reference_set: str | Path = "fashion-mnist", split: str 
     from .reference.report import summarize
 
     budget = Budget.parse(budget)
+    dev = resolve_device(device)
     names = tuple(proxies) if proxies else tuple(PROXIES)
     for name in names:
         if name not in PROXIES:
@@ -289,9 +295,9 @@ def validate_against(*, reference_set: str | Path = "fashion-mnist", split: str 
     archs = [m.arch for m in rset.members if m.arch_id in set(ref["arch_id"])]
     done = _load_rows(out_dir, [a.arch_id for a in archs], names, legacy_seed=-1)
     resumed = len(done)
-    jobs = _jobs(archs, done, rset.dataset, budget, budget, seed, (), names)
+    jobs = _jobs(archs, done, rset.dataset, budget, budget, seed, (), names, str(dev))
     start = time.perf_counter()
-    for i, part in enumerate(_run(jobs, workers), 1):
+    for i, part in enumerate(_run(jobs, workers, dev.type), 1):
         done[part["arch_id"]] = {**done.get(part["arch_id"], {}), **part}
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -309,7 +315,7 @@ def validate_against(*, reference_set: str | Path = "fashion-mnist", split: str 
     settings = {"n": len(archs), "seed": seed, "dataset": rset.dataset, "proxies": list(names),
                 "budget": dataclasses.asdict(budget), "against": str(folder),
                 "protocol": pid, "split": split, "reference_seeds": list(summary.seeds),
-                "noise_ceiling": ceiling, "workers": workers,
+                "noise_ceiling": ceiling, "workers": workers, "device": device_name(dev),
                 "wall_seconds": time.perf_counter() - start, "resumed_rows": resumed,
                 "proxy_runs": len(jobs), "reference_trainings": 0, "repeatability":
                 summary.repeatability, "machine": _machine(), "cost_ratio": math.nan}
@@ -321,7 +327,7 @@ Job = tuple[Callable[..., dict[str, Any]], tuple]
 
 def _jobs(archs: list[ArchConfig], done: dict[str, dict], dataset: str, budget: Budget,
           reference: Budget, seed: int, ref_seeds: tuple[int, ...],
-          names: tuple[str, ...]) -> list[Job]:
+          names: tuple[str, ...], device: str = "cpu") -> list[Job]:
     """What `done` lacks: a proxy run per architecture, a reference training per seed."""
     costed: list[tuple[float, Job]] = []
     for arch in archs:
@@ -333,21 +339,24 @@ def _jobs(archs: list[ArchConfig], done: dict[str, dict], dataset: str, budget: 
         flops = params_and_flops(arch, budget.resolution, 10, 1).flops_g
         if need_proxies:
             costed.append((flops * budget.cost,
-                           (_evaluate_proxies, (arch.to_dict(), dataset, budget, seed, names))))
+                           (_evaluate_proxies,
+                            (arch.to_dict(), dataset, budget, seed, names, device))))
         costed.extend((flops * reference.cost,
-                       (_evaluate_reference, (arch.to_dict(), dataset, reference, s)))
+                       (_evaluate_reference, (arch.to_dict(), dataset, reference, s, device)))
                       for s in missing)
     # Most expensive first (fvcore FLOPs at the proxy resolution x budget): load balance.
     costed.sort(key=lambda c: -c[0])
     return [job for _, job in costed]
 
 
-def _run(jobs: list[Job], workers: int) -> Iterator[dict[str, Any]]:
+def _run(jobs: list[Job], workers: int, device_type: str = "cpu") -> Iterator[dict[str, Any]]:
     if workers <= 1:
         for fn, args in jobs:
             yield fn(*args)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # CUDA cannot be used in a forked child: spawn the workers there.
+    context = multiprocessing.get_context("spawn") if device_type == "cuda" else None
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = [pool.submit(fn, *args) for fn, args in jobs]
         for future in as_completed(futures):
             yield future.result()
@@ -485,7 +494,8 @@ def _against_markdown(report: ValidationReport) -> str:
         f"{s['split']} half" + (" (the half no proxy was designed on)." if s["split"] == "holdout"
                                 else "."), "",
         markdown_table(report.table), "",
-        f"Seconds are per architecture on {s['machine']}; `cost vs reference` divides by the "
+        f"Seconds are per architecture on {s.get('device', 'cpu')}, {s['machine']}; "
+        "`cost vs reference` divides by the "
         "mean seconds of one reference training as recorded in the set (its device may "
         f"differ). Wall time {s['wall_seconds'] / 60:.1f} min with {s['workers']} worker(s); "
         f"{s['resumed_rows']} architectures resumed.", "",
@@ -530,7 +540,8 @@ def _markdown(report: ValidationReport) -> str:
         markdown_table(report.table), "", verdict, "",
         *_repeatability_markdown(rep),
         f"Wall time {s['wall_seconds'] / 60:.1f} min with {s['workers']} worker(s) on "
-        f"{s['machine']} (architectures resumed from an earlier run: {s['resumed_rows']}; "
+        f"{s.get('device', 'cpu')}, {s['machine']} (architectures resumed from an earlier run: "
+        f"{s['resumed_rows']}; "
         f"run now: {s['proxy_runs']} proxy runs, {s['reference_trainings']} reference "
         "trainings). Seconds are per architecture, one thread; `cost vs reference` is the "
         "ratio of mean seconds to those of ONE reference training (one seed).", "",

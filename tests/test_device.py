@@ -203,3 +203,11 @@ def test_real_out_of_memory_is_a_failed_candidate(data):
     r = proxy(huge)
     assert r.failed and r.reason.startswith("out of memory"), r.reason
     assert not proxy(SMALL).failed
+
+
+def test_validate_takes_a_device(no_cuda, capsys):
+    from proxies.__main__ import main
+
+    assert main(["validate", "--n", "3", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and len(err.strip().splitlines()) == 1

@@ -163,7 +163,7 @@ def spied(monkeypatch):
     the list of (arch_id, seed) trained."""
     calls: list[tuple[str, int]] = []
 
-    def reference(arch_dict, dataset, budget, seed):
+    def reference(arch_dict, dataset, budget, seed, device="cpu"):
         arch_id = ArchConfig.from_dict(arch_dict).arch_id
         calls.append((arch_id, seed))
         return {"arch_id": arch_id, "arch": "x", f"reference_s{seed}": 0.8 + seed / 100
