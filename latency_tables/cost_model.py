@@ -219,6 +219,11 @@ class DeviceProfile:
     fit: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # --- a flat parameter vector (log space) for fitting
+    def constant_names(self) -> tuple[str, ...]:
+        """Names of the fitted constants, in `to_vector` order (`rate_<kind>` for rates)."""
+        return tuple(f"rate_{k}" for k in COMPUTE_KINDS) + (
+            "bandwidth_gbs", "eltwise_efficiency", "overhead_us", "group_overhead_us")
+
     def to_vector(self) -> np.ndarray:
         v = [self.rates_gmacs[k] for k in COMPUTE_KINDS]
         v += [self.bandwidth_gbs, self.eltwise_efficiency, self.overhead_us,
@@ -267,8 +272,12 @@ class OpArrays:
         grouped = np.isin(self.kind, [_KIND_INDEX["dwconv"], _KIND_INDEX["gconv"]])
         self.groups = np.where(grouped, df["groups"].to_numpy(float), 0.0)
 
-    def times_s(self, theta: np.ndarray, overlap: bool) -> np.ndarray:
-        """Per-operator seconds for log-parameters `theta` (`DeviceProfile.to_vector` order)."""
+    def times_s(self, theta: np.ndarray, form: DeviceProfile) -> np.ndarray:
+        """Per-operator seconds for log-constants `theta` (`form.constant_names()` order).
+
+        `form` supplies what is not fitted (the formula's variant, `launches_overlap`).
+        """
+        overlap = form.launches_overlap
         v = np.exp(theta)
         n = len(COMPUTE_KINDS)
         rates = np.append(v[:n], np.inf) * 1e9
@@ -279,15 +288,15 @@ class OpArrays:
             return np.maximum(np.maximum(compute, memory), v[n + 2] * 1e-6)
         return np.maximum(compute, memory) + v[n + 2] * 1e-6 + v[n + 3] * 1e-6 * self.groups
 
-    def totals_ms(self, theta: np.ndarray, overlap: bool) -> np.ndarray:
+    def totals_ms(self, theta: np.ndarray, form: DeviceProfile) -> np.ndarray:
         """Per-trace milliseconds (ms per batch)."""
-        return np.bincount(self.owner, self.times_s(theta, overlap), minlength=self.n) * 1e3
+        return np.bincount(self.owner, self.times_s(theta, form), minlength=self.n) * 1e3
 
 
 def op_times(tr: OpTrace, profile: DeviceProfile, batch: int | None = None) -> pd.DataFrame:
     """`tr.ops` plus `ms` (per operator, per batch of `batch`, default the profile's)."""
     arr = OpArrays([tr], profile.batch if batch is None else batch)
-    return tr.ops.assign(ms=arr.times_s(profile.to_vector(), profile.launches_overlap) * 1e3)
+    return tr.ops.assign(ms=arr.times_s(profile.to_vector(), profile) * 1e3)
 
 
 def predict_ms(tr: OpTrace, profile: DeviceProfile, batch: int | None = None) -> float:

@@ -28,6 +28,7 @@ from search_space import SearchSpace
 from .build import TABLE_COLUMNS
 from .cost_model import DeviceProfile, predict_ms, trace
 from .devices import DERIVED_DEVICES, resolve_alias
+from .identifiability import Identifiability, identifiability, render_markdown
 from .layers import LayerSig, make_layer, space_layers
 from .profile_fit import PROTOCOL_BATCH, fit_data, fit_profile, leave_one_out, not_built
 from .published import DEVICE_COLUMNS, NETWORKS, published_traces
@@ -55,11 +56,12 @@ def _relpath(p: Path) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-    """Result of `calibrate_published`: the profile, LOO rows and accuracy, written files."""
+    """Result of `calibrate_published`: profile, LOO rows and accuracy, identifiability, files."""
 
     profile: DeviceProfile
     loo: pd.DataFrame
     accuracy: dict[str, Accuracy]
+    identifiability: Identifiability
     files: list[Path]
 
 
@@ -134,24 +136,30 @@ def calibrate_published(device: str, *, space: SearchSpace | None = None,
     data = fit_data(device, nets, ops)
     col, _ = DEVICE_COLUMNS[device]
     loo_info = {k: _acc_dict(v) for k, v in acc.items()}
+    worst = loo.loc[loo["error_pct"].abs().idxmax()]
+    loo_info["worst"] = {"network": str(worst["network"]),
+                         "error_pct": round(float(worst["error_pct"]), 2)}
     profile = fit_profile(device, data, leave_one_out=loo_info,
                           not_built=not_built(device), published_column=col,
                           traced_networks={n: dataclasses.asdict(s) for n, s in NETWORKS.items()
                                            if n in data.names})
+    ident = identifiability(device, data, profile)
     files = [profile.save(Path(profiles_dir) / f"{device}.json")]
-    files += write_report(device, profile, loo, acc, Path(reports_dir))
+    files += write_report(device, profile, loo, acc, Path(reports_dir), ident)
     prov = {"published_rows": data.names, "published_column": col,
             "published_source": "FasterNet (Chen et al., CVPR 2023) Table 1 + comparison table; "
                                 "latency_tables/profiles/published_*.csv",
             "leave_one_out": loo_info, "not_built": not_built(device),
+            "resting_on_prior": ident.names("prior"),
             "report": _relpath(Path(reports_dir) / f"derived_{device}.md")}
     files.append(derive_table(device, profile, space=space, out_dir=tables_dir, provenance=prov,
                               progress=progress))
-    return Calibration(profile, loo, acc, files)
+    return Calibration(profile, loo, acc, ident, files)
 
 
 def write_report(device: str, profile: DeviceProfile, loo: pd.DataFrame,
-                 acc: dict[str, Accuracy], out: Path) -> list[Path]:
+                 acc: dict[str, Accuracy], out: Path,
+                 ident: Identifiability | None = None) -> list[Path]:
     """`derived_<device>.csv` (per-network LOO rows) and `.md` (profile + error summary)."""
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / f"derived_{device}.csv", out / f"derived_{device}.md"
@@ -178,7 +186,10 @@ def write_report(device: str, profile: DeviceProfile, loo: pd.DataFrame,
         lines.append(f"| {r['network']} | {m:.1f} | {p:.1f} | {r['error_pct']:+.1f} % |")
     lines += ["", "Fitted profile (all networks and operator rows):", "", "```json",
               json.dumps({k: v for k, v in profile.to_dict().items() if k != "fit"}, indent=2),
-              "```", "", "Not built (published rows without a network here):", ""]
+              "```", ""]
+    if ident is not None:
+        lines += render_markdown(ident) + [""]
+    lines += ["Not built (published rows without a network here):", ""]
     lines += [f"- {n}: {why}" for n, why in not_built(device).items()] or ["- none"]
     md_path.write_text("\n".join(lines) + "\n")
     return [csv_path, md_path]

@@ -58,9 +58,14 @@ def provenance_note(table: LatencyTable) -> str:
     if table.source == "derived":
         d = meta.get("derived", {})
         loo = d.get("leave_one_out", {}).get("all", {})
+        worst = d.get("leave_one_out", {}).get("worst")
         err = (f"; leave-one-out error on {int(loo.get('n', 0))} published networks: MAPE "
                f"{loo.get('mape_pct', float('nan')):.1f} %, Kendall tau "
                f"{loo.get('kendall_tau', float('nan')):.2f}" if loo else "")
+        if worst:
+            err += f", worst {worst['network']} {worst['error_pct']:+.0f} %"
+        if d.get("resting_on_prior"):
+            err += f"; constants resting on their prior: {', '.join(d['resting_on_prior'])}"
         device = DERIVED_DEVICES.get(table.name, {})
         cmd = device.get("measure_command", d.get("measure_command",
                                                   f"python -m latency_tables build --device {table.name}"))

@@ -105,16 +105,15 @@ def fit_profile(device: str, data: FitData, start: DeviceProfile | None = None,
     """Least-squares fit of the profile's constants to `data` (see the module docstring)."""
     start = start or INITIAL[device]
     theta0 = start.to_vector()
-    overlap = start.launches_overlap
     logm = np.log(data.measured_ms)
 
     def residuals(theta: np.ndarray) -> np.ndarray:
-        pred = data.arrays.totals_ms(theta, overlap)
+        pred = data.arrays.totals_ms(theta, start)
         return np.concatenate([data.weights * (np.log(pred) - logm),
                                PRIOR_WEIGHT * (theta - theta0)])
 
     res = least_squares(residuals, theta0, method="trf", x_scale=1.0, max_nfev=2000)
-    pred = data.arrays.totals_ms(res.x, overlap)
+    pred = data.arrays.totals_ms(res.x, start)
     err = (pred / data.measured_ms - 1) * 100
     nets = data.is_network
     info = {"rows": list(data.names), "networks": int(nets.sum()),
@@ -139,7 +138,7 @@ def leave_one_out(device: str, nets: dict[str, OpTrace],
     for name in [n for n, is_net in zip(full.names, full.is_network) if is_net]:
         prof = fit_profile(device, fit_data(device, nets, ops, exclude=[name]))
         one = OpArrays([nets[name]], prof.batch)
-        ms = float(one.totals_ms(prof.to_vector(), prof.launches_overlap)[0])
+        ms = float(one.totals_ms(prof.to_vector(), prof)[0])
         meas = float(full.measured_ms[full.names.index(name)])
         rows.append({"network": name, "fasternet": is_fasternet(name),
                      "measured_ms_per_batch": meas, "loo_ms_per_batch": ms,
