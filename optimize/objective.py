@@ -188,7 +188,8 @@ class Objective:
                 return trial.should_prune()
             if self.early_stopping is None:
                 return False
-            return self.early_stopping.should_stop(info["latency_ms"], step, accuracy, history)
+            return self.early_stopping.should_stop(info["latency_ms"], step, accuracy, history,
+                                                   total_steps=self.proxy.budget.steps)
 
         with self.ctrl_c.training():
             result = self.proxy(arch, callback=callback)

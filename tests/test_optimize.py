@@ -273,7 +273,25 @@ def test_margin_is_absolute_accuracy():
     assert not ParetoEarlyStopping(margin=0.07, min_dominators=1).should_stop(X, 2, 0.50, history)
 
 
-@pytest.mark.parametrize("kwargs", [{"margin": -0.01}, {"margin": 1.0}, {"min_dominators": 0}])
+def test_no_stop_in_the_grace_period():
+    history = [rival(9.0, 2.0, s2=0.90)]
+    rule = ParetoEarlyStopping(margin=0.02, min_dominators=1)  # grace: half the budget
+    assert not rule.should_stop(X, 2, 0.50, history, total_steps=8)  # step 2 of 8
+    assert rule.should_stop(X, 2, 0.50, history, total_steps=4)  # step 2 of 4
+    assert ParetoEarlyStopping(margin=0.02, min_dominators=1, min_fraction=0.25).should_stop(
+        X, 2, 0.50, history, total_steps=8)
+
+
+def test_objective_passes_the_budget_to_the_grace_period():
+    s, proxy, archs = early_stopping_setup(ParetoEarlyStopping(margin=0.02, min_dominators=2,
+                                                               min_fraction=0.75))
+    # Step 2 of the smoke budget's 4 is inside a 75 % grace period: nothing stops.
+    assert all(t.state == TrialState.COMPLETE for t in s.get_trials())
+    assert proxy.last_step[archs[2].arch_id] == 4
+
+
+@pytest.mark.parametrize("kwargs", [{"margin": -0.01}, {"margin": 1.0}, {"min_dominators": 0},
+                                    {"min_fraction": 1.5}])
 def test_stopping_rule_rejects_impossible_settings(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         ParetoEarlyStopping(**kwargs)
