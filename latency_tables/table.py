@@ -10,7 +10,8 @@ architecture's layers, looked up in a dict keyed by signature, summed, then corr
 
 Tables are found in `latency_tables/tables/` (shipped) and then in the user directory
 `$PCONV_NAS_TABLES`, default `~/.cache/pconv-nas/tables`. The name "auto" means this
-machine's table (its CPU model, slugified; `_device.default_device_name`).
+machine's table: its GPU's (the GPU name, slugified) where CUDA is available and such a
+table exists, else its CPU's (the CPU model, slugified; `_device.default_device_name`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from search_space import ArchConfig
 
@@ -69,6 +71,18 @@ class MissingLayerError(KeyError):
         return self.message
 
 
+def _auto_name() -> str:
+    """This machine's table: its GPU's where CUDA is available and `build --target cuda`
+    wrote one, else its CPU's."""
+    stems = [default_device_name()]
+    if torch.cuda.is_available():
+        stems.insert(0, default_device_name("cuda"))
+    for stem in stems:
+        if any((d / f"{stem}.csv").exists() for d in _search_dirs()):
+            return stem
+    return stems[0]
+
+
 class LatencyTable:
     """Per-layer latencies of one device; use `LatencyTable.load(name)`.
 
@@ -97,7 +111,7 @@ class LatencyTable:
         """A table by name (see `available()`), "auto" for this machine, or a CSV path."""
         path = Path(name)
         if path.suffix != ".csv":
-            stem = default_device_name() if str(name) == "auto" else resolve_alias(str(name))
+            stem = _auto_name() if str(name) == "auto" else resolve_alias(str(name))
             found = [d / f"{stem}.csv" for d in _search_dirs() if (d / f"{stem}.csv").exists()]
             if not found:
                 known = ", ".join(available()) or "none"

@@ -93,3 +93,22 @@ def test_layer_names_are_fused_modules():
     arch = PRESETS["fasternet_t0"]
     names = dict(fuse(build_model(arch).eval()).named_modules())
     assert all(m in names for m, _ in arch_layers(arch))
+
+
+def test_auto_prefers_this_gpus_table(tmp_path, monkeypatch):
+    import shutil
+
+    import latency_tables.table as table_module
+
+    names = {"cpu": "some-cpu", "cuda": "nvidia-h100-80gb-hbm3"}
+    monkeypatch.setattr(table_module, "default_device_name", lambda target="cpu": names[target])
+    monkeypatch.setenv("PCONV_NAS_TABLES", str(tmp_path))
+    for stem in names.values():
+        for suffix in (".csv", ".json"):
+            shutil.copy(SHIPPED_DIR / f"amd-epyc{suffix}", tmp_path / f"{stem}{suffix}")
+    monkeypatch.setattr(table_module.torch.cuda, "is_available", lambda: False)
+    assert LatencyTable.load("auto").name == "some-cpu"
+    monkeypatch.setattr(table_module.torch.cuda, "is_available", lambda: True)
+    assert LatencyTable.load("auto").name == "nvidia-h100-80gb-hbm3"
+    (tmp_path / "nvidia-h100-80gb-hbm3.csv").unlink()  # no GPU table built yet: the CPU's
+    assert LatencyTable.load("auto").name == "some-cpu"
