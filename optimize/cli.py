@@ -51,6 +51,11 @@ def search_parser() -> argparse.ArgumentParser:
                    "cifar100 or imagefolder:PATH")
     p.add_argument("--budget", default="quick", help="proxy fidelity: smoke|quick|full or "
                    "key=value,... (default quick)")
+    p.add_argument("--promote", help="multi-fidelity promotion after the search (MO-ASHA): rung "
+                   "budgets, the search's --budget first, e.g. quick,full (names or key=value "
+                   "specs as --budget takes; ';' separates rungs explicitly); default: off")
+    p.add_argument("--eta", type=int, help="with --promote: each rung promotes the best 1/eta "
+                   "of its candidates (default 3)")
     p.add_argument("--objective", choices=("pareto", "score"), default="pareto",
                    help="pareto: accuracy vs every device's latency (default); score: MnasNet "
                         "reward ACC*(LAT/T)^-0.07 with --target-latency")
@@ -223,6 +228,53 @@ class ObjectiveFactory:
 
         return Objective(proxy=make_proxy(self.proxy, **self.proxy_kwargs), **self.objective_kwargs)
 
+    def proxy_at(self, budget: str) -> Any:
+        """The same proxy (factory, dataset, seed, device) at another budget: a promotion rung."""
+        from proxies import make_proxy
+
+        return make_proxy(self.proxy, **{**self.proxy_kwargs, "budget": budget})
+
+
+@dataclasses.dataclass(frozen=True)
+class Promotion:
+    """`--promote` and `--eta`, checked: the rung budgets as named (rung 0 is the search's
+    budget) and the reduction factor."""
+
+    rungs: tuple[str, ...]
+    eta: int
+
+
+def _promotion(args: argparse.Namespace, stored: Mapping[str, Any] | None) -> Promotion | None:
+    """The run's promotion, or None (off). A resumed run without --promote keeps the one it
+    was started with, so an interrupted promotion continues."""
+    from proxies import Budget
+
+    from .promote import parse_rungs
+
+    if args.promote is None:
+        if args.eta is not None:
+            raise UsageError("--eta applies with --promote")
+        if args.resume and stored:
+            return Promotion(rungs=tuple(stored["rungs"]), eta=int(stored["eta"]))
+        return None
+    eta = 3 if args.eta is None else args.eta
+    if eta < 2:
+        raise UsageError(f"--eta: {eta} must be >= 2 (each rung keeps 1/eta of its candidates)")
+    try:
+        rungs = parse_rungs(args.promote)
+        budgets = [Budget.parse(r) for r in rungs]
+        search_budget = Budget.parse(args.budget)
+    except ValueError as e:
+        raise UsageError(f"--promote: {e}") from None
+    if budgets[0] != search_budget:
+        raise UsageError(f"--promote: the first rung ({rungs[0]}) must be the search's --budget "
+                         f"({args.budget})")
+    for (a, ba), (b, bb) in zip(zip(rungs, budgets), zip(rungs[1:], budgets[1:])):
+        if not bb.cost > ba.cost:
+            raise UsageError(f"--promote: rung {b!r} ({bb.cost:g} M image-pixels) must cost more "
+                             f"than rung {a!r} before it ({ba.cost:g})")
+    return Promotion(rungs=tuple(rungs), eta=eta)
+
 
 def _open_run_study(run_dir: Path, storage: str | None) -> optuna.Study:
     from .runner import STUDY_NAME
@@ -251,7 +303,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     from search_space import DEFAULT_SPACE_PATH, ArchError, SearchSpace
 
     from .early_stop import ParetoEarlyStopping
-    from .objective import Constraints
+    from .objective import Constraints, rung_of
     from .processes import run_processes, storage_of
     from .report import write_outputs
     from .runner import (
@@ -283,6 +335,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError("--resume needs --run-dir (the run folder to continue)")
     device = _proxy_device(args)
     parallel = _parallel(args, device)
+    _promotion(args, None)  # bad --promote/--eta: before anything is written
 
     tables = _tables(devices)
     devices = list(tables)
@@ -344,10 +397,15 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         if n:
             print(f"resume: {n} interrupted trial(s) marked FAIL and re-queued")
     run = dict(study.user_attrs.get("run") or {})
+    promotion = _promotion(args, run.get("promote"))
+    if promotion is not None and args.promote is None:
+        print(f"resume: promotion {','.join(promotion.rungs)} (eta {promotion.eta}) as started")
     run.update(name=run_dir.name, argv=["search.py", *argv], devices=devices, sources=sources,
                tables={d: t.meta for d, t in tables.items()}, seed=args.seed,
                space=str(space.source), space_yaml=Path(space.source).read_text(),
                proxy=args.proxy, dataset=args.dataset, budget=str(proxy.budget),
+               fidelity=promotion.rungs[0] if promotion else args.budget,
+               promote=dataclasses.asdict(promotion) if promotion else None,
                objective=args.objective, target_latency_ms=args.target_latency,
                max_latency_ms=max_latency, max_params_m=args.max_params, sampler=args.sampler,
                backend=args.backend, workers=args.workers, trials=args.trials,
@@ -385,7 +443,18 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         print(e, flush=True)
     except (MissingLayerError, InfeasibleSearch) as e:
         raise UsageError(str(e)) from None
-    _score_presets(study, objective)
+    rungs = promotion.rungs if promotion else (args.budget,)
+    proxy_at = functools.cache(lambda k: make_objective.proxy_at(rungs[k]) if k else objective.proxy)
+    if promotion is not None:
+        from .promote import promote
+
+        print(f"promotion: rungs {' -> '.join(rungs)}, eta {promotion.eta}", flush=True)
+        promote(study, objective, rungs=rungs, proxy_at=proxy_at, eta=promotion.eta,
+                on_trial=progress)
+    top = min(len(rungs) - 1, max((rung_of(t) for t in study.get_trials(deepcopy=False)
+                                   if t.state == optuna.trial.TrialState.COMPLETE), default=0))
+    _score_presets(study, objective.describe, proxy_at(top), rungs[top])
+    _print_costs(study)
     fronts = write_outputs(run_dir, study)
     _print_fronts(fronts)
     print(f"\nwrote {run_dir}/: trials.csv pareto.csv pareto.png report.md archs/ run.json "
@@ -416,41 +485,56 @@ class _Progress:
         print(line, flush=True)
 
 
-def _score_presets(study: optuna.Study, objective: Any) -> None:
-    """Score T0/T1/T2 with the run's proxy and tables (once per study; stored on it)."""
+def _score_presets(study: optuna.Study, describe: Any, proxy: Any, fidelity: str) -> None:
+    """Score T0/T1/T2 with the run's tables (`describe`) and `proxy`, the fidelity of the
+    highest rung the search reached, so that they compare with the front (once per study
+    and fidelity; stored on it)."""
     from search_space import PRESETS
 
+    base = (study.user_attrs.get("run") or {}).get("fidelity", fidelity)
     scored = dict(study.user_attrs.get("presets") or {})
     for name in PRESET_NAMES:
-        if name in scored:
+        if name in scored and scored[name].get("fidelity", base) == fidelity:
             continue
         arch = PRESETS[name]
         try:
-            info = objective.describe(arch)
+            info = describe(arch)
         except Exception as e:  # a table that lacks a preset's layers: say so, keep going
             scored[name] = {"arch": arch.to_dict(), "latency_ms": {}, "reason": str(e)}
             continue
-        result = objective.proxy(arch)
+        result = proxy(arch)
         scored[name] = {"arch": arch.to_dict(), "latency_ms": info["latency_ms"],
                         "params_m": info["params_m"], "proxy_seconds": result.seconds,
                         "accuracy": None if result.failed else float(
                             result.score if result.accuracy is None else result.accuracy),
-                        "reason": result.reason}
-        print(f"preset {name}: acc={scored[name]['accuracy']} "
+                        "reason": result.reason, "fidelity": fidelity}
+        print(f"preset {name} ({fidelity}): acc={scored[name]['accuracy']} "
               + " ".join(f"{d}={ms:.2f}ms" for d, ms in info["latency_ms"].items()), flush=True)
         study.set_user_attr("presets", scored)
+
+
+def _print_costs(study: optuna.Study) -> None:
+    """Seconds of proxy training per rung, when the run promoted candidates."""
+    from .report import collect, rung_costs
+
+    costs = rung_costs(collect(study))
+    if len(costs) > 1:
+        print("\nproxy time per rung: " + "; ".join(
+            f"rung {c.rung} ({c.fidelity}): {c.trained} trained, {c.seconds:.0f} s" for c in costs))
 
 
 def _print_fronts(fronts: list[Any]) -> None:
     for f in fronts:
         print(f"\nPareto front on {f.device} ({f.source}):")
-        print(f"  {'name':14s} {'proposed':>8s} {'accuracy':>8s} {'ms/image':>9s} {'params M':>8s}  arch")
+        print(f"  {'name':14s} {'proposed':>8s} {'fidelity':>8s} {'accuracy':>8s} {'ms/image':>9s} "
+              f"{'params M':>8s}  arch")
         rows = [(c, "") for c in f.members] + [(p, "preset") for p in f.presets]
         for c, tag in sorted(rows, key=lambda r: r[0].latency_ms.get(f.device, 0.0)):
             acc = "-" if c.accuracy is None else f"{c.accuracy:.4f}"
             proposed = "" if tag else f"x{c.proposed}"
-            print(f"  {c.name:14s} {proposed:>8s} {acc:>8s} {c.latency_ms[f.device]:9.2f} "
-                  f"{(c.params_m or 0):8.2f}  {c.arch_id if not tag else '(preset)'} {c.arch}")
+            print(f"  {c.name:14s} {proposed:>8s} {c.fidelity or '-':>8s} {acc:>8s} "
+                  f"{c.latency_ms[f.device]:9.2f} {(c.params_m or 0):8.2f}  "
+                  f"{c.arch_id if not tag else '(preset)'} {c.arch}")
 
 
 # ---------------------------------------------------------------------------- others

@@ -28,7 +28,7 @@ from .interrupt import CtrlC
 
 __all__ = ["Objective", "Constraints", "CandidateFailed", "mnas_reward", "MNAS_W",
            "history_of", "finished_twin", "record_repeat", "STOPPED", "INFEASIBLE", "INTERRUPTED",
-           "DUPLICATE"]
+           "DUPLICATE", "RUNG", "FIDELITY", "PROMOTED_FROM", "rung_of"]
 
 #: MnasNet's soft-constraint exponent (Tan et al. 2019, Sec. 3).
 MNAS_W = -0.07
@@ -38,6 +38,9 @@ STOPPED, INFEASIBLE = "stopped_early", "infeasible"
 INTERRUPTED = "interrupted"
 #: user attribute of a repeated proposal: the number of the trial that evaluated its architecture.
 DUPLICATE = "duplicate_of"
+#: user attributes of a promotion (`optimize.promote`): its rung (>= 1; a proposal is rung 0),
+#: the rung's budget as the user named it, and the trial that proposed the architecture.
+RUNG, FIDELITY, PROMOTED_FROM = "rung", "fidelity", "promoted_from"
 
 
 class CandidateFailed(RuntimeError):
@@ -64,11 +67,17 @@ class Constraints:
         return None
 
 
+def rung_of(trial: FrozenTrial) -> int:
+    """The rung of a trial: 0 for the search's proposals, k >= 1 for a promotion."""
+    return int(trial.user_attrs.get(RUNG, 0))
+
+
 def history_of(trials: Sequence[FrozenTrial]) -> list[History]:
-    """Finished (COMPLETE) candidates with their checkpoint accuracies."""
+    """Finished (COMPLETE) candidates with their checkpoint accuracies, at the search's budget
+    (a promotion's checkpoints are steps of another schedule)."""
     out = []
     for t in trials:
-        if t.state == TrialState.COMPLETE and "checkpoints" in t.user_attrs:
+        if t.state == TrialState.COMPLETE and "checkpoints" in t.user_attrs and not rung_of(t):
             out.append(History(latency_ms=t.user_attrs["latency_ms"],
                                checkpoints={int(s): float(a) for s, a in t.user_attrs["checkpoints"]}))
     return out
@@ -77,11 +86,12 @@ def history_of(trials: Sequence[FrozenTrial]) -> list[History]:
 def finished_twin(study: optuna.Study, arch_id: str, number: int) -> FrozenTrial | None:
     """The trial (other than `number`) that evaluated `arch_id`: completed, stopped early or
     failed. A trial cut off by an interruption did not evaluate it (its candidate is re-queued);
-    nor did a running one, so two workers that draw the same architecture at once both train."""
+    nor did a running one, so two workers that draw the same architecture at once both train.
+    A promotion (another budget) is no twin."""
     for t in study.get_trials(deepcopy=False,
                               states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         ua = t.user_attrs
-        if t.number == number or ua.get("arch_id") != arch_id:
+        if t.number == number or ua.get("arch_id") != arch_id or RUNG in ua:
             continue
         if (t.state == TrialState.COMPLETE or STOPPED in ua
                 or (t.state == TrialState.FAIL and "fail_reason" in ua and INTERRUPTED not in ua)):

@@ -4,7 +4,9 @@
 2-D front (accuracy vs latency) per device, over distinct architectures: a repeated proposal
 (`duplicate_of`) stays a row of `trials.csv`, but the front, `pareto.csv`, `report.md` and
 `pareto.png` show each architecture once, with how often it was proposed (`proposed`, "x3" in
-the plot); `write_outputs` renders `trials.csv`,
+the plot). An architecture promoted to longer budgets (`optimize.promote`) counts with the
+result of the highest rung it reached; every row says its `fidelity` (a marker per rung in
+the plot), and `rung_costs` gives the seconds spent per rung. `write_outputs` renders `trials.csv`,
 `pareto.csv`, `pareto.png`, `report.md`, `archs/<arch_id>.yaml` and `run.json` from the
 study alone (its user attributes hold the run description and the scored presets), so
 `python search.py show RUN` regenerates everything but `study.db`.
@@ -18,7 +20,7 @@ import textwrap
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import optuna
@@ -27,10 +29,10 @@ from optuna.trial import TrialState
 
 from search_space import ArchConfig
 
-from .objective import DUPLICATE, INFEASIBLE, INTERRUPTED, STOPPED
+from .objective import DUPLICATE, FIDELITY, INFEASIBLE, INTERRUPTED, PROMOTED_FROM, RUNG, STOPPED
 
-__all__ = ["Candidate", "Front", "collect", "presets_of", "fronts", "pareto_mask", "dominates",
-           "hypervolume", "write_outputs"]
+__all__ = ["Candidate", "Front", "RungCost", "collect", "presets_of", "fronts", "rung_costs",
+           "pareto_mask", "dominates", "hypervolume", "write_outputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,9 @@ class Candidate:
     finished: str = ""
     duplicate_of: int | None = None  # the trial that evaluated this architecture before
     proposed: int = 1              # trials of the study that proposed this architecture
+    rung: int = 0                  # 0: the search's budget; k: promoted k rungs (`promote`)
+    fidelity: str = ""             # the rung's budget as named (quick, full, key=value,...)
+    promoted_from: int | None = None  # a promotion: the trial that proposed the architecture
 
     @property
     def arch_id(self) -> str:
@@ -80,11 +85,13 @@ def collect(study: optuna.Study) -> list[Candidate]:
     """Every trial of the study as a Candidate (architecture rebuilt from its user attrs).
 
     `proposed` counts the trials that proposed the same architecture, its repeats included; a
-    trial cut off by an interruption is not one (its candidate was re-queued, and counts once).
+    trial cut off by an interruption is not one (its candidate was re-queued, and counts once),
+    nor is a promotion. A proposal's `fidelity` is the search's budget (the run's `fidelity`).
     """
     trials = study.get_trials(deepcopy=False)
-    proposed = Counter(t.user_attrs["arch_id"] for t in trials
-                       if "arch_id" in t.user_attrs and INTERRUPTED not in t.user_attrs)
+    base = str((study.user_attrs.get("run") or {}).get("fidelity", ""))
+    proposed = Counter(t.user_attrs["arch_id"] for t in trials if "arch_id" in t.user_attrs
+                       and INTERRUPTED not in t.user_attrs and RUNG not in t.user_attrs)
     out = []
     for t in trials:
         ua = t.user_attrs
@@ -98,7 +105,9 @@ def collect(study: optuna.Study) -> list[Candidate]:
             accuracy=None if acc is None else float(acc), latency_ms=ua.get("latency_ms", {}),
             params_m=ua.get("params_m"), reason=reason, proxy_seconds=ua.get("proxy_seconds"),
             started=str(t.datetime_start or ""), finished=str(t.datetime_complete or ""),
-            duplicate_of=ua.get(DUPLICATE), proposed=proposed.get(ua.get("arch_id"), 1)))
+            duplicate_of=ua.get(DUPLICATE), proposed=proposed.get(ua.get("arch_id"), 1),
+            rung=int(ua.get(RUNG, 0)), fidelity=str(ua.get(FIDELITY, base)),
+            promoted_from=ua.get(PROMOTED_FROM)))
     return out
 
 
@@ -109,7 +118,8 @@ def presets_of(study: optuna.Study) -> list[Candidate]:
         out.append(Candidate(name=name, number=None, state="preset",
                              arch=ArchConfig.from_dict(rec["arch"]), accuracy=rec.get("accuracy"),
                              latency_ms=rec["latency_ms"], params_m=rec.get("params_m"),
-                             reason=rec.get("reason", ""), proxy_seconds=rec.get("proxy_seconds")))
+                             reason=rec.get("reason", ""), proxy_seconds=rec.get("proxy_seconds"),
+                             fidelity=str(rec.get("fidelity", ""))))
     return out
 
 
@@ -139,20 +149,25 @@ def hypervolume(accuracy: Sequence[float], latency: Sequence[float], ref_latency
     return float(compute_hypervolume(pts, np.array([-ref_accuracy, ref_latency])))
 
 
-def _distinct(candidates: Iterable[Candidate]) -> Iterator[Candidate]:
-    """The first candidate of each architecture, in the given order."""
-    seen = set()
+def _highest(candidates: Iterable[Candidate]) -> Iterator[Candidate]:
+    """Each architecture once, in the order of its first trial: the result of the highest
+    rung it reached (complete before failed within a rung, then the first: a repeat carries
+    its twin's result). A failed promotion leaves its architecture without a result."""
+    best: dict[str, Candidate] = {}
     for c in candidates:
-        if c.arch_id not in seen:
-            seen.add(c.arch_id)
-            yield c
+        if c.arch is None or c.duplicate_of is not None or c.state not in ("complete", "fail"):
+            continue
+        held = best.get(c.arch_id)
+        if held is None or (c.rung, c.state == "complete") > (held.rung, held.state == "complete"):
+            best[c.arch_id] = c
+    return (c for c in best.values() if c.state == "complete" and c.accuracy is not None)
 
 
 def fronts(candidates: Sequence[Candidate], presets: Sequence[Candidate],
            sources: Mapping[str, str]) -> list[Front]:
-    """One front per device over the fully trained architectures, each once (its first trial:
-    a repeat carries the same result)."""
-    done = list(_distinct(c for c in candidates if c.state == "complete" and c.accuracy is not None))
+    """One front per device over the fully trained architectures, each once, with the result
+    of the highest rung it reached (`_highest`)."""
+    done = list(_highest(candidates))
     out = []
     for device, source in sources.items():
         pts = [c for c in done if device in c.latency_ms]
@@ -164,12 +179,34 @@ def fronts(candidates: Sequence[Candidate], presets: Sequence[Candidate],
     return out
 
 
+class RungCost(NamedTuple):
+    """What one rung cost: architectures trained at its budget and their proxy seconds."""
+
+    rung: int
+    fidelity: str
+    trained: int
+    seconds: float
+
+
+def rung_costs(candidates: Sequence[Candidate]) -> list[RungCost]:
+    """Per rung, the architectures trained there (repeats, never trained, left out) and the
+    proxy seconds they took."""
+    out = []
+    for r in sorted({c.rung for c in candidates}):
+        at = [c for c in candidates if c.rung == r and c.duplicate_of is None
+              and c.state in ("complete", "fail", "stopped_early")]
+        out.append(RungCost(rung=r, fidelity=next((c.fidelity for c in at), ""), trained=len(at),
+                            seconds=float(sum(c.proxy_seconds or 0.0 for c in at))))
+    return out
+
+
 def _rows(candidates: Sequence[Candidate], devices: Sequence[str]) -> pd.DataFrame:
     rows = []
     for c in candidates:
         row: dict[str, Any] = {"name": c.name, "number": c.number, "state": c.state,
-                               "duplicate_of": c.duplicate_of, "arch_id": c.arch_id,
-                               "proposed": c.proposed, "accuracy": c.accuracy,
+                               "duplicate_of": c.duplicate_of, "promoted_from": c.promoted_from,
+                               "arch_id": c.arch_id, "proposed": c.proposed, "rung": c.rung,
+                               "fidelity": c.fidelity, "accuracy": c.accuracy,
                                "params_m": c.params_m}
         for d in devices:
             row[f"latency_ms_{d}"] = c.latency_ms.get(d)
@@ -179,7 +216,12 @@ def _rows(candidates: Sequence[Candidate], devices: Sequence[str]) -> pd.DataFra
     df = pd.DataFrame(rows)
     if len(df):  # trial numbers stay integers next to the empty cells of the originals
         df["duplicate_of"] = df["duplicate_of"].astype("Int64")
+        df["promoted_from"] = df["promoted_from"].astype("Int64")
     return df
+
+
+#: a marker per rung in pareto.png: circles for the search's budget, then squares, diamonds...
+_MARKERS = ("o", "s", "D", "^", "v", "P", "X")
 
 
 def _plot(fr: list[Front], path: Path) -> None:
@@ -190,14 +232,25 @@ def _plot(fr: list[Front], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(fr), figsize=(6.5 * len(fr), 4.8), squeeze=False)
     for ax, f in zip(axes[0], fr):
-        ax.scatter([c.latency_ms[f.device] for c in f.others], [c.accuracy for c in f.others],
-                   s=18, c="0.65", label="dominated")
+        rungs = sorted({c.rung for c in [*f.members, *f.others]})
+        promoted = len(rungs) > 1  # one marker per fidelity, named in the legend
+        for r in rungs:
+            pts = [c for c in f.others if c.rung == r]
+            if pts:
+                ax.scatter([c.latency_ms[f.device] for c in pts], [c.accuracy for c in pts], s=18,
+                           c="0.65", marker=_MARKERS[r % len(_MARKERS)],
+                           label="dominated" + (f" ({pts[0].fidelity})" if promoted else ""))
         xs = [c.latency_ms[f.device] for c in f.members]
         ys = [c.accuracy for c in f.members]
         ax.step(xs, ys, where="post", c="tab:red", lw=1.2)
         repeated = any(c.proposed > 1 for c in f.members)
-        ax.scatter(xs, ys, s=30, c="tab:red", zorder=3,
-                   label="Pareto front" + (" (xN: proposed N times)" if repeated else ""))
+        for r in rungs:
+            pts = [c for c in f.members if c.rung == r]
+            if pts:
+                ax.scatter([c.latency_ms[f.device] for c in pts], [c.accuracy for c in pts], s=30,
+                           c="tab:red", zorder=3, marker=_MARKERS[r % len(_MARKERS)],
+                           label="Pareto front" + (f" ({pts[0].fidelity})" if promoted else "")
+                           + (" (xN: proposed N times)" if repeated else ""))
         for c, x, y in zip(f.members, xs, ys):
             if c.proposed > 1:  # proposed several times, evaluated once
                 ax.annotate(f"x{c.proposed}", (x, y), textcoords="offset points", xytext=(4, 4),
@@ -211,7 +264,7 @@ def _plot(fr: list[Front], path: Path) -> None:
                         xytext=(5, -10))
         source = textwrap.shorten(f.source.split(". ")[0], 150)
         ax.set_xlabel(f"latency, ms/image on {f.device}\n" + textwrap.fill(source, 95), fontsize=8)
-        ax.set_ylabel("proxy accuracy")
+        ax.set_ylabel("proxy accuracy" + (" (highest fidelity reached)" if promoted else ""))
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -241,7 +294,7 @@ def write_outputs(run_dir: Path, study: optuna.Study) -> list[Front]:
     _rows(cands, devices).to_csv(run_dir / "trials.csv", index=False)
     front_rows = []
     for f in fr:
-        df = _rows(f.members, [f.device]).drop(columns="duplicate_of", errors="ignore")
+        df = _rows(f.members, [f.device]).drop(columns="duplicate_of")
         df.insert(0, "device", f.device)
         front_rows.append(df)
     pareto = pd.concat(front_rows, ignore_index=True) if front_rows else pd.DataFrame()
@@ -266,14 +319,26 @@ def _report(run: Mapping[str, Any], cands: Sequence[Candidate], fr: Sequence[Fro
         out += [f"{repeats} of the trials proposed an architecture evaluated before: recorded in "
                 "trials.csv (`duplicate_of`), not trained and not counted; the fronts list each "
                 "architecture once, `proposed` is how often it was proposed.", ""]
+    costs = rung_costs(cands)
+    promote = run.get("promote") or {}
+    if len(costs) > 1 or promote:
+        out += [f"Promotion (MO-ASHA, eta {promote.get('eta', '?')}, rungs "
+                f"{' -> '.join(promote.get('rungs', [c.fidelity for c in costs]))}): the search's "
+                "fully trained candidates, then the best 1/eta of each rung by non-domination "
+                "rank and crowding distance per device, then any front member below the highest "
+                "rung reached, were trained at the next rung's budget; every architecture counts "
+                "with the accuracy of the highest fidelity it reached (`fidelity`). Promotions "
+                "do not count toward --trials.", "",
+                markdown_table(pd.DataFrame([{**c._asdict(), "seconds": f"{c.seconds:.0f}"}
+                                             for c in costs])), ""]
     for f in fr:
         out += [f"## Pareto front on {f.device}", "", f"Latency source: {f.source}", ""]
-        df = _rows(f.members, [f.device])[["name", "arch_id", "proposed", "accuracy",
+        df = _rows(f.members, [f.device])[["name", "arch_id", "proposed", "fidelity", "accuracy",
                                            f"latency_ms_{f.device}", "params_m", "arch"]]
         out += [markdown_table(df) if len(df) else "(no completed trial yet)", ""]
         if f.presets:
-            pdf = _rows(f.presets, [f.device])[["name", "accuracy", f"latency_ms_{f.device}",
-                                                "params_m"]]
+            pdf = _rows(f.presets, [f.device])[["name", "fidelity", "accuracy",
+                                                f"latency_ms_{f.device}", "params_m"]]
             dominated = []
             for p in f.presets:
                 if p.accuracy is None:

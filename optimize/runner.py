@@ -18,7 +18,17 @@ from typing import NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .objective import DUPLICATE, INFEASIBLE, INTERRUPTED, STOPPED, CandidateFailed, Objective
+from .objective import (
+    DUPLICATE,
+    FIDELITY,
+    INFEASIBLE,
+    INTERRUPTED,
+    PROMOTED_FROM,
+    RUNG,
+    STOPPED,
+    CandidateFailed,
+    Objective,
+)
 
 __all__ = ["SAMPLERS", "make_sampler", "open_study", "evaluated", "Tally", "tally", "SearchExhausted",
            "InfeasibleSearch", "run_optuna", "recover_zombies"]
@@ -64,8 +74,9 @@ def evaluated(trial: FrozenTrial) -> bool:
     """Whether a trial counts toward `--trials`: a newly evaluated architecture, trained (fully
     or stopped early) or failed. Not counted: a repeat of an architecture evaluated before
     (`duplicate_of`), an infeasible candidate, a trial cut off by an interruption (its
-    candidate is re-queued and evaluated on resume)."""
-    if DUPLICATE in trial.user_attrs:
+    candidate is re-queued and evaluated on resume), a promotion to a longer budget
+    (`optimize.promote`)."""
+    if DUPLICATE in trial.user_attrs or RUNG in trial.user_attrs:
         return False
     if trial.state == TrialState.COMPLETE:
         return True
@@ -188,6 +199,10 @@ def describe_trial(trial: FrozenTrial) -> str:
     """Short outcome of a trial for the progress line."""
     if DUPLICATE in trial.user_attrs:
         return f"repeat of trial {trial.user_attrs[DUPLICATE]}, not counted ({_outcome(trial)})"
+    if RUNG in trial.user_attrs:
+        ua = trial.user_attrs
+        return (f"promotion of trial {ua[PROMOTED_FROM]} to {ua[FIDELITY]} (rung {ua[RUNG]}), "
+                f"not counted ({_outcome(trial)})")
     return _outcome(trial)
 
 

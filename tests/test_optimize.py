@@ -39,7 +39,27 @@ from optimize import (
     select,
     write_outputs,
 )
-from optimize.objective import DUPLICATE, INFEASIBLE, INTERRUPTED, STOPPED, finished_twin
+from optimize.objective import (
+    DUPLICATE,
+    FIDELITY,
+    INFEASIBLE,
+    INTERRUPTED,
+    PROMOTED_FROM,
+    RUNG,
+    STOPPED,
+    finished_twin,
+    history_of,
+)
+from optimize.promote import (
+    Entry,
+    choose,
+    crowding_distance,
+    nondominated_ranks,
+    parse_rungs,
+    promote,
+    promotion_order,
+)
+from optimize.report import RungCost, rung_costs
 from optimize.runner import SearchExhausted, Tally, describe_trial, tally
 from proxies import BUDGETS, ProxyResult
 from search_space import PRESETS, ArchConfig, SearchSpace
@@ -622,6 +642,172 @@ def test_ray_searcher_records_repeats_without_a_worker(monkeypatch):
         assert t.state == TrialState.COMPLETE and t.values == twin.values
         assert t.user_attrs["arch_id"] == twin.user_attrs["arch_id"]
         assert t.user_attrs["accuracy"] == finished[t.user_attrs["arch_id"]]
+
+
+# ---------------------------------------------------------------- multi-fidelity promotion
+def test_promotion_order_is_rank_then_crowding():
+    # (ms, acc): rank 0 = A, B, C, D; rank 1 = E, F (E beaten by B, F by C)
+    pts = {"A": (1, 0.5), "B": (2, 0.6), "C": (3, 0.65), "D": (10, 0.9), "E": (2, 0.4), "F": (5, 0.5)}
+    names = list(pts)
+    lat, acc = [pts[n][0] for n in names], [pts[n][1] for n in names]
+    assert nondominated_ranks(acc, lat) == [0, 0, 0, 0, 1, 1]
+    crowd = crowding_distance(acc, lat, [0, 1, 2, 3])
+    assert crowd[0] == crowd[3] == math.inf  # the ends of the front
+    # B's neighbours A, C: 0.15/0.5 + 2/9; C's neighbours B, D: 0.3/0.5 + 8/9 (ranges of the pool)
+    assert crowd[1] == pytest.approx(0.3 + 2 / 9) and crowd[2] == pytest.approx(0.6 + 8 / 9)
+    assert [names[i] for i in promotion_order(acc, lat)] == ["A", "D", "C", "B", "E", "F"]
+
+    pool = [Entry(n, pts[n][1], {"a": pts[n][0], "b": 20.0 - pts[n][0]}) for n in names]
+    assert choose(pool, ["a"], eta=3) == ["A", "D"]  # ceil(6 / 3)
+    assert choose(pool, ["a"], eta=2) == ["A", "D", "C"]
+    assert choose(pool, ["a"], eta=6) == ["A"]
+    # two devices take turns: on b (latency reversed) D is fastest and first, A is next
+    assert choose(pool, ["a", "b"], eta=2) == ["A", "D", "C"]
+
+
+@pytest.mark.parametrize(("spec", "rungs"), [
+    ("quick,full", ["quick", "full"]),
+    ("smoke,smoke,steps=8", ["smoke", "smoke,steps=8"]),
+    ("steps=64;steps=640,subset=40960", ["steps=64", "steps=640,subset=40960"]),
+])
+def test_parse_rungs(spec, rungs):
+    assert parse_rungs(spec) == rungs
+
+
+# (ms, quick accuracy, full accuracy) of six architectures: at quick the front is 0, 1, 3, 5
+PROMO = [(1.0, 0.30, 0.35), (2.0, 0.50, 0.70), (3.0, 0.40, 0.45), (4.0, 0.60, 0.75),
+         (5.0, 0.55, 0.60), (6.0, 0.70, 0.80)]
+PROMO_ARCHS = [variant(i) for i in range(len(PROMO))]
+
+
+def promo_setup(interrupt: str | None = None) -> tuple[optuna.Study, Objective, dict[int, FakeProxy]]:
+    """Six architectures searched at rung 0 ("smoke"), the proxy of rung 1 ("full") gives
+    each its full accuracy; `interrupt`: the arch_id whose first promotion is cut by Ctrl-C."""
+    by_id = {a.arch_id: p for a, p in zip(PROMO_ARCHS, PROMO)}
+    cut = {interrupt} if interrupt else set()
+
+    def full(arch: ArchConfig) -> dict[int, float]:
+        if arch.arch_id in cut:
+            cut.clear()
+            raise KeyboardInterrupt
+        return flat(by_id[arch.arch_id][2])
+
+    proxies = {1: FakeProxy(full)}
+    obj = Objective(space=ListSpace(PROMO_ARCHS), proxy=FakeProxy(lambda a: flat(by_id[a.arch_id][1])),
+                    latency={"d": FakeTable(lambda a: by_id[a.arch_id][0])})
+    s = study(obj.directions)
+    for i in range(len(PROMO)):
+        s.enqueue_trial({"i": i})
+    run_optuna(s, obj, n_trials=len(PROMO))
+    return s, obj, proxies
+
+
+def test_promotion_keeps_the_best_third_then_settles_the_front():
+    s, obj, proxies = promo_setup()
+    seen: list[int] = []
+    n = promote(s, obj, rungs=["smoke", "full"], proxy_at=proxies.__getitem__, eta=3,
+                on_trial=lambda st, t: seen.append(t.number))
+    trials = s.get_trials()
+    # eta 3: ceil(6/3) = 2 promoted, the two ends of the quick front (infinite crowding): 0 and 5;
+    # then the front (highest fidelity reached) holds 1 and 3 at quick: promoted too
+    promoted = [PROMO_ARCHS.index(a) for a in proxies[1].calls]
+    assert promoted == [0, 5, 1, 3] and n == 4 and seen == [6, 7, 8, 9]
+    assert tally(trials).evaluated == 6 and not any(evaluated(t) for t in trials[6:])
+    for t in trials[6:]:
+        assert t.state == TrialState.COMPLETE and t.user_attrs[RUNG] == 1
+        assert t.user_attrs[FIDELITY] == "full" and trials[t.user_attrs[PROMOTED_FROM]].params == t.params
+        assert t.values == [t.user_attrs["accuracy"], t.user_attrs["latency_ms"]["d"]]
+    assert describe_trial(trials[6]) == "promotion of trial 0 to full (rung 1), not counted (complete)"
+
+    (f,) = fronts(collect(s), [], {"d": "d"})
+    assert [(c.arch_id, c.rung, c.accuracy) for c in f.members] == [
+        (PROMO_ARCHS[i].arch_id, 1, PROMO[i][2]) for i in (0, 1, 3, 5)]  # the full accuracy
+    assert sorted(c.arch_id for c in f.others) == sorted(PROMO_ARCHS[i].arch_id for i in (2, 4))
+    assert all(c.proposed == 1 for c in f.members)  # a promotion is no proposal
+    assert promote(s, obj, rungs=["smoke", "full"], proxy_at=proxies.__getitem__, eta=3) == 0
+
+
+def test_promotions_are_no_twins_and_stay_out_of_early_stopping_history():
+    s, obj, proxies = promo_setup()
+    promote(s, obj, rungs=["smoke", "full"], proxy_at=proxies.__getitem__, eta=3)
+    assert len(history_of(s.get_trials())) == 6
+    s.enqueue_trial({"i": 5})  # proposed again after the promotion: the quick trial is its twin
+    s.optimize(obj, n_trials=1)
+    repeat = s.get_trials()[-1]
+    assert repeat.user_attrs[DUPLICATE] == 5 and repeat.values == s.get_trials()[5].values
+    assert finished_twin(s, PROMO_ARCHS[5].arch_id, number=5) is None  # not the promotion either
+
+
+def test_no_front_member_stays_at_a_lower_rung_over_three_rungs():
+    """Three rungs, eta 2: whatever the climb, the front ends at the top rung reached."""
+    by_id = {a.arch_id: p for a, p in zip(PROMO_ARCHS, PROMO)}
+    s, obj, _ = promo_setup()
+    proxies = {1: FakeProxy(lambda a: flat(by_id[a.arch_id][2])),
+               2: FakeProxy(lambda a: flat(by_id[a.arch_id][2] + 0.1))}
+    promote(s, obj, rungs=["smoke", "mid", "full"], proxy_at=proxies.__getitem__, eta=2)
+    assert [PROMO_ARCHS.index(a) for a in proxies[1].calls][:3] == [0, 5, 1]  # ceil(6/2)
+    (f,) = fronts(collect(s), [], {"d": "d"})
+    assert {c.rung for c in f.members} == {2}
+    assert all(c.accuracy == pytest.approx(by_id[c.arch_id][2] + 0.1) for c in f.members)
+
+
+def test_a_failed_promotion_leaves_the_front():
+    s, obj, _ = promo_setup()
+    proxies = {1: FakeProxy(lambda a: flat(0.9), fail=lambda a: "nan loss" if a == PROMO_ARCHS[5] else "")}
+    promote(s, obj, rungs=["smoke", "full"], proxy_at=proxies.__getitem__, eta=3)
+    failed = [t for t in s.get_trials() if t.state == TrialState.FAIL]
+    assert [t.user_attrs["arch_id"] for t in failed] == [PROMO_ARCHS[5].arch_id]
+    assert failed[0].user_attrs["fail_reason"] == "nan loss" and not evaluated(failed[0])
+    (f,) = fronts(collect(s), [], {"d": "d"})
+    assert PROMO_ARCHS[5].arch_id not in {c.arch_id for c in f.members + f.others}
+    assert {c.rung for c in f.members} == {1}
+
+
+def test_interrupted_promotion_finishes_on_rerun():
+    s, obj, proxies = promo_setup(interrupt=PROMO_ARCHS[5].arch_id)
+    with pytest.raises(KeyboardInterrupt):
+        promote(s, obj, rungs=["smoke", "full"], proxy_at=proxies.__getitem__, eta=3)
+    trials = s.get_trials()
+    assert len(trials) == 7 and trials[6].user_attrs["arch_id"] == PROMO_ARCHS[0].arch_id
+    assert not any(t.state == TrialState.RUNNING for t in trials)  # nothing left half-written
+    assert promote(s, obj, rungs=["smoke", "full"], proxy_at=proxies.__getitem__, eta=3) == 3
+    again, _, fresh = promo_setup()
+    promote(again, obj, rungs=["smoke", "full"], proxy_at=fresh.__getitem__, eta=3)
+
+    def record(t: optuna.trial.FrozenTrial) -> tuple:
+        return t.state, t.values, {k: v for k, v in t.user_attrs.items() if k != "proxy_seconds"}
+
+    assert [record(t) for t in s.get_trials()] == [record(t) for t in again.get_trials()]
+
+
+def test_report_shows_the_fidelity_of_every_point_and_the_cost_per_rung(tmp_path, capsys):
+    s, obj, proxies = promo_setup()
+    promote(s, obj, rungs=["smoke", "full"], proxy_at=proxies.__getitem__, eta=3)
+    s.set_user_attr("run", {"name": "unit", "argv": ["search.py"], "devices": ["d"],
+                            "sources": {"d": "fake table"}, "fidelity": "smoke",
+                            "promote": {"rungs": ["smoke", "full"], "eta": 3}})
+    (f,) = write_outputs(tmp_path, s)
+    trials = pd.read_csv(tmp_path / "trials.csv", dtype={"promoted_from": "Int64"})
+    assert trials["fidelity"].tolist() == ["smoke"] * 6 + ["full"] * 4
+    assert trials["rung"].tolist() == [0] * 6 + [1] * 4
+    assert trials["promoted_from"].tolist() == [pd.NA] * 6 + [0, 5, 1, 3]
+    pareto = pd.read_csv(tmp_path / "pareto.csv")
+    assert pareto["fidelity"].tolist() == ["full"] * 4
+    assert pareto["accuracy"].tolist() == [PROMO[i][2] for i in (0, 1, 3, 5)]
+    assert rung_costs(collect(s)) == [RungCost(0, "smoke", 6, pytest.approx(0.06)),
+                                      RungCost(1, "full", 4, pytest.approx(0.04))]
+    report = (tmp_path / "report.md").read_text()
+    assert "Promotion (MO-ASHA, eta 3, rungs smoke -> full)" in report
+    assert "| 1 | full | 4 | 0 |" in report
+    table = report[report.index("| name |"):].split("\n\n")[0]
+    assert "| fidelity |" in table and table.count("| full |") == 4
+
+    from optimize.cli import _print_fronts
+
+    _print_fronts([f])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()
+            if line.strip().startswith("trial ")]
+    assert [r[3] for r in rows] == ["full"] * 4
 
 
 # ------------------------------------------------------------------------- report: compute
