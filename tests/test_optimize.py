@@ -731,11 +731,11 @@ def test_promotions_are_no_twins_and_stay_out_of_early_stopping_history():
     s, obj, proxies = promo_setup()
     promote(s, obj, rungs=["smoke", "full"], proxy_at=proxies.__getitem__, eta=3)
     assert len(history_of(s.get_trials())) == 6
+    assert finished_twin(s, PROMO_ARCHS[5].arch_id, number=5) is None  # the promotion is none
     s.enqueue_trial({"i": 5})  # proposed again after the promotion: the quick trial is its twin
     s.optimize(obj, n_trials=1)
     repeat = s.get_trials()[-1]
     assert repeat.user_attrs[DUPLICATE] == 5 and repeat.values == s.get_trials()[5].values
-    assert finished_twin(s, PROMO_ARCHS[5].arch_id, number=5) is None  # not the promotion either
 
 
 def test_no_front_member_stays_at_a_lower_rung_over_three_rungs():
