@@ -330,6 +330,12 @@ FAULTS = {
     "max-latency-other-device": (lambda p: ["--max-latency", "gpu=3"], "'gpu'"),
     "score-without-target": (lambda p: ["--objective", "score"], "--target-latency"),
     "trials-zero": (lambda p: ["--trials", "0"], "--trials"),
+    "promote-first-rung-not-budget": (lambda p: ["--promote", "quick,full"], "search's --budget"),
+    "promote-one-rung": (lambda p: ["--promote", "smoke"], "at least two rungs"),
+    "promote-not-costlier": (lambda p: ["--promote", "smoke,smoke,lr=1e-3"], "must cost more"),
+    "promote-bad-field": (lambda p: ["--promote", "smoke,smoke,stepz=8"], "stepz"),
+    "eta-one": (lambda p: ["--promote", "smoke,quick", "--eta", "1"], "--eta"),
+    "eta-without-promote": (lambda p: ["--eta", "2"], "--eta applies with --promote"),
 }
 
 
@@ -493,6 +499,97 @@ def test_space_smaller_than_trials_stops_with_the_distinct_count(tmp_path, monke
     (row,) = [line for line in out.splitlines() if line.strip().startswith("trial 0 ")]
     assert row.split()[2] == "x6"
     assert "| trial 0 |" in (run_dir / "report.md").read_text()
+
+
+# ---------------------------------------------------------------- multi-fidelity promotion
+PROMOTE = ["--promote", "smoke,smoke,steps=8"]
+TOP = "smoke,steps=8"
+
+
+def fake_fidelities(monkeypatch, interrupt: bool = False) -> dict:
+    """`proxies.make_proxy` -> a FakeProxy per budget: the search's budget gives the wobbly
+    accuracy, the longer one reverses it (so promotion changes the front); with `interrupt`,
+    the first promotion is cut by Ctrl-C."""
+    from test_optimize import FakeProxy, wobbly_accuracy
+
+    from proxies import Budget
+
+    made: dict = {}
+    cut = [interrupt]
+
+    def longer(arch: ArchConfig) -> dict[int, float]:
+        if cut[0]:
+            cut[0] = False
+            raise KeyboardInterrupt
+        return {s: 0.9 - a for s, a in wobbly_accuracy(arch).items()}
+
+    def make(name: str, *, budget: str, **kwargs: object) -> FakeProxy:
+        b = Budget.parse(budget)
+        if b not in made:
+            made[b] = FakeProxy(wobbly_accuracy if b.steps == 4 else longer)
+            made[b].budget = b
+        return made[b]
+
+    monkeypatch.setattr("proxies.make_proxy", make)
+    return made
+
+
+def promoted_search(run_dir: Path, capsys, *extra: str) -> tuple[int, str]:
+    rc = search.main([*search_argv(run_dir, 6), *extra])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    return rc, out
+
+
+def test_promotion_end_to_end_and_show_rebuilds_it(tmp_path, monkeypatch, capsys):
+    made = fake_fidelities(monkeypatch)
+    run_dir = tmp_path / "run"
+    rc, out = promoted_search(run_dir, capsys, *PROMOTE)
+    assert rc == 0
+    trials = load(run_dir).trials
+    promoted = [t for t in trials if "rung" in t.user_attrs]
+    assert sum(evaluated(t) for t in trials) == 6 and promoted  # promotions do not count
+    assert all(t.user_attrs["fidelity"] == TOP for t in promoted)
+    assert out.count("promotion of trial") == len(promoted)
+    assert "proxy time per rung: rung 0 (smoke): 6 trained" in out
+    assert f"rung 1 ({TOP}): {len(promoted)} trained" in out
+    pareto = pd.read_csv(run_dir / "pareto.csv")
+    assert set(pareto["fidelity"]) == {TOP}  # no front member left at the search's budget
+    by_number = {t.number: t for t in trials}
+    for _, row in pareto.iterrows():
+        assert row["accuracy"] == by_number[row["number"]].user_attrs["accuracy"]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["promote"] == {"rungs": ["smoke", TOP], "eta": 3} and run["fidelity"] == "smoke"
+    report = (run_dir / "report.md").read_text()
+    assert "Promotion (MO-ASHA, eta 3, rungs smoke -> smoke,steps=8)" in report
+    assert f"| fasternet_t0 | {TOP} |" in report  # presets scored at the top rung reached
+    assert len([c for b, c in made.items() if b.steps == 8][0].calls) == len(promoted) + 3
+
+    before = {name: (run_dir / name).read_text() for name in ("trials.csv", "pareto.csv", "report.md")}
+    for path in run_dir.iterdir():
+        if path.name != "study.db":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert search.main(["show", str(run_dir)]) == 0
+    for name, text in before.items():
+        assert (run_dir / name).read_text() == text, name
+
+
+def test_resume_finishes_an_interrupted_promotion(tmp_path, monkeypatch, capsys):
+    fake_fidelities(monkeypatch)
+    whole = tmp_path / "whole"
+    assert promoted_search(whole, capsys, *PROMOTE)[0] == 0
+
+    fake_fidelities(monkeypatch, interrupt=True)
+    run_dir = tmp_path / "run"
+    assert promoted_search(run_dir, capsys, *PROMOTE)[0] == 130
+    cut = load(run_dir).trials
+    assert sum(evaluated(t) for t in cut) == 6 and not any("rung" in t.user_attrs for t in cut)
+    assert not any(t.state == optuna.trial.TrialState.RUNNING for t in cut)
+    rc, out = promoted_search(run_dir, capsys, "--resume")  # --promote as the run was started
+    assert rc == 0 and "resume: promotion smoke,smoke,steps=8 (eta 3) as started" in out
+    pd.testing.assert_frame_equal(trials_without_timing(run_dir), trials_without_timing(whole))
+    pd.testing.assert_frame_equal(pd.read_csv(run_dir / "pareto.csv").drop(columns=TIMING_COLUMNS),
+                                  pd.read_csv(whole / "pareto.csv").drop(columns=TIMING_COLUMNS))
 
 
 # --------------------------------------------------------------------- interruption, resume
