@@ -22,16 +22,31 @@ Cost of one operator i of kind k at batch b (seconds):
 
     compute_i = b * MACs_i / P_k
     memory_i  = (b * act_bytes_i + weight_bytes_i) / BW          (eltwise: / (BW * e_elt))
+    memory_i  = r_act * (b * act_bytes_i) / (BW * e_elt)          (act: transcendental)
     t_i = max(compute_i, memory_i) + o + o_g * groups_i          (synchronous CPU / ARM)
-    t_i = max(compute_i, memory_i, o)                             (GPU: launches overlap)
+    t_i = max(compute_i / u_i, memory_i, o) + o_k                 (GPU: launches overlap)
+    u_i = min(1, (MACs_i / outputs_i) / K_sat)                    (GPU occupancy, MAC kinds)
 
 with per-kind attainable rates P_k for k in `COMPUTE_KINDS` (conv: dense k x k convolution,
 gemm: 1x1 conv / linear / weight matmul, matmul: activation-activation products such as
-attention, dwconv, gconv), one bandwidth BW, an efficiency e_elt of memory-bound operators
-(elementwise, normalization, activation, pooling, copies) relative to BW, a per-operator
-overhead o (dispatch, threading, kernel launch) and a per-group overhead o_g of grouped and
-depthwise convolutions (eager PyTorch loops over groups on CPUs: the paper's operator
-table shows a Cortex-A72 depthwise conv getting *slower* as channels grow at constant FLOPs).
+attention, dwconv, gconv, pool), one bandwidth BW, an efficiency e_elt of memory-bound
+operators (elementwise, normalization, pooling, copies) relative to BW, a per-operator
+overhead o (dispatch, threading; on the GPU the floor of a kernel's duration) and a
+per-group overhead o_g of grouped and depthwise convolutions (eager PyTorch loops over
+groups on CPUs: the paper's operator table shows a Cortex-A72 depthwise conv getting
+*slower* as channels grow at constant FLOPs).
+
+Activations. A transcendental activation (GELU, SiLU, softmax, ...: kind `act`) costs
+r_act times an elementwise operator moving the same bytes (ReLU). r_act is *not* fitted:
+no published row separates GELU from ReLU at equal architecture, so it is a measured
+constant with its source in the profile (`act_cost_ratio`, `act_cost_source`; evidence in
+`benchmarks/reports/activation_cost.md`).
+
+GPU small kernels. At batch 32 a GPU runs narrow and depthwise layers below its rates:
+each kernel pays a launch gap o_k that the next kernel does not hide (dependent kernels
+in eager PyTorch), and a kernel whose reduction depth (MACs per output element: 9 for a
+3x3 depthwise conv, C_in for a 1x1 conv) is below K_sat leaves the tensor-product units
+of its tiles idle, running at u_i of its kind's rate.
 A network's time is the sum over its operators; images/s at batch b is b / time.
 """
 
@@ -54,12 +69,12 @@ from torch.utils._pytree import tree_flatten
 __all__ = ["COMPUTE_KINDS", "MAC_KINDS", "OP_KINDS", "DeviceProfile", "OpTrace", "trace", "op_times",
            "predict_ms"]
 
-#: Kinds with a compute roof of their own (`act` and `pool` count element operations).
-COMPUTE_KINDS = ("conv", "gemm", "matmul", "dwconv", "gconv", "act", "pool")
+#: Kinds with a compute roof of their own (`pool` counts element operations x window).
+COMPUTE_KINDS = ("conv", "gemm", "matmul", "dwconv", "gconv", "pool")
 #: Kinds whose `macs` are multiply-accumulates (the others count element operations).
 MAC_KINDS = ("conv", "gemm", "matmul", "dwconv", "gconv")
-#: All operator kinds; `eltwise` covers everything memory-bound.
-OP_KINDS = COMPUTE_KINDS + ("eltwise",)
+#: All operator kinds; `act` (transcendental activations) and `eltwise` are memory-bound.
+OP_KINDS = COMPUTE_KINDS + ("act", "eltwise")
 _KIND_INDEX = {k: i for i, k in enumerate(OP_KINDS)}
 _GEMM_OPS = {"mm", "addmm", "bmm", "baddbmm"}
 _SDPA = "scaled_dot_product"
@@ -80,7 +95,7 @@ class OpTrace:
     """The operators of one forward pass at batch 1, one row each (a DataFrame).
 
     Columns: `module` (innermost issuing module), `op` (ATen name), `kind`, `macs`,
-    `act_bytes`, `weight_bytes`, `groups`.
+    `act_bytes`, `weight_bytes`, `groups`, `out_elems` (elements of the first output).
     """
 
     ops: pd.DataFrame
@@ -95,7 +110,10 @@ class OpTrace:
 
     @classmethod
     def from_csv(cls, path: str | Path) -> OpTrace:
-        return cls(pd.read_csv(path, keep_default_na=False))
+        ops = pd.read_csv(path, keep_default_na=False)
+        if "out_elems" not in ops:  # traces written before the column: depth unknown, u = 1
+            ops["out_elems"] = 0.0
+        return cls(ops)
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -167,7 +185,8 @@ class _Recorder(TorchDispatchMode):
             macs, kind = float(outs[0].numel() * math.prod(window)), "pool"
         self.rows.append({"module": self.stack[-1] if self.stack else "", "op": name,
                           "kind": kind, "macs": macs, "act_bytes": float(act),
-                          "weight_bytes": float(weight), "groups": groups})
+                          "weight_bytes": float(weight), "groups": groups,
+                          "out_elems": float(outs[0].numel()) if outs else 0.0})
 
 
 @torch.no_grad()
@@ -196,7 +215,7 @@ def trace(model: nn.Module, x: torch.Tensor) -> OpTrace:
     finally:
         for h in handles:
             h.remove()
-    cols = ["module", "op", "kind", "macs", "act_bytes", "weight_bytes", "groups"]
+    cols = ["module", "op", "kind", "macs", "act_bytes", "weight_bytes", "groups", "out_elems"]
     return OpTrace(pd.DataFrame(rec.rows, columns=cols))
 
 
@@ -205,7 +224,10 @@ class DeviceProfile:
     """Fitted constants of one device (see the module docstring for the formula).
 
     Units: `rates_gmacs` G multiply-accumulates/s per compute kind, `bandwidth_gbs` GB/s,
-    `overhead_us` and `group_overhead_us` microseconds; `batch` is the protocol's batch.
+    `overhead_us`, `group_overhead_us` and `kernel_overhead_us` microseconds,
+    `saturation_depth` MACs per output element; `batch` is the protocol's batch.
+    `act_cost_ratio` (time of a transcendental activation / ReLU's on the same tensor) is
+    measured, not fitted, and `act_cost_source` names the measurement.
     """
 
     device: str
@@ -216,28 +238,37 @@ class DeviceProfile:
     overhead_us: float
     group_overhead_us: float
     launches_overlap: bool
+    act_cost_ratio: float = 1.0
+    act_cost_source: str = "none: GELU taken at ReLU's cost"
+    kernel_overhead_us: float = 0.0
+    saturation_depth: float = 1.0
     fit: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # --- a flat parameter vector (log space) for fitting
     def constant_names(self) -> tuple[str, ...]:
-        """Names of the fitted constants, in `to_vector` order (`rate_<kind>` for rates)."""
+        """Names of the fitted constants, in `to_vector` order (`rate_<kind>` for rates).
+
+        Only what the device's formula uses: the GPU form has no group overhead, the
+        synchronous form no launch gap nor occupancy.
+        """
+        tail = (("kernel_overhead_us", "saturation_depth") if self.launches_overlap
+                else ("group_overhead_us",))
         return tuple(f"rate_{k}" for k in COMPUTE_KINDS) + (
-            "bandwidth_gbs", "eltwise_efficiency", "overhead_us", "group_overhead_us")
+            "bandwidth_gbs", "eltwise_efficiency", "overhead_us") + tail
+
+    def constants(self) -> dict[str, float]:
+        """The fitted constants by name (`constant_names` order)."""
+        return {n: float(self.rates_gmacs[n[5:]] if n.startswith("rate_") else getattr(self, n))
+                for n in self.constant_names()}
 
     def to_vector(self) -> np.ndarray:
-        v = [self.rates_gmacs[k] for k in COMPUTE_KINDS]
-        v += [self.bandwidth_gbs, self.eltwise_efficiency, self.overhead_us,
-              max(self.group_overhead_us, 1e-6)]
-        return np.log(np.maximum(np.asarray(v, float), 1e-12))  # log(0) for a zeroed constant
+        v = np.asarray(list(self.constants().values()), float)
+        return np.log(np.maximum(v, 1e-12))  # log(0) for a zeroed constant
 
     def with_vector(self, theta: np.ndarray, **fit: Any) -> DeviceProfile:
-        v = np.exp(theta)
-        n = len(COMPUTE_KINDS)
-        return dataclasses.replace(
-            self, rates_gmacs={k: float(r) for k, r in zip(COMPUTE_KINDS, v[:n])},
-            bandwidth_gbs=float(v[n]), eltwise_efficiency=float(v[n + 1]),
-            overhead_us=float(v[n + 2]), group_overhead_us=float(v[n + 3]),
-            fit=fit or self.fit)
+        named = dict(zip(self.constant_names(), np.exp(theta).tolist()))
+        rates = {k: named.pop(f"rate_{k}") for k in COMPUTE_KINDS}
+        return dataclasses.replace(self, rates_gmacs=rates, **named, fit=fit or self.fit)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -271,22 +302,30 @@ class OpArrays:
         self.bytes = df["act_bytes"].to_numpy(float) * batch + df["weight_bytes"].to_numpy(float)
         grouped = np.isin(self.kind, [_KIND_INDEX["dwconv"], _KIND_INDEX["gconv"]])
         self.groups = np.where(grouped, df["groups"].to_numpy(float), 0.0)
+        out = df["out_elems"].to_numpy(float) if "out_elems" in df else np.zeros(len(df))
+        mac = np.isin(self.kind, [_KIND_INDEX[k] for k in MAC_KINDS]) & (out > 0)
+        #: MACs per output element (0 where unknown or not a MAC kind: full occupancy).
+        self.depth = np.where(mac, df["macs"].to_numpy(float) / np.maximum(out, 1.0), 0.0)
 
     def times_s(self, theta: np.ndarray, form: DeviceProfile) -> np.ndarray:
         """Per-operator seconds for log-constants `theta` (`form.constant_names()` order).
 
         `form` supplies what is not fitted (the formula's variant, `launches_overlap`).
         """
-        overlap = form.launches_overlap
-        v = np.exp(theta)
-        n = len(COMPUTE_KINDS)
-        rates = np.append(v[:n], np.inf) * 1e9
-        elt = self.kind == _KIND_INDEX["eltwise"]
-        bw = v[n] * 1e9 * np.where(elt, v[n + 1], 1.0)
-        compute, memory = self.macs / rates[self.kind], self.bytes / bw
-        if overlap:
-            return np.maximum(np.maximum(compute, memory), v[n + 2] * 1e-6)
-        return np.maximum(compute, memory) + v[n + 2] * 1e-6 + v[n + 3] * 1e-6 * self.groups
+        c = dict(zip(form.constant_names(), np.exp(theta)))
+        rates = np.array([c[f"rate_{k}"] for k in COMPUTE_KINDS] + [np.inf, np.inf]) * 1e9
+        act = self.kind == _KIND_INDEX["act"]
+        elt = (self.kind == _KIND_INDEX["eltwise"]) | act
+        bw = c["bandwidth_gbs"] * 1e9 * np.where(elt, c["eltwise_efficiency"], 1.0)
+        compute = self.macs / rates[self.kind]
+        memory = self.bytes / bw * np.where(act, form.act_cost_ratio, 1.0)
+        if form.launches_overlap:
+            occupancy = np.where(self.depth > 0,
+                                 np.minimum(1.0, self.depth / c["saturation_depth"]), 1.0)
+            return (np.maximum(np.maximum(compute / occupancy, memory), c["overhead_us"] * 1e-6)
+                    + c["kernel_overhead_us"] * 1e-6)
+        return (np.maximum(compute, memory) + c["overhead_us"] * 1e-6
+                + c["group_overhead_us"] * 1e-6 * self.groups)
 
     def totals_ms(self, theta: np.ndarray, form: DeviceProfile) -> np.ndarray:
         """Per-trace milliseconds (ms per batch)."""

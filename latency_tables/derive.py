@@ -144,6 +144,7 @@ def calibrate_published(device: str, *, space: SearchSpace | None = None,
                           traced_networks={n: dataclasses.asdict(s) for n, s in NETWORKS.items()
                                            if n in data.names})
     ident = identifiability(device, data, profile)
+    profile = dataclasses.replace(profile, fit={**profile.fit, "identifiability": ident.to_dict()})
     files = [profile.save(Path(profiles_dir) / f"{device}.json")]
     files += write_report(device, profile, loo, acc, Path(reports_dir), ident)
     prov = {"published_rows": data.names, "published_column": col,

@@ -27,8 +27,8 @@ from .cost_model import COMPUTE_KINDS, DeviceProfile, OpArrays, OpTrace
 from .published import DEVICE_COLUMNS, NOT_BUILT, is_fasternet, load_networks, load_operators, operator_name
 from .validate import Accuracy, accuracy
 
-__all__ = ["INITIAL", "OPERATOR_WEIGHT", "PRIOR_WEIGHT", "FitData", "fit_data", "fit_profile",
-           "leave_one_out", "PROTOCOL_BATCH"]
+__all__ = ["ACTIVATION_COSTS", "INITIAL", "OPERATOR_WEIGHT", "PRIOR_WEIGHT", "FitData", "fit_data",
+           "fit_profile", "leave_one_out", "PROTOCOL_BATCH"]
 
 #: Weight of one operator-table row relative to one network in the fit.
 OPERATOR_WEIGHT = 0.5
@@ -39,23 +39,46 @@ PROTOCOL_BATCH = {"arm": 1, "cpu": 1, "gpu": 32}
 
 
 def _initial(device: str, rates: tuple[float, ...], bw: float, elt: float, o: float,
-             og: float, overlap: bool) -> DeviceProfile:
+             og: float, overlap: bool, act: tuple[float, str], ko: float = 0.0,
+             ksat: float = 1.0) -> DeviceProfile:
     return DeviceProfile(device=device, batch=PROTOCOL_BATCH.get(device, 1),
                          rates_gmacs=dict(zip(COMPUTE_KINDS, rates)),
                          bandwidth_gbs=bw, eltwise_efficiency=elt, overhead_us=o,
-                         group_overhead_us=og, launches_overlap=overlap)
+                         group_overhead_us=og, launches_overlap=overlap,
+                         act_cost_ratio=act[0], act_cost_source=act[1],
+                         kernel_overhead_us=ko, saturation_depth=ksat)
 
 
-#: Starting points (and prior centres): datasheet-level guesses, G MACs/s (act, pool: G
-#: element operations/s), GB/s, us.
+_ACT_REPORT = "benchmarks/reports/activation_cost.{md,json}"
+#: Transcendental-activation cost / ReLU's, per device: measured, never fitted (no published
+#: row separates GELU from ReLU at equal architecture). Each value is the median over the
+#: FasterNet-T0/T2 hidden tensors of one kernel set in `_ACT_REPORT`; a test keeps them equal.
+ACTIVATION_COSTS: dict[str, tuple[float, str]] = {
+    "arm": (8.38, f"{_ACT_REPORT}, kernel set 'default' (ATen portable kernel, oneDNN off: "
+                  "scalar std::erf) on an Intel Xeon (family 6, model 207): the case of a CPU "
+                  "whose PyTorch build has no vectorized erf; a stand-in, not measured on the "
+                  "Cortex-A72 (no published figure found)"),
+    "cpu": (2.52, f"{_ACT_REPORT}, kernel set 'avx512+onednn' (PyTorch as shipped, GELU via "
+                  "oneDNN) on an Intel Xeon (family 6, model 207), the i9-9900X's AVX-512 ISA; "
+                  "not measured on the i9-9900X (no published figure found)"),
+    "gpu": (1.0, "none measured (no GPU in this session): GELU taken at ReLU's cost, both "
+                 "bandwidth-bound elementwise kernels on a GPU"),
+}
+
+#: Starting points (and prior centres): datasheet-level guesses, G MACs/s (pool: G element
+#: operations/s), GB/s, us, MACs per output element.
 INITIAL: dict[str, DeviceProfile] = {
     # Cortex-A72 @1.5 GHz, 1 thread: 4 fp32 FMA/cycle peak = 6 GMACs/s; LPDDR4 ~4 GB/s.
-    "arm": _initial("arm", (4.0, 4.0, 2.0, 0.3, 1.5, 0.1, 0.5), 3.0, 0.5, 20.0, 10.0, False),
+    "arm": _initial("arm", (4.0, 4.0, 2.0, 0.3, 1.5, 0.5), 3.0, 0.5, 20.0, 10.0, False,
+                    ACTIVATION_COSTS["arm"]),
     # i9-9900X, 1 thread, AVX-512: ~100 GMACs/s peak; ~15 GB/s single-core bandwidth.
-    "cpu": _initial("cpu", (80.0, 80.0, 30.0, 7.0, 30.0, 1.0, 5.0), 15.0, 0.5, 5.0, 0.5, False),
-    # RTX 2080Ti fp32: 6.7 TMACs/s peak (Winograd can beat it), 616 GB/s, ~10 us launches.
-    "gpu": _initial("gpu", (8000.0, 6000.0, 3000.0, 300.0, 2000.0, 200.0, 500.0), 450.0, 0.7,
-                    8.0, 0.01, True),
+    "cpu": _initial("cpu", (80.0, 80.0, 30.0, 7.0, 30.0, 5.0), 15.0, 0.5, 5.0, 0.5, False,
+                    ACTIVATION_COSTS["cpu"]),
+    # RTX 2080Ti fp32: 6.7 TMACs/s peak (Winograd can beat it), 616 GB/s, ~10 us launches;
+    # a ~3 us gap between dependent kernels in eager PyTorch; implicit-GEMM tiles reduce
+    # over 32..64 elements, so depth 64 fills them.
+    "gpu": _initial("gpu", (8000.0, 6000.0, 3000.0, 300.0, 2000.0, 500.0), 450.0, 0.7,
+                    8.0, 0.01, True, ACTIVATION_COSTS["gpu"], ko=3.0, ksat=64.0),
 }
 
 

@@ -145,7 +145,8 @@ def _cache_dir() -> Path:
     import timm
 
     root = Path(os.environ.get("PCONV_NAS_CACHE", Path.home() / ".cache" / "pconv-nas"))
-    return root / "traces" / f"torch{torch.__version__}-timm{timm.__version__}"
+    # v2: traces carry `out_elems` (the GPU occupancy term needs it)
+    return root / "traces" / f"v2-torch{torch.__version__}-timm{timm.__version__}"
 
 
 def _cached(name: str, make: Callable[[], OpTrace]) -> OpTrace:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -132,3 +135,123 @@ def test_derive_table_small(tmp_path):
     table = LatencyTable.load(path)
     assert table.source == "derived" and len(table.rows) == 4 and (table.rows["ms"] > 0).all()
     assert table.meta["derived"]["test"] is True
+
+
+# --- issue 15: identifiability, activation cost, GPU small kernels, honest sidecars
+
+def _toy_fit_data():
+    from latency_tables.cost_model import OpArrays
+    from latency_tables.profile_fit import FitData
+
+    torch.manual_seed(0)
+    traces = [trace(nn.Sequential(*[nn.Conv2d(c, c, 3, padding=1, bias=False)] * k, nn.ReLU()),
+                    torch.randn(1, c, s, s)) for c, s, k in
+              ((8, 32, 1), (16, 16, 2), (32, 8, 3), (64, 8, 1), (8, 64, 2), (24, 24, 1))]
+    truth = _profile(device="cpu", overhead_us=5.0)
+    ms = OpArrays(traces, 1).totals_ms(truth.to_vector(), truth)
+    n = len(traces)
+    return FitData([f"t{i}" for i in range(n)], np.ones(n, bool), ms, np.ones(n),
+                   OpArrays(traces, 1))
+
+
+def test_identifiability_flags_unexercised_constants():
+    from latency_tables.identifiability import identifiability
+    from latency_tables.profile_fit import INITIAL, fit_profile
+
+    data = _toy_fit_data()
+    prof = fit_profile("cpu", data)
+    ident = identifiability("cpu", data, prof, n_boot=8)
+    names = [c.name for c in ident.constants]
+    assert names == list(prof.constant_names())
+    by = {c.name: c for c in ident.constants}
+    assert by["rate_matmul"].verdict == "prior" and by["rate_matmul"].contraction < 0.05
+    assert by["rate_matmul"].fitted == pytest.approx(INITIAL["cpu"].rates_gmacs["matmul"])
+    assert by["rate_conv"].contraction > 0.5 and by["rate_conv"].verdict != "prior"
+    assert all(c.boot_p05 <= c.boot_p95 for c in ident.constants)
+    assert "rate_matmul" in ident.to_dict()["resting_on_prior"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_report_and_sidecar_name_prior_bound_constants(device):
+    from latency_tables.derive import REPORTS_DIR
+
+    md = (REPORTS_DIR / f"derived_{device}.md").read_text()
+    assert "## Identifiability of the profile's constants" in md
+    prof = load_profile(device)
+    for name in prof.constant_names():
+        assert f"| {name} |" in md
+    ident = prof.fit["identifiability"]
+    assert set(ident["constants"]) == set(prof.constant_names())
+    side = LatencyTable.load(device).meta["derived"]
+    assert side["resting_on_prior"] == ident["resting_on_prior"]
+    for name in ident["resting_on_prior"]:
+        assert f"`{name}`" in md
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_loo_figures_regenerate_from_report_rows(device):
+    """The sidecar's and the profile's LOO figures are those of the per-network report rows."""
+    from latency_tables.derive import REPORTS_DIR
+    from latency_tables.validate import accuracy
+
+    rows = pd.read_csv(REPORTS_DIR / f"derived_{device}.csv")
+    acc = accuracy(rows["measured_ms_per_batch"], rows["loo_ms_per_batch"])
+    side = LatencyTable.load(device).meta["derived"]["leave_one_out"]
+    assert side == load_profile(device).fit["leave_one_out"]
+    assert side["all"]["mape_pct"] == pytest.approx(acc.mape_pct, abs=1e-3)
+    worst = rows.loc[rows["error_pct"].abs().idxmax()]
+    assert side["worst"]["network"] == worst["network"]
+    note = provenance_note(LatencyTable.load(device))
+    assert f"MAPE {side['all']['mape_pct']:.1f} %" in note and worst["network"] in note
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_activation_cost_is_measured_and_sourced(device):
+    import json
+    from pathlib import Path
+
+    from latency_tables.profile_fit import ACTIVATION_COSTS
+
+    prof = load_profile(device)
+    ratio, source = ACTIVATION_COSTS[device]
+    assert (prof.act_cost_ratio, prof.act_cost_source) == (ratio, source)
+    assert "act_cost_ratio" not in prof.constant_names()  # measured, never fitted
+    side = LatencyTable.load(device).meta["derived"]["profile_constants"]
+    assert side["act_cost_ratio"] == ratio and side["act_cost_source"] == source
+    if device == "gpu":
+        return
+    report = json.loads((Path(__file__).resolve().parent.parent / "benchmarks" / "reports"
+                         / "activation_cost.json").read_text())
+    by_set = {r["capability"]: r["gelu_over_relu_median"] for r in report["results"]}
+    kernel_set = source.split("kernel set '")[1].split("'")[0]
+    assert ratio == pytest.approx(by_set[kernel_set], abs=0.005)
+
+
+@pytest.mark.parametrize("device", ("arm", "cpu"))
+@pytest.mark.parametrize("preset", ("fasternet_t0", "fasternet_t2"))
+def test_gelu_relu_gap_on_cpus(device, preset):
+    table = LatencyTable.load(device)
+    gelu = dataclasses.replace(PRESETS[preset], act="gelu")  # T2 ships with ReLU
+    relu = dataclasses.replace(PRESETS[preset], act="relu")
+    assert table.predict(gelu) > 1.02 * table.predict(relu)
+
+
+def test_activation_ratio_scales_act_ops():
+    x = torch.randn(1, 16, 16, 16)
+    tr = trace(nn.GELU(), x)
+    base = _profile(overhead_us=0.0)
+    t1 = predict_ms(tr, base)
+    assert predict_ms(tr, dataclasses.replace(base, act_cost_ratio=3.0)) == pytest.approx(3 * t1)
+
+
+def test_gpu_kernel_overhead_and_occupancy():
+    x = torch.randn(1, 64, 16, 16)
+    dw = trace(nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False), x)  # depth 9
+    gpu = _profile(launches_overlap=True, overhead_us=0.0, kernel_overhead_us=0.0,
+                   saturation_depth=1.0, bandwidth_gbs=1e6)
+    t = predict_ms(dw, gpu)
+    assert predict_ms(dw, dataclasses.replace(gpu, saturation_depth=36.0)) == pytest.approx(4 * t)
+    assert predict_ms(dw, dataclasses.replace(gpu, kernel_overhead_us=5.0)) == pytest.approx(t + 5e-3)
+    names = load_profile("gpu").constant_names()
+    assert "kernel_overhead_us" in names and "saturation_depth" in names
+    assert "group_overhead_us" not in names  # unused by the GPU form: not fitted
