@@ -526,13 +526,14 @@ def _print_costs(study: optuna.Study) -> None:
 def _print_fronts(fronts: list[Any]) -> None:
     for f in fronts:
         print(f"\nPareto front on {f.device} ({f.source}):")
-        print(f"  {'name':14s} {'proposed':>8s} {'fidelity':>8s} {'accuracy':>8s} {'ms/image':>9s} "
-              f"{'params M':>8s}  arch")
         rows = [(c, "") for c in f.members] + [(p, "preset") for p in f.presets]
+        w = max([8, *(len(c.fidelity) for c, _ in rows)])  # fidelity names: quick, or key=value,...
+        print(f"  {'name':14s} {'proposed':>8s} {'fidelity':>{w}s} {'accuracy':>8s} {'ms/image':>9s} "
+              f"{'params M':>8s}  arch")
         for c, tag in sorted(rows, key=lambda r: r[0].latency_ms.get(f.device, 0.0)):
             acc = "-" if c.accuracy is None else f"{c.accuracy:.4f}"
             proposed = "" if tag else f"x{c.proposed}"
-            print(f"  {c.name:14s} {proposed:>8s} {c.fidelity or '-':>8s} {acc:>8s} "
+            print(f"  {c.name:14s} {proposed:>8s} {c.fidelity or '-':>{w}s} {acc:>8s} "
                   f"{c.latency_ms[f.device]:9.2f} {(c.params_m or 0):8.2f}  "
                   f"{c.arch_id if not tag else '(preset)'} {c.arch}")
 
