@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +127,10 @@ def _fmt(x: float, digits: int = 3) -> str:
 def _markdown(folder: Path, rset: ReferenceSet, summaries: list[Summary],
               runs: pd.DataFrame) -> str:
     pilot = bool(rset.design.get("pilot"))
+    where = Path(os.path.relpath(folder.resolve(), Path.cwd())) if folder.is_absolute() else folder
     lines = [f"# Reference set: {rset.dataset}" + (" (pilot)" if pilot else ""), "",
-             f"`python -m proxies reference report {folder}` (rows: `{folder}/runs*.jsonl`, "
-             f"set: `{folder}/set.json`).", ""]
+             f"`python -m proxies reference report {where}` (rows: `{where}/runs*.jsonl`, "
+             f"set: `{where}/set.json`).", ""]
     if not pilot:
         d = rset.design
         n_tune = sum(m.split == "tune" for m in rset.members)
@@ -136,7 +138,8 @@ def _markdown(folder: Path, rset: ReferenceSet, summaries: list[Summary],
                   f"{d.get('seed')}), {d.get('n', 0) // max(d.get('strata', 1), 1)} per quintile "
                   f"of predicted latency on the `{d.get('latency_table')}` table (edges "
                   f"{', '.join(f'{e:g}' for e in d.get('latency_edges_ms', []))} ms), plus "
-                  f"{', '.join(d.get('presets', []))}; split {n_tune} tune / "
+                  f"{', '.join([*d.get('presets', []), *d.get('extras', [])])}; split {n_tune} "
+                  "tune / "
                   f"{len(rset.members) - n_tune} holdout (seed {d.get('split_seed')}).", ""]
     if not runs.empty:
         held = runs["heldout"].dropna().unique()
@@ -160,9 +163,11 @@ def _protocol_section(s: Summary, rset: ReferenceSet) -> list[str]:
              f"{p.weight_decay:g}, label smoothing {p.label_smoothing:g}, "
              f"{'random crop + flip' if p.augment else 'no augmentation'}, {p.resolution} px.",
              "",
-             f"Complete: {s.complete} of {len(a)} architectures with all {len(s.seeds)} seeds "
-             f"({', '.join(map(str, s.seeds)) or 'none yet'}); {done} with at least one; "
-             f"{len(s.failed)} failed run(s) recorded (retried by the next build).", ""]
+             (f"Complete: {s.complete} of {len(a)} architectures with all {len(s.seeds)} seeds "
+              f"({', '.join(map(str, s.seeds))}); {done} with at least one; "
+              if s.seeds else f"No runs yet (planned: {len(a)} architectures x seeds "
+                              f"{', '.join(map(str, rset.seeds))}); ")
+             + f"{len(s.failed)} failed run(s) recorded (retried by the next build).", ""]
     if done == 0:
         return lines
     shown = a[a["n_seeds"] > 0].sort_values(s.latency_col or "flops_g")
