@@ -278,3 +278,20 @@ def test_extras_join_the_set_and_bad_files_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "set").exists()  # nothing written before the error
+
+
+def test_report_compares_protocols(tmp_path):
+    other = TINY.replace(lr=2e-3)
+    rset = design_set(dataset="fashion-mnist", n=5, seed=0, seeds=(0, 1), protocols=(TINY, other))
+    rset.save(tmp_path)
+    with open(tmp_path / "runs-test.jsonl", "w") as f:
+        for i, m in enumerate(rset.members):
+            for p, shift in ((TINY, 0.0), (other, 0.01)):
+                for s in rset.seeds:
+                    f.write(json.dumps({"protocol_id": p.protocol_id, "arch_id": m.arch_id,
+                                        "seed": s, "status": "ok", "accuracy": 0.8 + i / 100 + shift,
+                                        "seconds": 1.0, "device": "cpu", "machine": "t",
+                                        "heldout": "test split", "torch": "x"}) + "\n")
+    text = write_report(tmp_path)[0].read_text()
+    row = next(line for line in text.splitlines() if line.startswith(f"| {TINY.protocol_id} |"))
+    assert row.split("|")[3:6] == [" 8 ", " 1.000 ", " -1.00 "]

@@ -150,7 +150,27 @@ def _markdown(folder: Path, rset: ReferenceSet, summaries: list[Summary],
                   f"{', '.join(runs['torch'].dropna().unique())}.", ""]
     for s in summaries:
         lines += _protocol_section(s, rset)
+    lines += _protocols_compared(summaries)
     return "\n".join(lines)
+
+
+def _protocols_compared(summaries: list[Summary]) -> list[str]:
+    """Does the protocol (its learning rate, its epochs) change the ranking? Kendall tau of
+    the seed-mean accuracies of every pair of protocols, and each one's best architecture."""
+    if len(summaries) < 2:
+        return []
+    lines = ["## Protocols compared", "",
+             "| protocol A | protocol B | N | Kendall tau | mean A - B (points) |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for a, b in itertools.combinations(summaries, 2):
+        ma = a.archs.set_index("arch_id")["mean"]
+        mb = b.archs.set_index("arch_id")["mean"]
+        both = pd.concat([ma, mb], axis=1, keys=["a", "b"]).dropna()
+        diff = (both["a"] - both["b"]).mean() * 100 if len(both) else math.nan
+        lines.append(f"| {a.protocol_id} | {b.protocol_id} | {len(both)} | "
+                     f"{_fmt(_tau(both['a'], both['b']) if len(both) else math.nan)} | "
+                     f"{_fmt(diff, 2)} |")
+    return [*lines, ""]
 
 
 def _protocol_section(s: Summary, rset: ReferenceSet) -> list[str]:
