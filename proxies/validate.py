@@ -228,15 +228,7 @@ def validate(*, n: int = 24, seed: int = 0, dataset: str = "fashion-mnist",
     resumed = len(done)
     jobs = _jobs(archs, done, dataset, budget, reference, seed, ref_seeds, names, str(dev))
     start = time.perf_counter()
-    for i, part in enumerate(_run(jobs, workers, dev.type), 1):
-        done[part["arch_id"]] = {**done.get(part["arch_id"], {}), **part}
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            with open(out_dir / "rows.jsonl", "a") as f:
-                f.write(json.dumps({"key": _key(names), **part}) + "\n")
-        if log:
-            log(f"[{i}/{len(jobs)}] {part['arch_id']} {_describe(part, names)} "
-                f"({time.perf_counter() - start:.0f} s)")
+    _collect(jobs, workers, dev.type, done, names, out_dir, log)
     rows = pd.DataFrame([_assemble(done[a.arch_id], names, ref_seeds) for a in archs])
     repeatability = (dataclasses.asdict(reference_repeatability(rows, ref_seeds))
                      if len(ref_seeds) >= 2 else None)
@@ -297,15 +289,7 @@ def validate_against(*, reference_set: str | Path = "fashion-mnist", split: str 
     resumed = len(done)
     jobs = _jobs(archs, done, rset.dataset, budget, budget, seed, (), names, str(dev))
     start = time.perf_counter()
-    for i, part in enumerate(_run(jobs, workers, dev.type), 1):
-        done[part["arch_id"]] = {**done.get(part["arch_id"], {}), **part}
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            with open(out_dir / "rows.jsonl", "a") as f:
-                f.write(json.dumps({"key": _key(names), **part}) + "\n")
-        if log:
-            log(f"[{i}/{len(jobs)}] {part['arch_id']} {_describe(part, names)} "
-                f"({time.perf_counter() - start:.0f} s)")
+    _collect(jobs, workers, dev.type, done, names, out_dir, log)
     means = ref.set_index("arch_id")
     rows = pd.DataFrame([{**_assemble(done[a.arch_id], names, ()),
                           "reference": float(means.loc[a.arch_id, "mean"]),
@@ -347,6 +331,22 @@ def _jobs(archs: list[ArchConfig], done: dict[str, dict], dataset: str, budget: 
     # Most expensive first (fvcore FLOPs at the proxy resolution x budget): load balance.
     costed.sort(key=lambda c: -c[0])
     return [job for _, job in costed]
+
+
+def _collect(jobs: list[Job], workers: int, device_type: str, done: dict[str, dict],
+             names: tuple[str, ...], out_dir: Path | None,
+             log: Callable[[str], None] | None) -> None:
+    """Run `jobs`, merge each finished part into `done` and append it to ``rows.jsonl``."""
+    start = time.perf_counter()
+    for i, part in enumerate(_run(jobs, workers, device_type), 1):
+        done[part["arch_id"]] = {**done.get(part["arch_id"], {}), **part}
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with open(out_dir / "rows.jsonl", "a") as f:
+                f.write(json.dumps({"key": _key(names), **part}) + "\n")
+        if log:
+            log(f"[{i}/{len(jobs)}] {part['arch_id']} {_describe(part, names)} "
+                f"({time.perf_counter() - start:.0f} s)")
 
 
 def _run(jobs: list[Job], workers: int, device_type: str = "cpu") -> Iterator[dict[str, Any]]:
