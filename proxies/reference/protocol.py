@@ -32,7 +32,10 @@ class Protocol:
     Args:
         epochs: passes over the training split (each epoch ``n // batch_size`` steps).
         batch_size: images per step.
-        lr: peak AdamW learning rate (the same for every architecture).
+        lr: peak AdamW learning rate (the same for every architecture). The default 1e-3 is
+            the geometric middle of the two rates the pilot measured (at 5 epochs, 5e-4 suits
+            T0 and 2e-3 the smallest networks: `pilot/report.md`); the committed set trains
+            both, to see whether the rate changes the ranking, before one is chosen.
         resolution: input side in pixels.
         warmup: fraction of the steps in linear warm-up (then cosine to zero).
         weight_decay: AdamW weight decay (none on norms and biases).
