@@ -77,8 +77,14 @@ def search_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run folder)")
     p.add_argument("--run-dir", help="run folder (default: results/<date>-<devices>)")
     p.add_argument("--resume", action="store_true", help="continue the study in --run-dir")
-    p.add_argument("--no-early-stopping", action="store_true",
-                   help="train every candidate to the end (pareto objective)")
+    stopping = p.add_mutually_exclusive_group()
+    stopping.add_argument("--early-stopping", dest="no_early_stopping", action="store_false",
+                          help="Pareto early stopping at proxy checkpoints (pareto objective; "
+                               "off by default: at the quick budget's lr 5e-4 accuracy at half "
+                               "the budget does not predict the final one)")
+    stopping.add_argument("--no-early-stopping", dest="no_early_stopping", action="store_true",
+                          help="train every candidate to the end (the default)")
+    p.set_defaults(no_early_stopping=True)
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the proxy")
     return p
 
