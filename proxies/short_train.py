@@ -51,7 +51,7 @@ def _resolve(dataset: Dataset | str) -> Dataset:
 
 
 def crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after zero padding (an eighth of the side, 4 px at 28-32 px) and random
+    """Random crop after zero padding (an eighth of the side: 3 px at 28, 4 at 32) and random
     horizontal flip of a uint8 batch (N x C x H x W), on the batch's device. The random
     numbers come from the CPU `generator`, so a seed gives the same images on any device."""
     n, _, h, w = x.shape

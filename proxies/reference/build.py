@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from search_space import PRESETS, ArchConfig, SearchSpace, params_and_flops
 
@@ -257,8 +258,6 @@ def train_one(plan_dict: dict[str, Any], dataset: str, device: str,
     result = proxy(arch, callback=lambda step, acc: epochs.append((step, acc)) and False)
     spe = protocol.steps_per_epoch(len(data.train_y))
     losses = dict(result.train_losses)
-    import torch
-
     return {
         "protocol_id": protocol.protocol_id, "arch_id": arch.arch_id,
         "seed": int(plan_dict["seed"]), "status": "failed" if result.failed else "ok",
