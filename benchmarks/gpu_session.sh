@@ -8,8 +8,9 @@
 #   3. benchmarks/proxy_speed.py --device cuda -> $OUT/proxy_speed.json
 #   4. (if time is left) a measured latency table of this GPU, built and validated
 # Needs, carried: .whl (optuna, fvcore and their pure-Python needs, built for Python 3.12)
-# and .gpu_data (the four Fashion-MNIST files). Test it here first: DRY=1 runs every phase
-# on the CPU with tiny settings.
+# and .gpu_data (the four Fashion-MNIST files): `bash benchmarks/gpu_prepare.sh` makes both
+# here. Test it here first: DRY=1 PY=.venv/bin/python runs every phase on the CPU with tiny
+# settings.
 #   usage: bash benchmarks/gpu_session.sh   (env: SET_S=330 SPEED_S=150 TABLE_S=0 WORKERS=8)
 # Phases 1-3 take about 90 + SET_S + SPEED_S seconds: call the device tool with
 # timeout_s=600 and carry [".whl", ".gpu_data"]; a second call with SET_S=500 SPEED_S=0
