@@ -207,13 +207,13 @@ def _trains_on(proxy: Any, device: Any) -> dict[str, str]:
     """Where and how the candidates train, for the run's first line and `run.json`."""
     import torch
 
-    from proxies.device import determinism, device_name
+    from proxies.device import determinism, device_name, precision_name
 
     device = getattr(proxy, "device", device)
     dtype = getattr(proxy, "dtype", torch.float32)  # zero-cost proxies score in fp32
+    precision = precision_name(dtype)
     return {"device": str(device), "name": device_name(device),
-            "precision": {torch.float32: "fp32", torch.bfloat16: "bf16 autocast",
-                          torch.float16: "fp16 autocast"}[dtype],
+            "precision": precision if precision == "fp32" else f"{precision} autocast",
             "determinism": determinism(device, getattr(proxy, "deterministic", True))}
 
 

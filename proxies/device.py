@@ -27,7 +27,7 @@ from contextlib import contextmanager
 import torch
 
 __all__ = ["DeviceError", "PRECISIONS", "resolve_device", "resolve_precision", "determinism",
-           "torch_settings", "device_name"]
+           "torch_settings", "device_name", "precision_name"]
 
 #: Accepted precision settings of a budget.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -81,6 +81,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
                               "use fp16 or auto")
         return torch.bfloat16
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """``fp32``, ``bf16`` or ``fp16``: the arithmetic `resolve_precision` chose."""
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def determinism(device: torch.device, deterministic: bool = True) -> str:

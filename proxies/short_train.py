@@ -41,7 +41,14 @@ from search_space import ArchConfig, build_model
 
 from .base import Budget, Callback, ProxyResult, StopTrial
 from .data import Dataset, load_dataset
-from .device import determinism, device_name, resolve_device, resolve_precision, torch_settings
+from .device import (
+    determinism,
+    device_name,
+    precision_name,
+    resolve_device,
+    resolve_precision,
+    torch_settings,
+)
 
 __all__ = ["ShortTrain", "torch_settings", "crop_flip"]
 
@@ -280,8 +287,7 @@ class _Run:
             budget=self.budget, seed=self.proxy.seed, train_losses=tuple(self.train_losses),
             device=device_name(self.device),
             determinism=determinism(self.device, self.proxy.deterministic),
-            precision={torch.float32: "fp32", torch.bfloat16: "bf16",
-                       torch.float16: "fp16"}[self.proxy.dtype])
+            precision=precision_name(self.proxy.dtype))
 
     def release(self) -> None:
         """Free the model and optimizer now (after an out-of-memory error, the next
