@@ -10,7 +10,7 @@ for p in .whl .gpu_data; do grep -qx "/$p/" .git/info/exclude 2>/dev/null || ech
 mkdir -p .whl .gpu_data
 cp /usr/share/datasets/fashion-mnist/* .gpu_data/
 plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
-for p in optuna==5.0.0 alembic sqlalchemy colorlog mako iopath yacs termcolor; do
+for p in optuna==5.0.0 alembic sqlalchemy colorlog mako iopath yacs termcolor timm==1.0.31; do
   $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     "${plat[@]}" -d .whl "$p"
 done
