@@ -85,7 +85,10 @@ def summarize(folder: Path) -> list[Summary]:
         archs["mean"] = archs[cols].mean(axis=1) if cols else math.nan
         archs["std"] = archs[cols].std(axis=1, ddof=1) if len(cols) > 1 else math.nan
         if not ok.empty:
-            archs["seconds"] = archs["arch_id"].map(ok.groupby("arch_id")["seconds"].mean())
+            by_arch = ok.groupby("arch_id")["seconds"]
+            archs["seconds"] = archs["arch_id"].map(by_arch.mean())
+            archs["run_seconds"] = archs["arch_id"].map(by_arch.sum())
+            archs["n_runs"] = archs["arch_id"].map(by_arch.count())
             archs["device"] = archs["arch_id"].map(ok.groupby("arch_id")["device"].first())
             if "workers" in ok:
                 archs["workers"] = archs["arch_id"].map(ok.groupby("arch_id")["workers"].max())
@@ -234,15 +237,19 @@ def _protocol_section(s: Summary, rset: ReferenceSet) -> list[str]:
                   + "; ".join(f"{r.role} {list(ranked['arch_id']).index(r.arch_id) + 1} "
                               f"({r.mean * 100:.2f} %)" for r in named) + ".", ""]
     lines += _curve_lines(s, shown)
-    secs = a["seconds"].dropna() if "seconds" in a else pd.Series(dtype=float)
-    if len(secs):
-        workers = sorted({int(w) for w in a.get("workers", pd.Series(dtype=float)).dropna()})
-        side = (f"; {', '.join(map(str, workers))} runs trained side by side on the device"
-                if workers else "")
-        lines += [f"Cost: {secs.mean():.0f} s per run on average ({secs.min():.0f}-"
-                  f"{secs.max():.0f} s, wall time of one run{side}), "
-                  f"{secs.sum() * len(s.seeds) / 3600:.2f} device-hours for one run of every "
-                  "seed of the architectures shown.", ""]
+    if "seconds" in a and a["seconds"].notna().any():
+        lines += ["Cost of the runs so far, by device (wall time of each run; runs side by "
+                  "side: the worker processes of its build, not counting other builds that "
+                  "shared the device):", ""]
+        for device, d in a.dropna(subset=["seconds"]).groupby("device", sort=True):
+            n, total = int(d["n_runs"].sum()), float(d["run_seconds"].sum())
+            workers = sorted({int(w) for w in d.get("workers", pd.Series(dtype=float)).dropna()})
+            side = (f", {'/'.join(map(str, workers))} runs side by side" if workers else "")
+            unit = "core-hours" if str(device).startswith("cpu") else "device-hours"
+            lines.append(f"- {device}: {n} runs, {total / n:.0f} s per run on average "
+                         f"(architectures' means {d['seconds'].min():.0f}-"
+                         f"{d['seconds'].max():.0f} s{side}), {total / 3600:.2f} {unit}.")
+        lines.append("")
     return lines
 
 
