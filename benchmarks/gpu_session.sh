@@ -57,8 +57,8 @@ else
 fi
 host=$(hostname)
 copy_rows() {
-  cat "$W/set/runs-$host.jsonl" > "$OUT/set-runs.jsonl" 2>/dev/null
-  cat "$W/pilot/runs-$host.jsonl" > "$OUT/pilot-runs.jsonl" 2>/dev/null
+  cat "$W/set/runs-$host-$DEVICE.jsonl" > "$OUT/set-runs.jsonl" 2>/dev/null
+  cat "$W/pilot/runs-$host-$DEVICE.jsonl" > "$OUT/pilot-runs.jsonl" 2>/dev/null
 }
 log "machine: $host; $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo no GPU); $($PY -c 'import torch, timm; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "timm", timm.__version__)'); ${BUDGET_S}s budget"
 

@@ -75,6 +75,9 @@ def _reference_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--workers", type=int, default=1, help="processes (one thread each on CPU)")
     b.add_argument("--shard", default="0/1", help="i/n: train only this shard of the runs")
     b.add_argument("--limit", type=int, default=None, help="train at most this many runs")
+    b.add_argument("--order", choices=("longest", "cheapest"), default="longest",
+                   help="within a protocol and seed: longest runs first (workers finish "
+                        "together; default) or cheapest first (most runs in a short session)")
     r = rsub.add_parser("report", help="Markdown + plot of a set (spread, noise, ceiling)")
     r.add_argument("set", nargs="?", default="fashion-mnist", help="dataset name or folder")
 

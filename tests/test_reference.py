@@ -106,6 +106,18 @@ def _set(data: str, seeds=(0, 1), archs=(SMALL,)) -> ReferenceSet:
                         design={"pilot": True})
 
 
+def test_order_cheapest_or_longest_first(folder_data, tmp_path):
+    big = SMALL.replace(widths=(16, 32, 48, 64))
+    rset = _set(folder_data, archs=(SMALL, big), seeds=(0,))
+    for order, expected in (("cheapest", SMALL), ("longest", big)):
+        folder = tmp_path / order
+        rset.save(folder)
+        assert run_missing(rset, folder, device="cpu", limit=1, order=order) == 1
+        assert list(read_runs(folder)["arch_id"]) == [expected.arch_id]
+    with pytest.raises(ValueError, match="order 'random'"):
+        run_missing(rset, tmp_path / "x", device="cpu", order="random")
+
+
 def test_train_resume_and_shards(folder_data, tmp_path):
     other = SMALL.replace(widths=(8, 16, 24, 32))
     rset = _set(folder_data, archs=(SMALL, other))

@@ -4,7 +4,8 @@ A set lives in one folder: ``set.json`` (the sidecar: dataset, protocol, seeds, 
 architecture with its role, latency stratum and tune/holdout split, versions, and how
 complete the rows are) and ``runs*.jsonl`` (one line per finished training run, appended
 as it finishes, under a file lock, so processes on one machine share a file; machines
-write their own ``runs-<host>.jsonl`` and the files are simply committed side by side).
+write their own ``runs-<host>-<cpu or cuda>.jsonl`` and the files are simply committed side by
+side).
 
 `design_set` draws the architectures: ``n`` from the search space with a fixed seed,
 stratified by predicted latency on a latency table (equal counts per quantile of a large
@@ -288,7 +289,7 @@ def _machine() -> str:
 
 def run_missing(rset: ReferenceSet, folder: Path, *, device: str = "auto", workers: int = 1,
                 shard: tuple[int, int] = (0, 1), limit: int | None = None,
-                only: Callable[[RunPlan], bool] | None = None,
+                only: Callable[[RunPlan], bool] | None = None, order: str = "longest",
                 log: Callable[[str], None] | None = None) -> int:
     """Train the runs of `rset` that `folder` lacks (ok rows), this shard's only; append
     each record as it finishes (order: see below). Returns the number of runs trained now."""
@@ -309,14 +310,18 @@ def run_missing(rset: ReferenceSet, folder: Path, *, device: str = "auto", worke
             len(data.train_y))
 
     # Protocol by protocol, seed by seed, so that a run cut short leaves whole seeds of the
-    # first protocol; within a seed the longest first, so that workers finish together.
+    # first protocol; within a seed the longest first, so that workers finish together, or
+    # (order="cheapest") the cheapest first, so that a short session trains the most runs.
+    if order not in ("longest", "cheapest"):
+        raise ValueError(f"order {order!r}: choose longest or cheapest")
+    sign = -1 if order == "longest" else 1
     protocol_rank = {p.protocol_id: i for i, p in enumerate(rset.protocols)}
     seed_rank = {s: i for i, s in enumerate(rset.seeds)}
     todo.sort(key=lambda p: (protocol_rank[p.protocol.protocol_id], seed_rank[p.seed],
-                             -cost(p), p.key))
+                             sign * cost(p), p.key))
     if limit is not None:
         todo = todo[:limit]
-    out = folder / f"runs-{socket.gethostname()}.jsonl"
+    out = folder / f"runs-{socket.gethostname()}-{dev.type}.jsonl"  # cpu and GPU rows apart
     jobs = [({"protocol": p.protocol.to_dict(), "arch": p.member.arch.to_dict(),
               "seed": p.seed, "role": p.member.role}, rset.dataset, str(dev), 1, workers)
             for p in todo]

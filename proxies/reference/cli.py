@@ -90,7 +90,7 @@ def build(args: argparse.Namespace) -> int:
           f"{len(rset.protocols)} protocol(s) "
           f"({', '.join(p.protocol_id for p in rset.protocols)})", flush=True)
     n = run_missing(rset, folder, device=args.device, workers=args.workers, shard=shard,
-                    limit=args.limit,
+                    limit=args.limit, order=args.order,
                     only=(lambda p: p.member.role in only or p.member.arch_id in only)
                     if only else None,
                     log=lambda line: print(line, flush=True))
