@@ -5,6 +5,8 @@
 #   set:   the reference set (proxies/reference/fashion-mnist), every run it lacks
 #   pilot: the pilot architectures (proxies/reference/pilot) under the budgets the CPU
 #          cannot reach: 10 epochs at two learning rates, 30 epochs, 64 px, a third lr
+# First, once per machine, a throughput probe (benchmarks/gpu_throughput.py: steps/s with 1
+# and 12 processes, then 12 under NVIDIA MPS, kept on only where it measured >= 1.3x);
 # plus, once, pytest -m gpu (the CUDA tests that skip everywhere else). Every row is copied
 # to $OUT as it lands (set-runs.jsonl, pilot-runs.jsonl), so a cut run still brings back
 # what it did; copy them into the two folders here afterwards.
@@ -62,10 +64,39 @@ copy_rows() {
 }
 log "machine: $host; $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo no GPU); $($PY -c 'import torch, timm; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "timm", timm.__version__)'); ${BUDGET_S}s budget"
 
+MPS_DIR=/tmp/pcnas-mps
+if [ ! -f "$W/probe.done" ]; then
+  log "throughput probe (steps/s of the reference protocol, 1 and 12 processes)"
+  procs=$([ "$DRY" = 1 ] && echo 1,2 || echo 1,12); secs=$([ "$DRY" = 1 ] && echo 3 || echo 12)
+  timeout 150 $PY benchmarks/gpu_throughput.py --device "$DEVICE" --procs "$procs" \
+    --seconds "$secs" --json "$OUT/throughput.jsonl" >> "$OUT/throughput.txt" 2>&1
+  if [ "$DRY" != 1 ] && command -v nvidia-cuda-mps-control >/dev/null; then
+    mkdir -p "$MPS_DIR/pipe" "$MPS_DIR/log"
+    export CUDA_MPS_PIPE_DIRECTORY=$MPS_DIR/pipe CUDA_MPS_LOG_DIRECTORY=$MPS_DIR/log
+    nvidia-cuda-mps-control -d && timeout 120 $PY benchmarks/gpu_throughput.py --device cuda \
+      --procs 12 --seconds 12 --label mps --json "$OUT/throughput.jsonl" >> "$OUT/throughput.txt" 2>&1
+    if $PY - "$OUT/throughput.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+plain = max((r["steps_per_s"] for r in rows if r["procs"] == 12 and r["label"] != "mps"), default=0)
+mps = max((r["steps_per_s"] for r in rows if r["label"] == "mps"), default=0)
+sys.exit(0 if plain and mps >= 1.3 * plain else 1)
+PY
+    then touch "$W/mps.on"; log "   MPS kept on: $(tail -1 "$OUT/throughput.txt")"
+    else echo quit | nvidia-cuda-mps-control; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+         log "   MPS off (not >= 1.3x faster, or it failed)"
+    fi
+  fi
+  touch "$W/probe.done"
+  log "   $(tr '\n' ' ' < "$OUT/throughput.txt" | cut -c1-600)"
+elif [ -f "$W/mps.on" ]; then
+  export CUDA_MPS_PIPE_DIRECTORY=$MPS_DIR/pipe CUDA_MPS_LOG_DIRECTORY=$MPS_DIR/log
+fi
+
 if [ ! -f "$W/pytest.done" ]; then
-  log "pytest -m 'gpu and not slow' (in the background, 150 s at most)"
+  log "pytest -m 'gpu and not slow' (in the background, beside the builds, 400 s at most)"
   # Ray is not carried (its wheels are too large): its gpu test is also marked slow.
-  (timeout 150 $PY -m pytest -q -m "gpu and not slow" -p no:cacheprovider tests/test_device.py \
+  (timeout 400 $PY -m pytest -q -m "gpu and not slow" -p no:cacheprovider tests/test_device.py \
      tests/test_search_cli.py > "$OUT/pytest_gpu.txt" 2>&1
    echo "exit $?" >> "$OUT/pytest_gpu.txt"; touch "$W/pytest.done") &
 fi
