@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                         "reference: `reference` (the set of --dataset) or a set folder")
     v.add_argument("--split", default="holdout", help="with --against: holdout, tune or all")
     v.add_argument("--protocol", default=None, help="with --against: the set's protocol id")
+    v.add_argument("--min-seeds", type=int, default=None, metavar="K",
+                   help="with --against: rank architectures with >= K of the protocol's seeds "
+                        "(default: all), against the mean of those they have")
     v.add_argument("--workers", type=int, default=1, help="processes, one thread each")
     v.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:N")
     v.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder ({DEFAULT_OUT})")
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                                       protocol=args.protocol, seed=args.seed,
                                       budget=args.budget, proxies=names,
                                       workers=args.workers, out_dir=out, device=args.device,
+                                      min_seeds=args.min_seeds,
                                       log=lambda line: print(line, flush=True))
             paths = write_report(report, out)
             print(markdown_table(report.table))

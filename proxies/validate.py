@@ -248,6 +248,7 @@ def validate_against(*, reference_set: str | Path = "fashion-mnist", split: str 
                      protocol: str | None = None, seed: int = 0, budget: Budget | str = "quick",
                      proxies: Sequence[str] | None = None, workers: int = 1,
                      out_dir: Path | None = None, device: str = "auto",
+                     min_seeds: int | None = None,
                      log: Callable[[str], None] | None = None) -> ValidationReport:
     """Every proxy on the `split` architectures of a committed reference set, ranked against
     the set's K-seed mean accuracy (no reference training: the set is the reference).
@@ -258,6 +259,9 @@ def validate_against(*, reference_set: str | Path = "fashion-mnist", split: str 
         split: ``holdout`` (judging; never design on it), ``tune`` or ``all``.
         protocol: the set's protocol id to rank against (default: its only / first one).
         seed: the proxies' seed.
+        min_seeds: rank every architecture with at least this many of the protocol's
+            seeds, against the mean of those it has (default: all of them; a partial set
+            says so in the report).
     """
     from .reference import ReferenceSet, folder_of
     from .reference.report import summarize
@@ -278,12 +282,16 @@ def validate_against(*, reference_set: str | Path = "fashion-mnist", split: str 
         raise ValueError(f"protocol {pid!r} is not in {folder}; it has "
                          f"{', '.join(summaries)}")
     summary = summaries[pid]
-    ref = summary.archs[summary.archs["n_seeds"] == len(summary.seeds)]
+    need = len(summary.seeds) if min_seeds is None else min_seeds
+    if need < 1:
+        raise ValueError(f"--min-seeds {min_seeds}: must be >= 1")
+    ref = summary.archs[summary.archs["n_seeds"] >= need]
     if split != "all":
         ref = ref[ref["split"] == split]
     if len(ref) < 3:
-        raise ValueError(f"{folder}: only {len(ref)} {split} architectures have every seed "
-                         f"of protocol {pid}; build more of the set first")
+        raise ValueError(f"{folder}: only {len(ref)} {split} architectures have {need} or "
+                         f"more seeds of protocol {pid}; build more of the set first (or "
+                         "lower --min-seeds)")
     archs = [m.arch for m in rset.members if m.arch_id in set(ref["arch_id"])]
     done = _load_rows(out_dir, [a.arch_id for a in archs], names, legacy_seed=-1)
     resumed = len(done)
@@ -299,6 +307,7 @@ def validate_against(*, reference_set: str | Path = "fashion-mnist", split: str 
     settings = {"n": len(archs), "seed": seed, "dataset": rset.dataset, "proxies": list(names),
                 "budget": dataclasses.asdict(budget), "against": str(folder),
                 "protocol": pid, "split": split, "reference_seeds": list(summary.seeds),
+                "seeds_per_arch": sorted({int(k) for k in ref["n_seeds"]}),
                 "noise_ceiling": ceiling, "workers": workers, "device": device_name(dev),
                 "wall_seconds": time.perf_counter() - start, "resumed_rows": resumed,
                 "proxy_runs": len(jobs), "reference_trainings": 0, "repeatability":
@@ -487,9 +496,9 @@ def _against_markdown(report: ValidationReport) -> str:
         "# Proxy validation against a reference set", "",
         f"`python -m proxies validate --against {s['against']} --split {s['split']}`", "",
         f"{s['n']} {s['split']} architectures of the reference set `{s['against']}` (protocol "
-        f"`{s['protocol']}`, mean of seeds {', '.join(map(str, s['reference_seeds']))}; its "
-        f"noise ceiling, the seed-vs-seed Kendall tau over the whole set, is "
-        f"{s['noise_ceiling']:.3f}). Proxies at {b['steps']} steps x {b['batch_size']} images, "
+        f"`{s['protocol']}`, mean of seeds {', '.join(map(str, s['reference_seeds']))}"
+        + _partial(s) + "; its noise ceiling, the seed-vs-seed Kendall tau over the whole set, "
+        f"is {s['noise_ceiling']:.3f}). Proxies at {b['steps']} steps x {b['batch_size']} images, "
         f"{b['resolution']} px, seed {s['seed']}. Every number here comes from the "
         f"{s['split']} half" + (" (the half no proxy was designed on)." if s["split"] == "holdout"
                                 else "."), "",
@@ -500,6 +509,15 @@ def _against_markdown(report: ValidationReport) -> str:
         f"differ). Wall time {s['wall_seconds'] / 60:.1f} min with {s['workers']} worker(s); "
         f"{s['resumed_rows']} architectures resumed.", "",
         "![correlations](correlations.png)", ""])
+
+
+def _partial(s: dict) -> str:
+    """How many seeds each architecture's reference mean has, where not all have every one."""
+    per = s.get("seeds_per_arch", [])
+    if not per or per == [len(s["reference_seeds"])]:
+        return ""
+    return (f", where an architecture has them: {'-'.join(map(str, (per[0], per[-1])))} seeds "
+            "per architecture; a partial set")
 
 
 def _markdown(report: ValidationReport) -> str:

@@ -277,6 +277,27 @@ def test_validate_against_a_set_uses_only_the_split(tmp_path, capsys):
     assert main(["validate", "--against", str(tmp_path / "none"), "--out", str(out)]) == 2
 
 
+def test_validate_against_a_partial_set_with_min_seeds(tmp_path, capsys):
+    rset = _synthetic(tmp_path / "set", noise=0.0)
+    # Seeds 1 and 2 of all but three architectures are missing: a partial set.
+    path = tmp_path / "set" / "runs-test.jsonl"
+    keep = {m.arch_id for m in rset.members[:3]}
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows
+                            if r["seed"] == 0 or r["arch_id"] in keep))
+    out = tmp_path / "out"
+    args = ["validate", "--against", str(tmp_path / "set"), "--split", "all",
+            "--proxies", "params", "--out", str(out)]
+    assert main(args) == 0  # three architectures have every seed: enough to rank
+    assert len(pd.read_csv(out / "rows.csv")) == 3
+    assert main([*args, "--min-seeds", "1"]) == 0
+    assert len(pd.read_csv(out / "rows.csv")) == len(rset.members)
+    assert "1-3 seeds per architecture; a partial set" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main([*args, "--min-seeds", "0"]) == 2
+    assert "--min-seeds 0" in capsys.readouterr().err
+
+
 def test_extras_join_the_set_and_bad_files_exit_2(tmp_path, capsys):
     extra = tmp_path / "front.yaml"
     SMALL.save(extra)
