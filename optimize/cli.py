@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -398,6 +399,10 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     study = open_study(storage_of(storage) if parallel == "processes" else storage,
                        objective.directions,
                        make_sampler(args.sampler, args.seed, args.trials), pruner)
+    if study.metric_names is None:  # named objectives in `optuna trials` and optuna-dashboard
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(objective.metric_names)
     if args.resume:
         n = recover_zombies(study)
         if n:

@@ -9,14 +9,17 @@ shared finished run (the same code path, minus the interpreter start).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from contextlib import closing
 from pathlib import Path
 
@@ -669,3 +672,58 @@ def test_ray_backend(tmp_path):
     for name in RUN_FILES:
         assert (run_dir / name).is_file(), name
     assert len(pd.read_csv(run_dir / "trials.csv")) == 2
+
+
+# ------------------------------------------------------------------------------ Optuna citizen
+def test_study_names_its_objectives(finished_run):
+    """`optuna trials` and optuna-dashboard show the names, not values_0, values_1."""
+    assert load(finished_run[0]).metric_names == ["accuracy", "latency_ms:amd-epyc"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def test_optuna_dashboard_serves_the_runs_study(run_copy, tmp_path):
+    exe = Path(PYTHON).parent / "optuna-dashboard"
+    if importlib.util.find_spec("optuna_dashboard") is None or not exe.exists():
+        pytest.skip(f"optuna-dashboard is not installed next to {PYTHON} "
+                    "(`make setup` installs it from requirements.txt)")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "dashboard.log", "w") as log:
+        server = subprocess.Popen([str(exe), f"sqlite:///{run_copy / 'study.db'}", "--host",
+                                   "127.0.0.1", "--port", str(port)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, (tmp_path / "dashboard.log").read_text()
+            try:
+                studies = _get_json(f"{base}/api/studies")["study_summaries"]
+                break
+            except OSError:  # not listening yet
+                assert time.monotonic() < deadline, "optuna-dashboard did not answer in 60 s"
+                time.sleep(0.2)
+        assert [(s["study_name"], s["directions"]) for s in studies] == [(STUDY, ["maximize", "minimize"])]
+        detail = _get_json(f"{base}/api/studies/{studies[0]['study_id']}")
+        study = load(run_copy)
+        assert detail["objective_names"] == study.metric_names
+        assert [t["number"] for t in detail["trials"]] == [t.number for t in study.trials]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_dashboard_extra_is_what_setup_installs():
+    """`make setup` installs requirements.txt; the pyproject extra must pin the same version."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = {line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()}
+    assert extra["dashboard"] and set(extra["dashboard"]) <= pins
