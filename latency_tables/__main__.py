@@ -80,6 +80,9 @@ def _calibrate(table: LatencyTable, n: int, seed: int, space: SearchSpace | None
 def cmd_calibrate(args: argparse.Namespace) -> None:
     if is_derived_device(args.device):  # arm / cpu / gpu: fit on the published figures
         return cmd_calibrate_derived(args)
+    if args.resolution is not None:
+        raise ValueError(f"--resolution: {args.device!r} is a measured table; it keeps the resolution "
+                         "it was measured at (measure another with `build --resolution`)")
     space = SearchSpace.from_file(args.space) if args.space else None
     _calibrate(LatencyTable.load(args.device), args.n, args.seed, space)
 
@@ -145,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                         "fit the cost model on the paper's published figures and derive the table")
     c.add_argument("--n", type=int, default=10)
     c.add_argument("--seed", type=int, default=1000)
-    c.add_argument("--space")
+    c.add_argument("--space", help="arm|cpu|gpu: derive the table for every layer of this search "
+                                   "space YAML (default: search_space/default.yaml); a measured "
+                                   "table: draw its calibration networks from it")
+    c.add_argument("--resolution", type=int,
+                   help="arm|cpu|gpu: derive the table at this image size (default 224)")
     c.set_defaults(func=cmd_calibrate)
 
     v = sub.add_parser("validate", help="compare predictions with whole-network measurements")

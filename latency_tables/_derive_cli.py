@@ -25,7 +25,7 @@ def cmd_calibrate_derived(args: argparse.Namespace) -> None:
     t0 = time.time()
     print(f"calibrating the cost model of {device!r} ({DERIVED_DEVICES[device]['description']}) "
           "on the FasterNet paper's published measurements ...")
-    cal = calibrate_published(device, space=space)
+    cal = calibrate_published(device, space=space, resolution=args.resolution or 224)
     p = cal.profile
     rates = ", ".join(f"{k} {v:.4g}" for k, v in p.rates_gmacs.items())
     print(f"profile: rates (G MAC/s; act/pool G elem-op/s) {rates}; bandwidth "

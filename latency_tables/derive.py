@@ -123,11 +123,12 @@ def _acc_dict(a: Accuracy) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in dataclasses.asdict(a).items()}
 
 
-def calibrate_published(device: str, *, space: SearchSpace | None = None,
+def calibrate_published(device: str, *, space: SearchSpace | None = None, resolution: int = 224,
                         profiles_dir: str | Path = PROFILES_DIR,
                         reports_dir: str | Path = REPORTS_DIR, tables_dir: str | Path = _SHIPPED,
                         progress: Callable[[int, int, str], None] | None = None) -> Calibration:
-    """Fit `device`'s profile on the published rows, report LOO error, derive its table."""
+    """Fit `device`'s profile on the published rows, report LOO error, derive its table (every
+    layer of `space`, default the default space, at `resolution` pixels)."""
     device = resolve_alias(device)
     if device not in DEVICE_COLUMNS:
         raise ValueError(f"--device: {device!r} has no published figures; choose arm, cpu or gpu")
@@ -153,8 +154,8 @@ def calibrate_published(device: str, *, space: SearchSpace | None = None,
             "leave_one_out": loo_info, "not_built": not_built(device),
             "resting_on_prior": ident.names("prior"),
             "report": _relpath(Path(reports_dir) / f"derived_{device}.md")}
-    files.append(derive_table(device, profile, space=space, out_dir=tables_dir, provenance=prov,
-                              progress=progress))
+    files.append(derive_table(device, profile, space=space, resolution=resolution,
+                              out_dir=tables_dir, provenance=prov, progress=progress))
     return Calibration(profile, loo, acc, ident, files)
 
 

@@ -145,6 +145,31 @@ class LatencyTable:
         """Whether the table follows a throughput protocol (batch > 1, e.g. GPU at 32)."""
         return self.batch > 1
 
+    def rebuild_command(self, space: str | Path | None = None, resolution: int | None = None) -> str:
+        """The command that rewrites this table with every layer of `space` at `resolution`
+        (default: the table's).
+
+        A derived table is re-derived from its cost model (`calibrate`, on any machine); only a
+        measured table is measured again (`build` with its own protocol, on its device): a build
+        here for a derived name would label this machine's timings as that device's.
+        """
+        res = self.resolution if resolution is None else resolution
+        where = f"--space {space or '<space.yaml containing it>'} --resolution {res}"
+        if self.source == "derived":
+            return f"python -m latency_tables calibrate --device {self.name} {where}"
+        protocol = "".join(f" --{k} {self.meta[k]}" for k in ("target", "batch", "threads")
+                           if self.meta.get(k) is not None)
+        return f"python -m latency_tables build --device {self.name} {where}{protocol}"
+
+    def extend_hint(self, space: str | Path | None = None, resolution: int | None = None) -> str:
+        """The end of a missing-layer message: `rebuild_command`, and where to run it."""
+        command = self.rebuild_command(space, resolution)
+        if self.source == "derived":
+            return f"re-derive it (cost model, any machine) with `{command}`"
+        dev = self.meta.get("device", {})
+        hw = dev.get("gpu_name") or dev.get("cpu_model") or "the device it was measured on"
+        return f"measure it again on {hw} with `{command}`"
+
     def describe(self) -> str:
         """One line: name, source, device, protocol, correction."""
         dev = self.meta.get("device", {})
@@ -168,8 +193,7 @@ class LatencyTable:
             if ms is None:
                 raise MissingLayerError(
                     f"latency table {self.name!r} has no entry for layer {module} ({sig.key}) "
-                    f"of {arch}; extend it with `python -m latency_tables build --device "
-                    f"{self.name} --space <space.yaml containing it> --resolution {res}`")
+                    f"of {arch}; {self.extend_hint(resolution=res)}")
             out.append((module, sig.key, ms))
         if len(self._memo) < 100_000:  # bounded: a long search sees many architectures
             self._memo[arch, res] = out

@@ -146,8 +146,7 @@ def _check_coverage(space: Any, tables: Mapping[str, Any]) -> None:
             if sig.key not in keys:
                 raise UsageError(
                     f"latency table {table.name!r} has no entry for layer {sig.key} of the space; "
-                    f"extend it on the device with `python -m latency_tables build --device "
-                    f"{table.name} --space {space.source}`")
+                    f"{table.extend_hint(space.source)}")
 
 
 def _max_latency(spec: str | None, devices: list[str]) -> dict[str, float]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -59,7 +61,14 @@ def test_missing_layer_names_layer_and_command(name):
         table.predict(arch)
     msg = str(err.value)
     assert "stages.3.downsample" in msg and "merge:r14:c160-1000:m2" in msg
-    assert f"python -m latency_tables build --device {name}" in msg
+    assert f"`{table.rebuild_command(resolution=224)}`" in msg
+    if table.source == "derived":  # re-derived anywhere: a build here would time this machine
+        assert f"python -m latency_tables calibrate --device {name} --space " in msg
+        assert "build" not in msg and "any machine" in msg
+    else:  # measured again on its device, with its protocol
+        assert f"python -m latency_tables build --device {name} --space " in msg
+        assert f"--batch {table.batch}" in msg and f"--target {table.meta['target']}" in msg
+        assert table.meta["device"]["cpu_model"] in msg
     assert not table.covers(arch)
     with pytest.raises(MissingLayerError):
         table.predict(PRESETS["fasternet_t0"], resolution=96)
@@ -112,3 +121,49 @@ def test_auto_prefers_this_gpus_table(tmp_path, monkeypatch):
     assert LatencyTable.load("auto").name == "nvidia-h100-80gb-hbm3"
     (tmp_path / "nvidia-h100-80gb-hbm3.csv").unlink()  # no GPU table built yet: the CPU's
     assert LatencyTable.load("auto").name == "some-cpu"
+
+
+class _Reached(Exception):
+    """Raised by the stand-in for the work a suggested command starts."""
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_suggested_command_starts_the_right_work(name, monkeypatch):
+    """The command a missing layer suggests parses, and derives (derived table) or measures
+    (measured table, its protocol) the table for the given space and resolution."""
+    import latency_tables.__main__ as cli
+    import latency_tables._derive_cli as derive_cli
+
+    calls: dict[str, tuple] = {}
+
+    def stand_in(kind: str):
+        def work(*args, **kwargs):
+            calls[kind] = (args, kwargs)
+            raise _Reached
+        return work
+
+    monkeypatch.setattr(derive_cli, "calibrate_published", stand_in("derive"))
+    monkeypatch.setattr(cli, "build_table", stand_in("measure"))
+    table = LatencyTable.load(name)
+    space = SearchSpace.default().source
+    argv = shlex.split(table.rebuild_command(space, resolution=96))
+    assert argv[:3] == ["python", "-m", "latency_tables"]
+    with pytest.raises(_Reached):
+        cli.main(argv[3:])
+    [(kind, (args, kwargs))] = calls.items()
+    assert kind == ("derive" if table.source == "derived" else "measure")
+    assert args[0] == name and kwargs["resolution"] == 96
+    assert Path((kwargs.get("space") or args[1]).source) == Path(space)
+    if kind == "measure":
+        proto = kwargs["proto"]
+        assert (proto.target, proto.batch, proto.threads) == (
+            table.meta["target"], table.batch, table.meta["threads"])
+
+
+def test_calibrate_resolution_is_for_derived_tables(capsys):
+    from latency_tables.__main__ import main
+
+    measured = next(n for n in SHIPPED if LatencyTable.load(n).source == "measured")
+    assert main(["calibrate", "--device", measured, "--resolution", "96"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --resolution") and "\n" not in err

@@ -727,3 +727,36 @@ def test_dashboard_extra_is_what_setup_installs():
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     pins = {line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()}
     assert extra["dashboard"] and set(extra["dashboard"]) <= pins
+
+
+# ------------------------------------------------------------------------ tables and spaces
+SPACE_BEYOND_THE_TABLES = """\
+stages: 4
+widths: [[28], [48], [96], [192]]  # no shipped table has a 28-wide stem
+depths: [[1], [1], [2], [1]]
+n_divs: [4]
+mlp_ratios: [2]
+kernel_sizes: [3]
+act: [gelu]
+feature_dim: [1024]
+patch_size: [4]
+merge_size: [2]
+tie: []
+"""
+
+
+@pytest.mark.parametrize("device, fix", [
+    ("arm", "python -m latency_tables calibrate --device arm --space {space} --resolution 224`"),
+    ("amd-epyc", "python -m latency_tables build --device amd-epyc --space {space} --resolution 224 "
+                 "--target cpu --batch 1 --threads 1`"),
+])
+def test_space_beyond_a_table_names_the_fix_for_its_source(device, fix, tmp_path, capsys):
+    """A derived table is re-derived (anywhere); only a measured one suggests a measuring build."""
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE_BEYOND_THE_TABLES)
+    rc = search.main(["--device", device, "--trials", "1", "--budget", "smoke",
+                      "--run-dir", str(tmp_path / "run"), "--space", str(space)])
+    err = capsys.readouterr().err
+    assert_one_line_error(rc, err, "stem:r224:c3-28:p4", fix.format(space=space))
+    assert ("build" in err) == (device == "amd-epyc")
+    assert not (tmp_path / "run" / "study.db").exists()
