@@ -7,10 +7,21 @@ from .objective import MNAS_W, CandidateFailed, Constraints, Objective, mnas_rew
 from .processes import run_processes
 from .promote import promote, promotion_order
 from .report import Candidate, Front, collect, fronts, hypervolume, pareto_mask, write_outputs
-from .runner import SAMPLERS, evaluated, make_sampler, open_study, recover_zombies, run_optuna
+from .runner import (
+    SAMPLERS,
+    StudyMismatch,
+    create_or_join,
+    evaluated,
+    make_sampler,
+    open_study,
+    recover_zombies,
+    run_optuna,
+)
+from .storage import StorageError, StorageSpec, open_storage
 
 __all__ = ["MNAS_W", "PICKS", "SAMPLERS", "Candidate", "CandidateFailed", "Constraints", "Front",
            "History", "Objective", "ParetoEarlyStopping", "collect", "evaluated", "export_onnx",
            "fronts", "hypervolume", "make_sampler", "mnas_reward", "open_study", "pareto_mask",
            "promote", "promotion_order", "recover_zombies", "run_optuna", "run_processes", "select",
-           "write_outputs"]
+           "write_outputs", "StorageError", "StorageSpec", "StudyMismatch", "create_or_join",
+           "open_storage"]

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import platform
+import secrets
 import time
 import warnings
 from collections.abc import Mapping
@@ -25,6 +26,13 @@ __all__ = ["UsageError", "search_parser", "subcommand_parser", "cmd_search", "cm
 
 RESULTS = Path("results")
 PRESET_NAMES = ("fasternet_t0", "fasternet_t1", "fasternet_t2")
+# Seconds between heartbeats of a running trial: one small write each; a killed worker's
+# trial is re-queued after 4 missed ones (`optimize.storage.GRACE_HEARTBEATS`), i.e. 40 s.
+HEARTBEAT_S = 10
+#: Settings that decide what a trial's result means: a worker joining a study on a shared
+#: --storage must match the study's on each (sampler, --trials and --workers may differ).
+JOIN_KEYS = ("devices", "space_yaml", "proxy", "dataset", "budget", "seed", "objective",
+             "target_latency_ms", "max_latency_ms", "max_params_m", "early_stopping")
 
 
 class UsageError(Exception):
@@ -33,7 +41,8 @@ class UsageError(Exception):
 
 # ---------------------------------------------------------------------------- parsers
 def search_parser() -> argparse.ArgumentParser:
-    from .runner import SAMPLERS
+    from .runner import SAMPLERS, STUDY_NAME
+    from .storage import GRACE_HEARTBEATS
 
     p = argparse.ArgumentParser(
         prog="search.py", description="Multi-objective search over FasterNet-style PConv networks. "
@@ -75,7 +84,15 @@ def search_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", help="existing Ray cluster (default: start a local Ray)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs each Ray trial requests; a fraction "
                    "packs several per GPU, 0.25: four (default 1 when the cluster has GPUs, else 0)")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run folder)")
+    p.add_argument("--storage", help="Optuna storage shared by every worker started on it: "
+                   "postgresql://USER:PASSWORD@HOST/DB, sqlite:///PATH or journal:/PATH/study.log "
+                   "(default: sqlite in the run folder); workers on one storage and --study-name "
+                   "share one study and its --trials")
+    p.add_argument("--study-name", default=STUDY_NAME, help=f"the study in --storage (default "
+                   f"{STUDY_NAME})")
+    p.add_argument("--heartbeat", type=int, default=HEARTBEAT_S, help="seconds between a running "
+                   f"trial's heartbeats (default {HEARTBEAT_S}); a trial silent for "
+                   f"{GRACE_HEARTBEATS} heartbeats (its worker killed) is failed and re-queued")
     p.add_argument("--run-dir", help="run folder (default: results/<date>-<devices>)")
     p.add_argument("--resume", action="store_true", help="continue the study in --run-dir")
     stopping = p.add_mutually_exclusive_group()
@@ -91,14 +108,17 @@ def search_parser() -> argparse.ArgumentParser:
 
 
 def subcommand_parser(name: str) -> argparse.ArgumentParser:
+    from .runner import STUDY_NAME
+
     if name == "devices":
         return argparse.ArgumentParser(prog="search.py devices",
                                        description="List the latency tables (measured or derived).")
     if name == "show":
         p = argparse.ArgumentParser(prog="search.py show", description="Regenerate a run's "
                                     "files from its study.db and print the report.")
-        p.add_argument("run", help="run folder")
+        p.add_argument("run", help="run folder (created if --storage is given)")
         p.add_argument("--storage", help="Optuna storage URL if not RUN/study.db")
+        p.add_argument("--study-name", default=STUDY_NAME, help=f"default {STUDY_NAME}")
         return p
     p = argparse.ArgumentParser(prog="search.py export", description="Write one front member's "
                                 "architecture as YAML (builds with timm's pconv_fasternet).")
@@ -110,6 +130,7 @@ def subcommand_parser(name: str) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="architecture file to write (.yaml or .json)")
     p.add_argument("--onnx", help="also export the deployment form to ONNX, checked with onnxruntime")
     p.add_argument("--storage", help="Optuna storage URL if not RUN/study.db")
+    p.add_argument("--study-name", default=STUDY_NAME, help=f"default {STUDY_NAME}")
     return p
 
 
@@ -282,16 +303,18 @@ def _promotion(args: argparse.Namespace, stored: Mapping[str, Any] | None) -> Pr
     return Promotion(rungs=tuple(rungs), eta=eta)
 
 
-def _open_run_study(run_dir: Path, storage: str | None) -> optuna.Study:
-    from .runner import STUDY_NAME
+def _open_run_study(run_dir: Path, storage: str | None, study_name: str) -> optuna.Study:
+    from .storage import StorageError, StorageSpec, redact
 
     url = storage or f"sqlite:///{run_dir / 'study.db'}"
     if storage is None and not (run_dir / "study.db").exists():
         raise UsageError(f"{run_dir}: no study.db here; give a run folder made by search.py")
     try:
-        return optuna.load_study(study_name=STUDY_NAME, storage=url)
+        return optuna.load_study(study_name=study_name, storage=StorageSpec(url).open())
+    except StorageError as e:
+        raise UsageError(str(e)) from None
     except KeyError:
-        raise UsageError(f"{url}: no pconv-nas study in this storage") from None
+        raise UsageError(f"{redact(url)}: no study named {study_name!r} in this storage") from None
 
 
 def _versions() -> dict[str, str]:
@@ -310,16 +333,19 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
 
     from .early_stop import ParetoEarlyStopping
     from .objective import Constraints, rung_of
-    from .processes import run_processes, storage_of
+    from .processes import run_processes
     from .report import write_outputs
     from .runner import (
+        STUDY_NAME,
         InfeasibleSearch,
         SearchExhausted,
+        StudyMismatch,
+        create_or_join,
         make_sampler,
-        open_study,
         recover_zombies,
         run_optuna,
     )
+    from .storage import StorageError, StorageSpec, redact
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.trials < 1:
@@ -339,6 +365,12 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"--max-params: {args.max_params} must be > 0 (millions)")
     if args.resume and not args.run_dir:
         raise UsageError("--resume needs --run-dir (the run folder to continue)")
+    if args.heartbeat < 1:
+        raise UsageError(f"--heartbeat: {args.heartbeat} must be >= 1 second")
+    if args.backend == "ray" and (args.study_name != STUDY_NAME
+                                  or (args.storage or "").startswith("journal:")):
+        raise UsageError("--study-name and journal: storage apply to --backend optuna (Ray's "
+                         "workers load the study from a database URL)")
     device = _proxy_device(args)
     parallel = _parallel(args, device)
     _promotion(args, None)  # bad --promote/--eta: before anything is written
@@ -351,6 +383,16 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"--space: {e}") from None
     _check_coverage(space, tables)
     max_latency = _max_latency(args.max_latency, devices)
+    # A shared storage (--storage) is opened first: a wrong URL, password or driver, or an
+    # unreachable server stops the run before anything is loaded or written.
+    shared = args.storage is not None
+    heartbeat = args.heartbeat if args.backend == "optuna" else None
+    storage_obj = None
+    if shared:
+        try:
+            storage_obj = StorageSpec(args.storage, heartbeat_s=heartbeat).open()
+        except StorageError as e:
+            raise UsageError(str(e)) from None
 
     run_dir = Path(args.run_dir) if args.run_dir else RESULTS / (
         dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + "-".join(devices))
@@ -393,24 +435,39 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     for d in tables:  # a derived table's note names the command that measures the device
         print(f"latency on {d}: {sources[d]}")
     storage = args.storage or f"sqlite:///{run_dir / 'study.db'}"
+    spec = StorageSpec(storage, heartbeat_s=heartbeat)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5) if args.objective == "score" else None
-    # Worker processes write the same SQLite file: wait for their locks (`storage_of`).
-    study = open_study(storage_of(storage) if parallel == "processes" else storage,
-                       objective.directions,
-                       make_sampler(args.sampler, args.seed, args.trials), pruner)
+    try:
+        study, created = create_or_join(storage_obj or spec.open(), objective.directions,
+                                        make_sampler(args.sampler, args.seed, args.trials), pruner,
+                                        study_name=args.study_name)
+    except StudyMismatch as e:
+        raise UsageError(f"--storage {redact(storage)}: {e}") from None
+    except StorageError as e:
+        raise UsageError(str(e)) from None
     if study.metric_names is None:  # named objectives in `optuna trials` and optuna-dashboard
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(objective.metric_names)
-    if args.resume:
+    # The study's owner (the worker that created it, a --resume, or a run on its own folder)
+    # scores the presets and promotes; workers that join a shared study only search.
+    owner = created or args.resume or not shared
+    seed = args.seed
+    if not owner:
+        # Workers on one study must not propose in lockstep (the same seed draws the same
+        # random start-up trials); the proxy keeps --seed, so results stay comparable.
+        seed = args.seed + 1 + secrets.randbelow(2**20)
+        study.sampler = make_sampler(args.sampler, seed, args.trials)
+    if args.resume and not shared:
         n = recover_zombies(study)
         if n:
             print(f"resume: {n} interrupted trial(s) marked FAIL and re-queued")
-    run = dict(study.user_attrs.get("run") or {})
+    stored = dict(study.user_attrs.get("run") or {})
+    run = dict(stored)
     promotion = _promotion(args, run.get("promote"))
     if promotion is not None and args.promote is None:
         print(f"resume: promotion {','.join(promotion.rungs)} (eta {promotion.eta}) as started")
-    run.update(name=run_dir.name, argv=["search.py", *argv], devices=devices, sources=sources,
+    run.update(name=run_dir.name, argv=["search.py", *map(redact, argv)], devices=devices, sources=sources,
                tables={d: t.meta for d, t in tables.items()}, seed=args.seed,
                space=str(space.source), space_yaml=Path(space.source).read_text(),
                proxy=args.proxy, dataset=args.dataset, budget=str(proxy.budget),
@@ -424,8 +481,14 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
                early_stopping=not args.no_early_stopping, versions=_versions(),
                machine=f"{platform.machine()}, {os.cpu_count()} cores")
     run["runs"] = [*run.get("runs", []), dt.datetime.now().isoformat(timespec="seconds")]
-    study.set_user_attr("run", json.loads(json.dumps(run, default=str)))
-    print(f"run folder: {run_dir}  (study: {storage})")
+    run = json.loads(json.dumps(run, default=str))
+    if not owner and "devices" in stored:  # joining: the study's settings, not this command's
+        _check_join(stored, run, args.study_name)
+        print(f"joined study {args.study_name!r}: {len(study.trials)} trial(s) so far; the worker "
+              f"that created it scores the presets", flush=True)
+    else:
+        study.set_user_attr("run", run)
+    print(f"run folder: {run_dir}  (study: {redact(storage)}, {args.study_name})")
 
     start = time.perf_counter()
     progress = _Progress(args.trials, devices, start)
@@ -441,10 +504,10 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
             except ClusterError as e:
                 raise UsageError(str(e)) from None
         elif parallel == "processes":
-            run_processes(study, storage=storage, make_objective=make_objective,
+            run_processes(study, storage=spec, make_objective=make_objective,
                           make_sampler=functools.partial(make_sampler, args.sampler,
                                                          n_trials=args.trials),
-                          seed=args.seed, n_trials=args.trials, workers=args.workers,
+                          seed=seed, n_trials=args.trials, workers=args.workers,
                           timeout=args.timeout, on_trial=progress)
         else:
             run_optuna(study, objective, args.trials, timeout=args.timeout, workers=args.workers,
@@ -455,7 +518,15 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(str(e)) from None
     rungs = promotion.rungs if promotion else (args.budget,)
     proxy_at = functools.cache(lambda k: make_objective.proxy_at(rungs[k]) if k else objective.proxy)
+    if not owner:
+        write_outputs(run_dir, study)
+        print(f"\nsearch done; wrote {run_dir}/ from the study as it stands (regenerate it later "
+              f"with `python search.py show {run_dir} --storage URL --study-name "
+              f"{args.study_name}`)")
+        return 0
     if promotion is not None:
+        if shared:
+            _wait_for_workers(study)
         from .promote import promote
 
         print(f"promotion: rungs {' -> '.join(rungs)}, eta {promotion.eta}", flush=True)
@@ -471,6 +542,30 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
           f"({time.perf_counter() - start:.0f} s); pick one with `python search.py export "
           f"{run_dir} --pick knee --out arch.yaml`")
     return 0
+
+
+def _check_join(stored: Mapping[str, Any], mine: Mapping[str, Any], study_name: str) -> None:
+    """A worker joining a study must score candidates as the study does (`JOIN_KEYS`)."""
+    for key in JOIN_KEYS:
+        if stored.get(key) != mine.get(key):
+            shown = "the space file" if key == "space_yaml" else f"{stored.get(key)!r}"
+            raise UsageError(f"study {study_name!r} was started with {key} {shown}, this command "
+                             f"gives {'another' if key == 'space_yaml' else repr(mine.get(key))}; "
+                             "start the worker with the study's settings or give another "
+                             "--study-name")
+
+
+def _wait_for_workers(study: optuna.Study) -> None:
+    """Until no trial of the study runs (other workers' last trials), failing the ones whose
+    worker died (heartbeats): promotion ranks the finished trials."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if is_heartbeat_enabled(study._storage):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+        time.sleep(1.0)  # other workers' trials take seconds to minutes
 
 
 class _Progress:
@@ -565,7 +660,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .report import write_outputs
 
     run_dir = Path(args.run)
-    study = _open_run_study(run_dir, args.storage)
+    study = _open_run_study(run_dir, args.storage, args.study_name)
     write_outputs(run_dir, study)
     print((run_dir / "report.md").read_text())
     return 0
@@ -578,7 +673,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .report import collect, fronts, presets_of
 
     run_dir = Path(args.run)
-    study = _open_run_study(run_dir, args.storage)
+    study = _open_run_study(run_dir, args.storage, args.study_name)
     run = study.user_attrs.get("run") or {}
     sources = run.get("sources") or {}
     device = args.device or next(iter(sources), None)

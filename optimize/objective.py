@@ -15,10 +15,15 @@ Objectives:
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
+import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from search_space import ArchConfig, ConstraintInfeasible, SearchSpace, count_params
@@ -28,7 +33,8 @@ from .interrupt import CtrlC
 
 __all__ = ["Objective", "Constraints", "CandidateFailed", "mnas_reward", "MNAS_W",
            "history_of", "finished_twin", "record_repeat", "STOPPED", "INFEASIBLE", "INTERRUPTED",
-           "DUPLICATE", "RUNG", "FIDELITY", "PROMOTED_FROM", "rung_of"]
+           "DUPLICATE", "RUNG", "FIDELITY", "PROMOTED_FROM", "rung_of", "LOST", "CLAIM", "WORKER",
+           "running_twins"]
 
 #: MnasNet's soft-constraint exponent (Tan et al. 2019, Sec. 3).
 MNAS_W = -0.07
@@ -36,8 +42,19 @@ MNAS_W = -0.07
 STOPPED, INFEASIBLE = "stopped_early", "infeasible"
 #: user-attribute flag of a FAIL trial cut off by Ctrl-C or kill -9: not evaluated, re-queued.
 INTERRUPTED = "interrupted"
+#: user-attribute flag (with INTERRUPTED) of a trial whose worker stopped sending heartbeats
+#: (killed, or its machine gone): failed by another worker and re-queued (`optimize.storage`).
+LOST = "lost"
 #: user attribute of a repeated proposal: the number of the trial that evaluated its architecture.
 DUPLICATE = "duplicate_of"
+#: user attribute of a drawn candidate while its twin question is open: "training" (this trial
+#: evaluates the architecture) or "waiting" (for a running twin; `Objective._await_twin`).
+CLAIM = "claim"
+#: user attribute: the worker (host:pid) that ran the trial; several share a study.
+WORKER = "worker"
+# Seconds between two looks at a running twin: its result is reused as soon as it lands
+# (a smoke trial takes ~1 s, a quick one tens of seconds; each look is one small read).
+_TWIN_POLL_S = 0.25
 #: user attributes of a promotion (`optimize.promote`): its rung (>= 1; a proposal is rung 0),
 #: the rung's budget as the user named it, and the trial that proposed the architecture.
 RUNG, FIDELITY, PROMOTED_FROM = "rung", "fidelity", "promoted_from"
@@ -99,6 +116,14 @@ def finished_twin(study: optuna.Study, arch_id: str, number: int) -> FrozenTrial
     return None
 
 
+def running_twins(study: optuna.Study, arch_id: str, number: int) -> list[FrozenTrial]:
+    """The RUNNING trials other than `number` that drew `arch_id` (promotions aside): another
+    worker holds the same architecture right now."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number != number and t.user_attrs.get("arch_id") == arch_id
+            and RUNG not in t.user_attrs]
+
+
 def record_repeat(trial: optuna.Trial, twin: FrozenTrial) -> None:
     """Store on `trial` the result its twin measured, and which trial that was (`DUPLICATE`)."""
     trial.set_user_attr(DUPLICATE, twin.number)
@@ -138,6 +163,8 @@ class Objective:
         self.early_stopping = early_stopping
         #: Ctrl-C reaches the objective only while a candidate trains (`run_optuna` installs it).
         self.ctrl_c = CtrlC()
+        #: The storage id of the trial last started here (`run_optuna` asks after a lost one).
+        self.last_trial_id: int | None = None
 
     @property
     def directions(self) -> list[str]:
@@ -157,6 +184,8 @@ class Objective:
                 "params_m": count_params(arch) / 1e6}
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        self.last_trial_id = getattr(trial, "_trial_id", None)  # a Ray trial has none
+        trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
         try:
             return self._evaluate(trial)
         except KeyboardInterrupt:
@@ -185,6 +214,8 @@ class Objective:
             raise optuna.TrialPruned(f"infeasible: {why}")
 
         twin = finished_twin(trial.study, arch.arch_id, trial.number)
+        if twin is None:
+            twin = self._await_twin(trial, arch.arch_id)
         if twin is not None:
             return self._reuse(trial, twin)
 
@@ -218,6 +249,37 @@ class Objective:
         if self.objective == "score":
             return self.reward(accuracy, info)
         return (accuracy, *info["latency_ms"].values())
+
+    def _await_twin(self, trial: optuna.Trial, arch_id: str) -> FrozenTrial | None:
+        """With several workers on one study, another may hold the same architecture right
+        now. Then this trial waits for that twin's result instead of training it a second
+        time, and returns the twin once it has finished (None: train it here).
+
+        The trial's `arch_id` is already stored (announced) when this looks, so of two workers
+        drawing the same architecture at once at least the second sees the first. Each marks
+        its decision (`CLAIM`): "training" is final; a trial that saw an undecided or training
+        twin marks "waiting". When every running twin is waiting too (both looked before either
+        decided), the lowest trial number trains. A twin whose worker died is failed by the
+        heartbeat check below (`optimize.storage`) and stops being one; a twin cut off by
+        Ctrl-C is no twin either (`finished_twin`): then this trial trains."""
+        study, claimed = trial.study, False
+        while True:
+            twins = running_twins(study, arch_id, trial.number)
+            if all(t.user_attrs.get(CLAIM) == "waiting" and t.number > trial.number for t in twins):
+                trial.set_user_attr(CLAIM, "training")
+                return None
+            if not claimed:
+                trial.set_user_attr(CLAIM, "waiting")
+                claimed = True
+            with self.ctrl_c.training():  # no storage write in here: Ctrl-C acts at once
+                time.sleep(_TWIN_POLL_S)
+            if is_heartbeat_enabled(study._storage):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+            twin = finished_twin(study, arch_id, trial.number)
+            if twin is not None:
+                return twin
 
     def _reuse(self, trial: optuna.Trial, twin: FrozenTrial) -> float | tuple[float, ...]:
         """The sampler proposed an architecture again (TPE does in categorical spaces). The

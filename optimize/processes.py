@@ -14,8 +14,10 @@ What holds with several processes:
   lines are printed by the main process as trials appear there.
 - ``--trials N`` counts distinct architectures across all workers (each worker's stop rule
   reads the shared study). Trials already running when the count is reached finish and are
-  kept, so up to N + workers - 1 may be evaluated. Two workers that draw the same
-  architecture at once both train it (a twin is reused only once it has finished).
+  kept, so up to N + workers - 1 may be evaluated. A worker that draws an architecture
+  another worker is training waits for that result and reuses it (`Objective._await_twin`).
+- A worker killed with kill -9 loses only its running trial: its heartbeat stops, and
+  another worker fails it and re-queues its candidate (`optimize.storage`).
 - Ctrl-C: the main process forwards it once to every worker (workers run in their own
   process group, so a terminal's Ctrl-C is not delivered twice); each stops as a single-worker
   search does: its candidate is marked interrupted and re-queued, and no storage write is cut.
@@ -42,7 +44,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .objective import Objective
 from .runner import (
-    STUDY_NAME,
     InfeasibleSearch,
     SearchExhausted,
     quiet_optuna,
@@ -50,6 +51,7 @@ from .runner import (
     tally,
     verdict,
 )
+from .storage import StorageSpec
 
 __all__ = ["run_processes", "WorkerFailed"]
 
@@ -57,9 +59,6 @@ _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # How often the main process looks for newly finished trials (seconds): a progress line
 # late by this much is harmless, and each look is one small read of the storage.
 _POLL_S = 0.5
-# SQLite waits this long for another process's write lock instead of failing at once with
-# "database is locked" (its default is 5 s; a trial's writes are few and short).
-_SQLITE_TIMEOUT_S = 60
 
 
 class WorkerFailed(RuntimeError):
@@ -70,21 +69,14 @@ class WorkerFailed(RuntimeError):
 class _Work:
     """What a worker needs, picklable: the storage, and factories for what is not."""
 
-    storage: str
+    storage: StorageSpec
+    study_name: str
     make_objective: Callable[[], Objective]
     make_sampler: Callable[[int], optuna.samplers.BaseSampler]
     pruner: optuna.pruners.BasePruner | None
     seed: int
     n_trials: int
     deadline: float | None  # time.time() after which no trial starts
-
-
-def storage_of(url: str) -> str | optuna.storages.BaseStorage:
-    """The storage for `url`, with SQLite told to wait for other writers."""
-    if url.startswith("sqlite"):
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"timeout": _SQLITE_TIMEOUT_S}})
-    return url
 
 
 def _work(work: _Work, rank: int, parent: int, stop: Any) -> None:
@@ -102,7 +94,7 @@ def _work(work: _Work, rank: int, parent: int, stop: Any) -> None:
         if stop.is_set():
             return
         quiet_optuna()
-        study = optuna.load_study(study_name=STUDY_NAME, storage=storage_of(work.storage),
+        study = optuna.load_study(study_name=work.study_name, storage=work.storage.open(),
                                   sampler=work.make_sampler(work.seed + rank), pruner=work.pruner)
         objective = work.make_objective()
         timeout = None if work.deadline is None else max(work.deadline - time.time(), 0.0)
@@ -113,18 +105,22 @@ def _work(work: _Work, rank: int, parent: int, stop: Any) -> None:
         return  # the search ends short; the main process says why (`verdict`)
 
 
-def run_processes(study: optuna.Study, *, storage: str, make_objective: Callable[[], Objective],
+def run_processes(study: optuna.Study, *, storage: StorageSpec | str,
+                  make_objective: Callable[[], Objective],
                   make_sampler: Callable[[int], optuna.samplers.BaseSampler], seed: int,
                   n_trials: int, workers: int, timeout: float | None = None,
                   on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> None:
-    """`run_optuna` in `workers` processes on `storage` (the module docstring says what
-    holds). `study` is this process's view of the same storage, read for progress;
-    `make_objective()` and `make_sampler(seed)` must be picklable. Raises what `run_optuna`
-    raises, KeyboardInterrupt after Ctrl-C (once the workers have stopped), and
-    `WorkerFailed` when a worker died."""
+    """`run_optuna` in `workers` processes on `storage` (a `StorageSpec`, or a URL without
+    heartbeats; the module docstring says what holds). `study` is this process's view of
+    the same storage, read for progress; `make_objective()` and `make_sampler(seed)` must be
+    picklable. Raises what `run_optuna` raises, KeyboardInterrupt after Ctrl-C (once the
+    workers have stopped), and `WorkerFailed` when a worker died."""
     if tally(study.get_trials(deepcopy=False)).evaluated >= n_trials:
         return
-    work = _Work(storage=storage, make_objective=make_objective, make_sampler=make_sampler,
+    if isinstance(storage, str):  # a URL alone: no heartbeats
+        storage = StorageSpec(storage)
+    work = _Work(storage=storage, study_name=study.study_name, make_objective=make_objective,
+                 make_sampler=make_sampler,
                  pruner=study.pruner, seed=seed, n_trials=n_trials,
                  deadline=None if timeout is None else time.time() + timeout)
     seen = {t.number for t in study.get_trials(deepcopy=False, states=_FINISHED)}

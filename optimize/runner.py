@@ -6,16 +6,23 @@ committed to it as it finishes, so Ctrl-C or kill -9 loses at most the running t
 until `n_trials` distinct architectures have been evaluated: infeasible candidates (never
 trained) and repeated proposals (an architecture evaluated before, recorded with
 `duplicate_of`) do not count.
+
+Several processes, on one machine or many, may run the same study on a shared storage
+(`--storage`, `optimize.storage`): the count, the twins and the early-stopping history are
+read from the storage, so they are the study's, not the process's. A trial whose worker
+died is failed and re-queued by another worker after its heartbeat stops.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from .objective import (
@@ -23,6 +30,7 @@ from .objective import (
     FIDELITY,
     INFEASIBLE,
     INTERRUPTED,
+    LOST,
     PROMOTED_FROM,
     RUNG,
     STOPPED,
@@ -31,7 +39,7 @@ from .objective import (
 )
 
 __all__ = ["SAMPLERS", "make_sampler", "open_study", "evaluated", "Tally", "tally", "SearchExhausted",
-           "InfeasibleSearch", "run_optuna", "recover_zombies"]
+           "InfeasibleSearch", "run_optuna", "recover_zombies", "StudyMismatch", "create_or_join"]
 
 _log = logging.getLogger(__name__)
 
@@ -63,11 +71,40 @@ def make_sampler(name: str, seed: int, n_trials: int) -> optuna.samplers.BaseSam
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
 
 
-def open_study(storage: str, directions: list[str], sampler: optuna.samplers.BaseSampler,
-               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
-    """Create or reopen the run's study (`load_if_exists`: resume continues the same one)."""
-    return optuna.create_study(storage=storage, study_name=STUDY_NAME, directions=directions,
-                               sampler=sampler, pruner=pruner, load_if_exists=True)
+class StudyMismatch(ValueError):
+    """The storage holds a study of that name that this search cannot continue (other
+    directions: made by another tool, or for other devices)."""
+
+
+def open_study(storage: str | optuna.storages.BaseStorage, directions: list[str],
+               sampler: optuna.samplers.BaseSampler,
+               pruner: optuna.pruners.BasePruner | None = None,
+               study_name: str = STUDY_NAME) -> optuna.Study:
+    """Create or reopen the run's study (resume continues the same one, and workers started
+    on one storage join one study). Raises `StudyMismatch` when the study exists with other
+    directions."""
+    return create_or_join(storage, directions, sampler, pruner, study_name)[0]
+
+
+def create_or_join(storage: str | optuna.storages.BaseStorage, directions: list[str],
+                   sampler: optuna.samplers.BaseSampler,
+                   pruner: optuna.pruners.BasePruner | None = None,
+                   study_name: str = STUDY_NAME) -> tuple[optuna.Study, bool]:
+    """`open_study`, and whether this call created the study. Of several workers started at
+    once exactly one creates it (the storage refuses a second study of the same name), which
+    makes it the one that scores the presets and promotes (`optimize.cli`)."""
+    try:
+        study = optuna.create_study(storage=storage, study_name=study_name, directions=directions,
+                                    sampler=sampler, pruner=pruner)
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=storage, study_name=study_name, sampler=sampler,
+                                  pruner=pruner)
+    found = [d.name.lower() for d in study.directions]
+    if found != [d.lower() for d in directions]:
+        raise StudyMismatch(f"study {study_name!r} in this storage optimizes {found}, this search "
+                            f"{directions}; give another --study-name")
+    return study, False
 
 
 def evaluated(trial: FrozenTrial) -> bool:
@@ -188,11 +225,30 @@ def run_optuna(study: optuna.Study, objective: Objective, n_trials: int,
     # the objective runs in threads that SIGINT cannot reach selectively; left as it was.
     guard = objective.ctrl_c if workers == 1 else None
     callbacks = [stop_when_done] + ([guard.check] if guard else [])
+    deadline = None if timeout is None else time.monotonic() + timeout
     with guard.installed() if guard else contextlib.nullcontext():
-        study.optimize(objective, n_trials=None, timeout=timeout, n_jobs=workers,
-                       callbacks=callbacks, catch=(CandidateFailed,), gc_after_trial=False)
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                study.optimize(objective, n_trials=None, timeout=left, n_jobs=workers,
+                               callbacks=callbacks, catch=(CandidateFailed,), gc_after_trial=False)
+                break
+            except (UpdateFinishedTrialError, ValueError):
+                # Telling a trial that another worker declared lost (no heartbeat within the
+                # grace period: a stalled machine) fails; its retry evaluates the candidate.
+                if not _lost_here(study, objective):
+                    raise
+                _log.warning("a trial of this worker was declared lost by another; continuing")
     if ended:
         raise ended[0]
+
+
+def _lost_here(study: optuna.Study, objective: Objective) -> bool:
+    """Whether the last trial `objective` ran here was failed as lost by another worker."""
+    if objective.last_trial_id is None:
+        return False
+    t = study._storage.get_trial(objective.last_trial_id)
+    return t.state == TrialState.FAIL and LOST in t.user_attrs
 
 
 def describe_trial(trial: FrozenTrial) -> str:
