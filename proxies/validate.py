@@ -430,12 +430,15 @@ def _load_rows(out_dir: Path | None, ids: list[str], names: tuple[str, ...],
 def _machine() -> str:
     import torch
 
-    return (f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}"
-            f" torch {torch.__version__}, 1 thread per worker").replace("  ", " ")
+    from latency_tables._device import cpu_model
+
+    return (f"{cpu_model()} ({platform.machine()}), python {platform.python_version()}, "
+            f"torch {torch.__version__}, 1 thread per worker")
 
 
 def write_report(report: ValidationReport, out_dir: Path) -> list[Path]:
-    """Write rows.csv, correlations.csv, correlations.png and report.md into `out_dir`."""
+    """Write rows.csv, correlations.csv, correlations.png, report.md and settings.json (what
+    was compared, on which machine) into `out_dir`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -446,6 +449,8 @@ def write_report(report: ValidationReport, out_dir: Path) -> list[Path]:
              out_dir / "report.md"]
     report.rows.to_csv(paths[0], index=False)
     report.table.to_csv(paths[1], index=False, float_format="%.4f")
+    (out_dir / "settings.json").write_text(json.dumps(report.settings, indent=1, default=str)
+                                           + "\n")
 
     table = report.table
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -499,9 +504,7 @@ def _against_markdown(report: ValidationReport) -> str:
         f"`{s['protocol']}`, mean of seeds {', '.join(map(str, s['reference_seeds']))}"
         + _partial(s) + "; its noise ceiling, the seed-vs-seed Kendall tau over the whole set, "
         f"is {s['noise_ceiling']:.3f}). Proxies at {b['steps']} steps x {b['batch_size']} images, "
-        f"{b['resolution']} px, seed {s['seed']}. Every number here comes from the "
-        f"{s['split']} half" + (" (the half no proxy was designed on)." if s["split"] == "holdout"
-                                else "."), "",
+        f"{b['resolution']} px, seed {s['seed']}. " + _which_half(s["split"]), "",
         markdown_table(report.table), "",
         f"Seconds are per architecture on {s.get('device', 'cpu')}, {s['machine']}; "
         "`cost vs reference` divides by the "
@@ -509,6 +512,15 @@ def _against_markdown(report: ValidationReport) -> str:
         f"differ). Wall time {s['wall_seconds'] / 60:.1f} min with {s['workers']} worker(s); "
         f"{s['resumed_rows']} architectures resumed.", "",
         "![correlations](correlations.png)", ""])
+
+
+def _which_half(split: str) -> str:
+    if split == "holdout":
+        return "Every number here comes from the holdout half (the half no proxy was designed on)."
+    if split == "tune":
+        return "Every number here comes from the tune half (a design aid, not a judgment)."
+    return ("Every number here comes from every architecture of the set, tune and holdout alike "
+            "(a description, not a judgment of a proxy designed on the tune half).")
 
 
 def _partial(s: dict) -> str:

@@ -27,7 +27,6 @@ import functools
 import hashlib
 import json
 import multiprocessing
-import platform
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -276,15 +275,9 @@ def train_one(plan_dict: dict[str, Any], dataset: str, device: str,
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{socket.gethostname()}: {cpu}"
+    from latency_tables._device import cpu_model
+
+    return f"{socket.gethostname()}: {cpu_model()}"
 
 
 def run_missing(rset: ReferenceSet, folder: Path, *, device: str = "auto", workers: int = 1,
