@@ -25,7 +25,10 @@ class Complexity(NamedTuple):
 def params_and_flops(arch: ArchConfig, resolution: int = 224, num_classes: int = 1000,
                      in_chans: int = 3) -> Complexity:
     """Params (M) and fvcore FLOPs (G) of `arch` at `resolution` x `resolution`."""
-    model = build_model(arch, num_classes=num_classes, in_chans=in_chans).eval()
+    # Built on the meta device and given uninitialized CPU storage: the count does not depend
+    # on the weights, and the initialization would take most of the time.
+    model = build_model(arch, num_classes=num_classes, in_chans=in_chans, device="meta")
+    model = model.to_empty(device="cpu").eval()
     params = sum(p.numel() for p in model.parameters())
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # fvcore uses a deprecated jit API
