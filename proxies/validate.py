@@ -305,7 +305,7 @@ def validate_against(*, reference_set: str | Path = "fashion-mnist", split: str 
                           "split": means.loc[a.arch_id, "split"]} for a in archs])
     ceiling = summary.noise_ceiling
     settings = {"n": len(archs), "seed": seed, "dataset": rset.dataset, "proxies": list(names),
-                "budget": dataclasses.asdict(budget), "against": str(folder),
+                "budget": dataclasses.asdict(budget), "against": _shown(folder),
                 "protocol": pid, "split": split, "reference_seeds": list(summary.seeds),
                 "seeds_per_arch": sorted({int(k) for k in ref["n_seeds"]}),
                 "noise_ceiling": ceiling, "workers": workers, "device": device_name(dev),
@@ -512,6 +512,14 @@ def _against_markdown(report: ValidationReport) -> str:
         f"differ). Wall time {s['wall_seconds'] / 60:.1f} min with {s['workers']} worker(s); "
         f"{s['resumed_rows']} architectures resumed.", "",
         "![correlations](correlations.png)", ""])
+
+
+def _shown(folder: Path) -> str:
+    """A set folder as the report shows it: relative to the working directory when inside."""
+    try:
+        return str(folder.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(folder)
 
 
 def _which_half(split: str) -> str:
