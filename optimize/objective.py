@@ -266,6 +266,10 @@ class Objective:
         while True:
             twins = running_twins(study, arch_id, trial.number)
             if all(t.user_attrs.get(CLAIM) == "waiting" and t.number > trial.number for t in twins):
+                # Read after the running ones: a twin that finished in between is found here.
+                twin = finished_twin(study, arch_id, trial.number)
+                if twin is not None:
+                    return twin
                 trial.set_user_attr(CLAIM, "training")
                 return None
             if not claimed:
@@ -277,9 +281,6 @@ class Objective:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)
-            twin = finished_twin(study, arch_id, trial.number)
-            if twin is not None:
-                return twin
 
     def _reuse(self, trial: optuna.Trial, twin: FrozenTrial) -> float | tuple[float, ...]:
         """The sampler proposed an architecture again (TPE does in categorical spaces). The

@@ -127,13 +127,13 @@ def test_workers_share_the_trial_budget(url):
 
 
 def test_a_running_twin_is_waited_for_not_trained_again(url):
-    """Three workers, a space of two architectures: every draw after the first two is a
-    twin, often of a trial still running; each architecture is trained once."""
-    procs = start_workers(url, "twins", 3, n_trials=2, seconds=1.0, space="2")
+    """Eight workers, a space of four architectures: most draws are twins, many of a trial
+    still running or finishing at that moment; each architecture is trained once."""
+    procs = start_workers(url, "twins", 8, n_trials=4, seconds=0.5, space="4")
     wait(procs)
     trials = load(url, "twins").trials
-    assert [p.exitcode for p in procs] == [0, 0, 0]
-    assert sum(evaluated(t) for t in trials) == 2 and not trained_twice(trials)
+    assert [p.exitcode for p in procs] == [0] * 8
+    assert sum(evaluated(t) for t in trials) == 4 and not trained_twice(trials)
     repeats = [t for t in trials if DUPLICATE in t.user_attrs]
     assert repeats and all(t.state == TrialState.COMPLETE for t in repeats)
     # a repeat that waited for its twin says so, and took the twin's values
@@ -291,7 +291,9 @@ def test_two_search_workers_share_one_study(two_workers, postgres):
     counted = [t for t in study.trials if evaluated(t)]
     assert 4 <= len(counted) <= 5 and not trained_twice(study.trials)
     assert set(study.user_attrs["presets"]) == {"fasternet_t0", "fasternet_t1", "fasternet_t2"}
-    assert scale_out.PG_PASSWORD not in json.dumps(study.user_attrs["run"])
+    run = study.user_attrs["run"]
+    assert scale_out.PG_PASSWORD not in json.dumps(run)
+    assert run["study_name"] == "e2e" and "nas:***@127.0.0.1" in run["storage"]
 
 
 @pytest.mark.slow
