@@ -479,7 +479,8 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
                parallel=parallel if args.backend == "optuna" else None,
                gpus_per_trial=args.gpus_per_trial, proxy_device=trains,
                early_stopping=not args.no_early_stopping, versions=_versions(),
-               machine=f"{platform.machine()}, {os.cpu_count()} cores")
+               machine=f"{platform.machine()}, {os.cpu_count()} cores",
+               storage=redact(storage), study_name=args.study_name)
     run["runs"] = [*run.get("runs", []), dt.datetime.now().isoformat(timespec="seconds")]
     run = json.loads(json.dumps(run, default=str))
     if not owner and "devices" in stored:  # joining: the study's settings, not this command's
