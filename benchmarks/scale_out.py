@@ -139,7 +139,7 @@ def _count(study: object) -> dict:
 
     trials = study.get_trials(deepcopy=False)
     counted = [t for t in trials if evaluated(t)]
-    trained = Counter(t.user_attrs.get("arch_id") for t in counted)
+    by_arch = Counter(t.user_attrs.get("arch_id") for t in counted)
     lost_trials = [t for t in trials if LOST in t.user_attrs and t.state == TrialState.FAIL]
     retries = {t.system_attrs.get("failed_trial"): t for t in trials if "failed_trial" in t.system_attrs}
     unrecovered = [t.number for t in lost_trials
@@ -147,9 +147,13 @@ def _count(study: object) -> dict:
     starts = [t.datetime_start for t in counted if t.datetime_start]
     ends = [t.datetime_complete for t in counted if t.datetime_complete]
     minutes = (max(ends) - min(starts)).total_seconds() / 60 if starts and ends else float("nan")
+    trained = sorted(float(t.user_attrs["proxy_seconds"]) for t in counted
+                     if DUPLICATE not in t.user_attrs and "proxy_seconds" in t.user_attrs)
     return {"trials": len(trials), "evaluated": len(counted),
             "repeats": sum(DUPLICATE in t.user_attrs for t in trials),
-            "evaluated_twice": sum(n - 1 for n in trained.values() if n > 1),
+            "evaluated_twice": sum(n - 1 for n in by_arch.values() if n > 1),
+            # seconds one training took: grows with W once the workers share cores
+            "proxy_s_median": trained[len(trained) // 2] if trained else float("nan"),
             "lost_trials": [t.number for t in lost_trials], "unrecovered": unrecovered,
             "running_left": sum(t.state == TrialState.RUNNING for t in trials),
             "minutes": minutes, "per_minute": len(counted) / minutes if minutes else float("nan"),
@@ -163,13 +167,14 @@ def run_one(url: str, study_name: str, workers: int, args: argparse.Namespace, r
     (W >= 2: someone must survive to recover)."""
     import optuna
 
-    from optimize.objective import WORKER
+    from optimize.objective import LOST, WORKER
     from optimize.storage import StorageSpec
 
     argv = ["--device", args.device, "--budget", args.budget, "--trials", str(args.trials),
             "--storage", url, "--study-name", study_name, "--heartbeat", str(args.heartbeat),
             "--seed", str(args.seed), "--timeout", "3600", "--sampler", args.sampler]
     procs = []
+    load_before = os.getloadavg()[0]
     t0 = time.monotonic()
     for k in range(workers):
         log = open(tmp / f"{study_name}-{k}.log", "w")  # noqa: SIM115 (closed below)
@@ -217,11 +222,17 @@ def run_one(url: str, study_name: str, workers: int, args: argparse.Namespace, r
     study = optuna.load_study(study_name=study_name, storage=StorageSpec(url).open())
     out = _count(study)
     for kill in kills:  # recovery: the kill to the start of the retry of the trial it cut
+        # The victim was picked while its trial ran; it may have finished it just before the
+        # kill landed (the kill then cut nothing, between two trials).
+        kill["cut"] = LOST in study.trials[kill["trial"]].user_attrs
         start = out["retries"].get(kill["trial"])
         kill["recovered_s"] = (None if start is None else
                                (dt.datetime.fromisoformat(start)
                                 - dt.datetime.fromisoformat(kill["at"])).total_seconds())
-    out.update(workers=workers, wall_s=wall, exit_codes=codes, kills=kills)
+    # The machine's 1-minute load average before the workers started and when they ended:
+    # other jobs on a shared machine take cores from the workers.
+    out.update(workers=workers, wall_s=wall, exit_codes=codes, kills=kills,
+               load=(load_before, os.getloadavg()[0]))
     return out
 
 
@@ -241,21 +252,27 @@ def render(result: dict) -> str:
         f"after {4 * a['heartbeat']} s without heartbeat); {a['kills']} worker(s) per run killed "
         "with kill -9 while training (W >= 2).",
         "",
-        "| W | evaluated | trials/min | speed-up | repeats | killed | lost | evaluated twice "
-        "| recovery s | wall s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| W | evaluated | trials/min | speed-up | s per training (median) | repeats | killed "
+        "| lost | evaluated twice | recovery s | wall s | load before / after |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     base = next((r["per_minute"] for r in result["runs"] if r["workers"] == 1), None)
     for r in result["runs"]:
-        rec = [k["recovered_s"] for k in r["kills"]]
-        rec_s = ", ".join("not recovered" if s is None else f"{s:.1f}" for s in rec) or "-"
+        rec_s = ", ".join("between trials" if not k.get("cut", True) else "not recovered"
+                          if k["recovered_s"] is None else f"{k['recovered_s']:.1f}"
+                          for k in r["kills"]) or "-"
         speed = f"{r['per_minute'] / base:.2f}x" if base else "-"
         lines.append(f"| {r['workers']} | {r['evaluated']} | {r['per_minute']:.1f} | {speed} | "
+                     f"{r.get('proxy_s_median', float('nan')):.2f} | "
                      f"{r['repeats']} | {len(r['kills'])} | {len(r['unrecovered'])} | "
-                     f"{r['evaluated_twice']} | {rec_s} | {r['wall_s']:.0f} |")
+                     f"{r['evaluated_twice']} | {rec_s} | {r['wall_s']:.0f} | "
+                     + ("-" if "load" not in r else f"{r['load'][0]:.1f} / {r['load'][1]:.1f}")
+                     + " |")
     lines += ["", "Lost and evaluated-twice counts come from the storage after the run (see the "
               "module docstring of `benchmarks/scale_out.py`); the JSON beside this file holds "
-              "every run's figures, kills and exit codes (a killed worker exits -9)."]
+              "every run's figures, kills and exit codes (a killed worker exits -9). The load "
+              "column is the machine's 1-minute load average: above the core count, other jobs "
+              "were taking cores from the workers, and trials per minute say less about scaling."]
     return "\n".join(lines) + "\n"
 
 
