@@ -10,12 +10,20 @@ the plot), and `rung_costs` gives the seconds spent per rung. `write_outputs` re
 `pareto.csv`, `pareto.png`, `report.md`, `archs/<arch_id>.yaml` and `run.json` from the
 study alone (its user attributes hold the run description and the scored presets), so
 `python search.py show RUN` regenerates everything but `study.db`.
+
+Uncertainty: a proxy accuracy is measured on a sample of validation images, so it carries a
+sampling error (`accuracy_error`: the binomial standard error for the budget's `val_size`; a
+lower bound, since seed-to-seed training noise adds to it). Front members whose accuracy is
+within 1.96 standard errors of the difference from the front's most accurate member are
+marked `tie` in `pareto.csv` and `report.md` (`ties_with_best`): the data cannot tell them
+apart, and the fastest of them is as accurate as the estimate can say.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import textwrap
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -32,7 +40,11 @@ from search_space import ArchConfig
 from .objective import DUPLICATE, FIDELITY, INFEASIBLE, INTERRUPTED, PROMOTED_FROM, RUNG, STOPPED
 
 __all__ = ["Candidate", "Front", "RungCost", "collect", "presets_of", "fronts", "rung_costs",
-           "pareto_mask", "dominates", "hypervolume", "write_outputs"]
+           "pareto_mask", "dominates", "hypervolume", "write_outputs", "accuracy_error",
+           "ties_with_best", "tie_note"]
+
+#: Two accuracies whose difference is within this many standard errors are a tie (95 %).
+TIE_Z = 1.96
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +191,57 @@ def fronts(candidates: Sequence[Candidate], presets: Sequence[Candidate],
     return out
 
 
+def _val_size(c: Candidate) -> int | None:
+    """Validation images behind `c.accuracy`: its fidelity's budget (None if it names none)."""
+    from proxies import Budget
+
+    if not c.fidelity:
+        return None
+    try:
+        return Budget.parse(c.fidelity).val_size
+    except (ValueError, TypeError):
+        return None
+
+
+def accuracy_error(c: Candidate) -> float | None:
+    """Binomial standard error of `c.accuracy` on the validation images of its fidelity's
+    budget (None where there is no accuracy or the fidelity names no budget)."""
+    n = _val_size(c)
+    if c.accuracy is None or not n:
+        return None
+    p = min(max(c.accuracy, 0.0), 1.0)
+    return math.sqrt(p * (1.0 - p) / n)
+
+
+def tie_note(front: Front) -> str:
+    """One paragraph: how many front members tie with the most accurate, and the fastest."""
+    ties = ties_with_best(front)
+    tied = [c for c in front.members if ties.get(c.arch_id)]
+    if not tied:
+        return ""
+    fastest = min(tied, key=lambda c: c.latency_ms[front.device])
+    n_val = sorted({_val_size(c) for c in tied})
+    return (f"Uncertainty: each accuracy is measured on {', '.join(map(str, n_val))} validation "
+            f"images (± is 1.96 binomial standard errors; seed-to-seed training noise comes on "
+            f"top). {len(tied)} of the {len(front.members)} front members are within the "
+            f"uncertainty of the most accurate (`tie`); the fastest of them, {fastest.name} "
+            f"({fastest.arch_id}, {fastest.latency_ms[front.device]:.2f} ms), is as accurate as "
+            "this estimate can tell.\n")
+
+
+def ties_with_best(front: Front) -> dict[str, bool]:
+    """arch_id -> whether the member's accuracy is within `TIE_Z` standard errors of the
+    difference from the front's most accurate member (the best ties with itself). Empty
+    where the accuracies carry no sampling error (a zero-cost score, say)."""
+    scored = [c for c in front.members if accuracy_error(c) is not None]
+    if not scored:
+        return {}
+    best = max(scored, key=lambda c: c.accuracy)
+    se_best = accuracy_error(best)
+    return {c.arch_id: (best.accuracy - c.accuracy)
+            <= TIE_Z * math.hypot(se_best, accuracy_error(c)) for c in scored}
+
+
 class RungCost(NamedTuple):
     """What one rung cost: architectures trained at its budget and their proxy seconds."""
 
@@ -296,6 +359,12 @@ def write_outputs(run_dir: Path, study: optuna.Study) -> list[Front]:
     for f in fr:
         df = _rows(f.members, [f.device]).drop(columns="duplicate_of")
         df.insert(0, "device", f.device)
+        ties = ties_with_best(f)
+        df.insert(df.columns.get_loc("accuracy") + 1, "accuracy_se",
+                  [accuracy_error(c) for c in f.members])
+        df.insert(df.columns.get_loc("accuracy_se") + 1, "vs_best",
+                  [("tie" if ties[c.arch_id] else "below") if c.arch_id in ties else ""
+                   for c in f.members])
         front_rows.append(df)
     pareto = pd.concat(front_rows, ignore_index=True) if front_rows else pd.DataFrame()
     pareto.to_csv(run_dir / "pareto.csv", index=False)
@@ -335,7 +404,16 @@ def _report(run: Mapping[str, Any], cands: Sequence[Candidate], fr: Sequence[Fro
         out += [f"## Pareto front on {f.device}", "", f"Latency source: {f.source}", ""]
         df = _rows(f.members, [f.device])[["name", "arch_id", "proposed", "fidelity", "accuracy",
                                            f"latency_ms_{f.device}", "params_m", "arch"]]
+        ties = ties_with_best(f)
+        if ties:
+            df.insert(df.columns.get_loc("accuracy") + 1, "± (95 %)",
+                      [f"{TIE_Z * e:.4f}" if (e := accuracy_error(c)) is not None else ""
+                       for c in f.members])
+            df.insert(df.columns.get_loc("± (95 %)") + 1, "vs best",
+                      [("tie" if ties[c.arch_id] else "below") if c.arch_id in ties else ""
+                       for c in f.members])
         out += [markdown_table(df) if len(df) else "(no completed trial yet)", ""]
+        out += [tie_note(f)] if ties else []
         if f.presets:
             pdf = _rows(f.presets, [f.device])[["name", "fidelity", "accuracy",
                                                 f"latency_ms_{f.device}", "params_m"]]

@@ -59,7 +59,7 @@ from optimize.promote import (
     promote,
     promotion_order,
 )
-from optimize.report import RungCost, rung_costs
+from optimize.report import RungCost, accuracy_error, rung_costs, tie_note, ties_with_best
 from optimize.runner import SearchExhausted, Tally, describe_trial, tally
 from proxies import BUDGETS, ProxyResult
 from search_space import PRESETS, ArchConfig, SearchSpace
@@ -1136,3 +1136,27 @@ def test_worker_processes_evaluate_distinct_architectures_on_one_storage(tmp_pat
                   make_sampler=functools.partial(make_sampler, "random", n_trials=5), seed=0,
                   n_trials=5, workers=2)
     assert len(s.get_trials()) == len(trials)
+
+
+def _member(name: str, arch: ArchConfig, acc: float | None, ms: float, fidelity: str) -> Candidate:
+    return Candidate(name=name, number=None, state="complete", arch=arch, accuracy=acc,
+                     latency_ms={"d": ms}, params_m=None, fidelity=fidelity)
+
+
+def test_front_ties_follow_the_sampling_error_of_the_validation_images():
+    a, b, c = (PRESETS["fasternet_t0"], PRESETS["fasternet_t1"], PRESETS["fasternet_t2"])
+    # quick: 2000 validation images -> SE about 0.0086 at 0.82; a 0.01 gap is a tie, 0.08 is not.
+    members = [_member("fast", a, 0.74, 1.0, "quick"), _member("mid", b, 0.82, 2.0, "quick"),
+               _member("slow", c, 0.83, 3.0, "quick")]
+    front = Front(device="d", source="s", members=members, others=[], presets=[])
+    assert accuracy_error(members[1]) == pytest.approx(math.sqrt(0.82 * 0.18 / 2000))
+    assert ties_with_best(front) == {a.arch_id: False, b.arch_id: True, c.arch_id: True}
+    assert "2 of the 3 front members" in tie_note(front) and "mid" in tie_note(front)
+    # A larger validation sample shrinks the band: at 50,000 images 0.01 is no longer a tie.
+    wide = [dataclasses.replace(m, fidelity="quick,val_size=50000") for m in members]
+    front = Front(device="d", source="s", members=wide, others=[], presets=[])
+    assert ties_with_best(front)[b.arch_id] is False
+    # Scores without a sampling error (no budget named) mark nothing.
+    bare = [dataclasses.replace(m, fidelity="") for m in members]
+    assert ties_with_best(Front(device="d", source="s", members=bare, others=[],
+                                presets=[])) == {}
