@@ -8,17 +8,25 @@ build|calibrate|validate|operators`; see README.md in this folder.
 from .build import TABLE_COLUMNS, build_table
 from .cost_model import DeviceProfile, OpTrace, predict_ms, trace
 from .derive import calibrate_published, derive_table, load_profile
-from .devices import DERIVED_DEVICES, provenance_note, resolve_alias
+from .devices import (
+    DERIVED_DEVICES,
+    DEVICES,
+    DeviceSpec,
+    device_spec,
+    provenance_note,
+    register_device,
+    resolve_alias,
+)
 from .layers import KINDS, LayerSig, arch_layers, make_layer, space_layers
 from .measure import Protocol, Timing, time_layer, time_network
 from .operators import compare_operators, time_operators
 from .table import SHIPPED_DIR, LatencyTable, MissingLayerError, TableNotFoundError, available, user_dir
 from .validate import Accuracy, Validation, accuracy, calibrate, fit_correction, validate
 
-__all__ = ["Accuracy", "DERIVED_DEVICES", "DeviceProfile", "KINDS", "LatencyTable", "LayerSig",
-           "MissingLayerError", "OpTrace", "Protocol", "SHIPPED_DIR", "TABLE_COLUMNS",
-           "TableNotFoundError", "Timing", "Validation", "accuracy", "arch_layers", "available",
-           "build_table", "calibrate", "calibrate_published", "compare_operators", "derive_table",
-           "fit_correction", "load_profile", "make_layer", "predict_ms", "provenance_note",
-           "resolve_alias", "space_layers", "time_layer", "time_network", "time_operators", "trace",
-           "user_dir", "validate"]
+__all__ = ["Accuracy", "DERIVED_DEVICES", "DEVICES", "DeviceProfile", "DeviceSpec", "KINDS",
+           "LatencyTable", "LayerSig", "MissingLayerError", "OpTrace", "Protocol", "SHIPPED_DIR",
+           "TABLE_COLUMNS", "TableNotFoundError", "Timing", "Validation", "accuracy", "arch_layers",
+           "available", "build_table", "calibrate", "calibrate_published", "compare_operators",
+           "derive_table", "device_spec", "fit_correction", "load_profile", "make_layer",
+           "predict_ms", "provenance_note", "register_device", "resolve_alias", "space_layers",
+           "time_layer", "time_network", "time_operators", "trace", "user_dir", "validate"]

@@ -18,6 +18,7 @@ from search_space import ArchError, SearchSpace
 from ._derive_cli import cmd_calibrate_derived, is_derived_device
 from ._device import default_device_name, last_level_cache_bytes
 from .build import build_table
+from .devices import DEVICES, derivable_devices
 from .measure import Protocol
 from .operators import compare_operators, time_operators
 from .table import SHIPPED_DIR, LatencyTable, TableNotFoundError
@@ -78,7 +79,7 @@ def _calibrate(table: LatencyTable, n: int, seed: int, space: SearchSpace | None
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    if is_derived_device(args.device):  # arm / cpu / gpu: fit on the published figures
+    if is_derived_device(args.device):  # a device with published figures: fit on them
         return cmd_calibrate_derived(args)
     if args.resolution is not None:
         raise ValueError(f"--resolution: {args.device!r} is a measured table; it keeps the resolution "
@@ -142,17 +143,19 @@ def main(argv: list[str] | None = None) -> int:
     proto_args(b)
     b.set_defaults(func=cmd_build)
 
+    derivable = "|".join(derivable_devices())  # arm|cpu|gpu
+    aliases = ", ".join(DEVICES[n].aliases[0] for n in derivable_devices() if DEVICES[n].aliases)
     c = sub.add_parser("calibrate", help="fit a table's correction on calibration networks")
     c.add_argument("--device", required=True,
-                   help="a measured table, or arm|cpu|gpu (aliases cortex-a72, i9-9900x, rtx2080ti): "
+                   help=f"a measured table, or {derivable} (aliases {aliases}): "
                         "fit the cost model on the paper's published figures and derive the table")
     c.add_argument("--n", type=int, default=10)
     c.add_argument("--seed", type=int, default=1000)
-    c.add_argument("--space", help="arm|cpu|gpu: derive the table for every layer of this search "
+    c.add_argument("--space", help=f"{derivable}: derive the table for every layer of this search "
                                    "space YAML (default: search_space/default.yaml); a measured "
                                    "table: draw its calibration networks from it")
     c.add_argument("--resolution", type=int,
-                   help="arm|cpu|gpu: derive the table at this image size (default 224)")
+                   help=f"{derivable}: derive the table at this image size (default 224)")
     c.set_defaults(func=cmd_calibrate)
 
     v = sub.add_parser("validate", help="compare predictions with whole-network measurements")

@@ -1,10 +1,13 @@
 """Derived latency tables: calibrate the cost model on published figures, then tabulate.
 
-`calibrate_published(device)` (what `python -m latency_tables calibrate --device arm|cpu|gpu`
-runs) traces the paper's networks and operators (`published`), fits the device profile
+`calibrate_published(device)` (what `python -m latency_tables calibrate --device NAME` runs
+for a device with published figures, `devices.derivable_devices()`: the paper's arm, cpu and
+gpu) traces the paper's networks and operators (`published`), fits the device profile
 (`profile_fit`), measures the fit's leave-one-out error over networks, writes the profile
 to `profiles/<device>.json` and the error report to `reports/derived_<device>.{md,csv}`,
-and then `derive_table` writes `tables/<device>.csv` + `.json`.
+and then `derive_table` writes `tables/<device>.csv` + `.json`. Everything device-specific
+(published column, protocol batch, latency or throughput, sidecar facts) comes from the
+device's `DeviceSpec` (`devices.py`).
 
 A derived table has the columns and sidecar of a measured one (`build.TABLE_COLUMNS`), with
 `"source": "derived"`; each row is the cost-model time (ms per batch of the protocol) of the
@@ -27,11 +30,11 @@ from search_space import SearchSpace
 
 from .build import TABLE_COLUMNS
 from .cost_model import DeviceProfile, predict_ms, trace
-from .devices import DERIVED_DEVICES, resolve_alias
+from .devices import DEVICES, derivable_devices, derivable_spec, resolve_alias
 from .identifiability import Identifiability, identifiability, render_markdown
 from .layers import LayerSig, make_layer, space_layers
-from .profile_fit import PROTOCOL_BATCH, fit_data, fit_profile, leave_one_out, not_built
-from .published import DEVICE_COLUMNS, NETWORKS, published_traces
+from .profile_fit import fit_data, fit_profile, leave_one_out, not_built
+from .published import NETWORKS, published_traces
 from .validate import Accuracy
 
 __all__ = ["PROFILES_DIR", "REPORTS_DIR", "Calibration", "calibrate_published", "derive_table",
@@ -43,7 +46,7 @@ _SHIPPED = Path(__file__).with_name("tables")
 
 
 def load_profile(device: str) -> DeviceProfile:
-    """The committed profile of `arm`, `cpu` or `gpu` (or an alias)."""
+    """The committed profile of a derivable device (`arm`, `cpu`, `gpu`, or an alias)."""
     return DeviceProfile.load(PROFILES_DIR / f"{resolve_alias(device)}.json")
 
 
@@ -89,34 +92,33 @@ def derive_table(device: str, profile: DeviceProfile, *, space: SearchSpace | No
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / f"{device}.csv"
     pd.DataFrame(rows, columns=TABLE_COLUMNS).to_csv(csv_path, index=False, float_format="%.5g")
-    info = DERIVED_DEVICES.get(device, {})
+    spec = DEVICES.get(device)  # None: an undeclared device (its sidecar says less)
     sidecar = {
         "name": device, "source": "derived",
-        "device": {**info.get("hardware", {}), "torch": torch.__version__,
-                   "description": info.get("description", device)},
-        "target": info.get("target", "cpu"), "batch": profile.batch,
-        "threads": info.get("threads", 1), "resolution": resolution, "in_chans": in_chans,
+        "device": {**(spec.hardware if spec else {}), "torch": torch.__version__,
+                   "description": spec.description if spec else device},
+        "target": spec.target if spec else "cpu", "batch": profile.batch,
+        "threads": spec.threads if spec else 1, "resolution": resolution, "in_chans": in_chans,
         "num_classes": num_classes,
         "protocol": {"statistic": "cost-model estimate (ms per batch); no timing",
-                     "published_protocol": _protocol_text(device)},
+                     "published_protocol": spec.published_protocol if spec else None},
         "space": space.source, "layers": len(rows),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "correction": None,
         "derived": {"cost_model": "latency_tables.cost_model (per-operator roofline + overheads)",
                     "profile": _relpath(PROFILES_DIR / f"{device}.json"),
                     "profile_constants": {k: v for k, v in profile.to_dict().items() if k != "fit"},
-                    "measure_command": info.get("measure_command"),
-                    "measure_on": info.get("measure_on"),
-                    "description": info.get("description"), **(provenance or {})},
+                    "measure_command": spec.measure_command if spec else None,
+                    "measure_on": spec.measure_on if spec else None,
+                    "description": spec.description if spec else None, **(provenance or {})},
     }
     (out_dir / f"{device}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
     return csv_path
 
 
-def _protocol_text(device: str) -> str:
-    if device == "gpu":
-        return "throughput at batch 32, fp32, PyTorch eager, BN folded (FasterNet paper, Sec. 4)"
-    return "batch 1, one thread, fp32, PyTorch eager, BN folded (FasterNet paper, Sec. 4)"
+def _one_of(names: list[str]) -> str:
+    """`a, b or c`."""
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def _acc_dict(a: Accuracy) -> dict[str, float]:
@@ -130,12 +132,13 @@ def calibrate_published(device: str, *, space: SearchSpace | None = None, resolu
     """Fit `device`'s profile on the published rows, report LOO error, derive its table (every
     layer of `space`, default the default space, at `resolution` pixels)."""
     device = resolve_alias(device)
-    if device not in DEVICE_COLUMNS:
-        raise ValueError(f"--device: {device!r} has no published figures; choose arm, cpu or gpu")
+    if device not in derivable_devices():
+        raise ValueError(f"--device: {device!r} has no published figures; choose "
+                         f"{_one_of(derivable_devices())}")
     nets, ops = published_traces()
     loo, acc = leave_one_out(device, nets, ops)
     data = fit_data(device, nets, ops)
-    col, _ = DEVICE_COLUMNS[device]
+    col = derivable_spec(device).published_column
     loo_info = {k: _acc_dict(v) for k, v in acc.items()}
     worst = loo.loc[loo["error_pct"].abs().idxmax()]
     loo_info["worst"] = {"network": str(worst["network"]),
@@ -166,9 +169,9 @@ def write_report(device: str, profile: DeviceProfile, loo: pd.DataFrame,
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / f"derived_{device}.csv", out / f"derived_{device}.md"
     loo.to_csv(csv_path, index=False, float_format="%.4f")
-    info = DERIVED_DEVICES[device]
-    unit = "images/s" if device == "gpu" else "ms"
-    lines = [f"# Derived latency model: `{device}` — {info['description']}", "",
+    spec = derivable_spec(device)
+    unit = "images/s" if spec.throughput else "ms"
+    lines = [f"# Derived latency model: `{device}` — {spec.description}", "",
              "Per-operator roofline cost model (`latency_tables/cost_model.py`) fitted to the "
              "FasterNet paper's published figures (`latency_tables/profiles/published_*.csv`). "
              "Errors below are **leave-one-out over networks**: each network is predicted by a "
@@ -181,7 +184,7 @@ def write_report(device: str, profile: DeviceProfile, loo: pd.DataFrame,
     lines += ["", f"| network | published ({unit}) | leave-one-out ({unit}) | error (time) |",
               "| --- | --- | --- | --- |"]
     for _, r in loo.iterrows():
-        if device == "gpu":
+        if spec.throughput:
             m, p = r["measured_fps"], r["loo_fps"]
         else:
             m, p = r["measured_ms_per_batch"], r["loo_ms_per_batch"]
@@ -198,4 +201,5 @@ def write_report(device: str, profile: DeviceProfile, loo: pd.DataFrame,
 
 
 def protocol_batch(device: str) -> int:
-    return PROTOCOL_BATCH[resolve_alias(device)]
+    """Images per pass in a derivable device's protocol (`DeviceSpec.batch`)."""
+    return derivable_spec(resolve_alias(device)).batch

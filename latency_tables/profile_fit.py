@@ -17,69 +17,31 @@ et al., MobiSys 2021) on held-out models.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from .cost_model import COMPUTE_KINDS, DeviceProfile, OpArrays, OpTrace
-from .published import DEVICE_COLUMNS, NOT_BUILT, is_fasternet, load_networks, load_operators, operator_name
+from .cost_model import DeviceProfile, OpArrays, OpTrace
+from .devices import DeviceSpec, SpecView, derivable_spec
+from .published import NOT_BUILT, is_fasternet, load_networks, load_operators, operator_name
 from .validate import Accuracy, accuracy
 
 __all__ = ["ACTIVATION_COSTS", "INITIAL", "OPERATOR_WEIGHT", "PRIOR_WEIGHT", "FitData", "fit_data",
-           "fit_profile", "leave_one_out", "PROTOCOL_BATCH"]
+           "fit_profile", "leave_one_out"]
 
 #: Weight of one operator-table row relative to one network in the fit.
 OPERATOR_WEIGHT = 0.5
 #: Weight of the prior on each log-parameter (a factor e away costs like a 5 % miss x 2).
 PRIOR_WEIGHT = 0.1
-#: Batch of each device's protocol (the paper: batch 1 on CPU/ARM, 32 for GPU throughput).
-PROTOCOL_BATCH = {"arm": 1, "cpu": 1, "gpu": 32}
 
-
-def _initial(device: str, rates: tuple[float, ...], bw: float, elt: float, o: float,
-             og: float, overlap: bool, act: tuple[float, str], ko: float = 0.0,
-             ksat: float = 1.0) -> DeviceProfile:
-    return DeviceProfile(device=device, batch=PROTOCOL_BATCH.get(device, 1),
-                         rates_gmacs=dict(zip(COMPUTE_KINDS, rates)),
-                         bandwidth_gbs=bw, eltwise_efficiency=elt, overhead_us=o,
-                         group_overhead_us=og, launches_overlap=overlap,
-                         act_cost_ratio=act[0], act_cost_source=act[1],
-                         kernel_overhead_us=ko, saturation_depth=ksat)
-
-
-_ACT_REPORT = "benchmarks/reports/activation_cost.{md,json}"
-#: Transcendental-activation cost / ReLU's, per device: measured, never fitted (no published
-#: row separates GELU from ReLU at equal architecture). Each value is the median over the
-#: FasterNet-T0/T2 hidden tensors of one kernel set in `_ACT_REPORT`; a test keeps them equal.
-ACTIVATION_COSTS: dict[str, tuple[float, str]] = {
-    "arm": (8.38, f"{_ACT_REPORT}, kernel set 'default' (ATen portable kernel, oneDNN off: "
-                  "scalar std::erf) on an Intel Xeon (family 6, model 207): the case of a CPU "
-                  "whose PyTorch build has no vectorized erf; a stand-in, not measured on the "
-                  "Cortex-A72 (no published figure found)"),
-    "cpu": (2.52, f"{_ACT_REPORT}, kernel set 'avx512+onednn' (PyTorch as shipped, GELU via "
-                  "oneDNN) on an Intel Xeon (family 6, model 207), the i9-9900X's AVX-512 ISA; "
-                  "not measured on the i9-9900X (no published figure found)"),
-    "gpu": (1.0, "none measured (no GPU in this session): GELU taken at ReLU's cost, both "
-                 "bandwidth-bound elementwise kernels on a GPU"),
-}
-
-#: Starting points (and prior centres): datasheet-level guesses, G MACs/s (pool: G element
-#: operations/s), GB/s, us, MACs per output element.
-INITIAL: dict[str, DeviceProfile] = {
-    # Cortex-A72 @1.5 GHz, 1 thread: 4 fp32 FMA/cycle peak = 6 GMACs/s; LPDDR4 ~4 GB/s.
-    "arm": _initial("arm", (4.0, 4.0, 2.0, 0.3, 1.5, 0.5), 3.0, 0.5, 20.0, 10.0, False,
-                    ACTIVATION_COSTS["arm"]),
-    # i9-9900X, 1 thread, AVX-512: ~100 GMACs/s peak; ~15 GB/s single-core bandwidth.
-    "cpu": _initial("cpu", (80.0, 80.0, 30.0, 7.0, 30.0, 5.0), 15.0, 0.5, 5.0, 0.5, False,
-                    ACTIVATION_COSTS["cpu"]),
-    # RTX 2080Ti fp32: 6.7 TMACs/s peak (Winograd can beat it), 616 GB/s, ~10 us launches;
-    # a ~3 us gap between dependent kernels in eager PyTorch; implicit-GEMM tiles reduce
-    # over 32..64 elements, so depth 64 fills them.
-    "gpu": _initial("gpu", (8000.0, 6000.0, 3000.0, 300.0, 2000.0, 500.0), 450.0, 0.7,
-                    8.0, 0.01, True, ACTIVATION_COSTS["gpu"], ko=3.0, ksat=64.0),
-}
+#: Starting point and prior centre of each derivable device's fit: `DeviceSpec.prior_profile()`
+#: (datasheet-level guesses, declared with the device in `devices.py`).
+INITIAL: Mapping[str, DeviceProfile] = SpecView(DeviceSpec.prior_profile)
+#: Transcendental-activation cost / ReLU's, per device: measured, never fitted
+#: (`DeviceSpec.activation_cost`, declared with the device in `devices.py`).
+ACTIVATION_COSTS: Mapping[str, tuple[float, str]] = SpecView(lambda spec: spec.activation_cost)
 
 
 @dataclasses.dataclass
@@ -101,8 +63,8 @@ def _to_ms(value: float, throughput: bool, batch: int) -> float:
 def fit_data(device: str, nets: dict[str, OpTrace], ops: dict[str, OpTrace],
              exclude: Sequence[str] = ()) -> FitData:
     """Published rows of `device` that have a trace (minus `exclude`)."""
-    col, thr = DEVICE_COLUMNS[device]
-    batch = PROTOCOL_BATCH[device]
+    spec = derivable_spec(device)
+    col, thr, batch = spec.published_column, spec.throughput, spec.batch
     names, is_net, meas, w, traces = [], [], [], [], []
     for _, row in load_networks().iterrows():
         if row.network in nets and row.network not in exclude and pd.notna(row[col]):
@@ -126,7 +88,7 @@ def fit_data(device: str, nets: dict[str, OpTrace], ops: dict[str, OpTrace],
 def fit_profile(device: str, data: FitData, start: DeviceProfile | None = None,
                 **fit_info: object) -> DeviceProfile:
     """Least-squares fit of the profile's constants to `data` (see the module docstring)."""
-    start = start or INITIAL[device]
+    start = start or derivable_spec(device).prior_profile()
     theta0 = start.to_vector()
     logm = np.log(data.measured_ms)
 
@@ -156,7 +118,6 @@ def leave_one_out(device: str, nets: dict[str, OpTrace],
     images/s on GPU), `error_pct` of the LOO prediction of time (ms per image).
     """
     full = fit_data(device, nets, ops)
-    col, thr = DEVICE_COLUMNS[device]
     rows = []
     for name in [n for n, is_net in zip(full.names, full.is_network) if is_net]:
         prof = fit_profile(device, fit_data(device, nets, ops, exclude=[name]))
@@ -167,8 +128,9 @@ def leave_one_out(device: str, nets: dict[str, OpTrace],
                      "measured_ms_per_batch": meas, "loo_ms_per_batch": ms,
                      "error_pct": (ms / meas - 1) * 100})
     df = pd.DataFrame(rows)
-    b = PROTOCOL_BATCH[device]
-    if thr:
+    spec = derivable_spec(device)
+    b = spec.batch
+    if spec.throughput:
         df["measured_fps"] = b * 1000 / df["measured_ms_per_batch"]
         df["loo_fps"] = b * 1000 / df["loo_ms_per_batch"]
     acc = {"all": accuracy(df["measured_ms_per_batch"], df["loo_ms_per_batch"])}
@@ -179,6 +141,6 @@ def leave_one_out(device: str, nets: dict[str, OpTrace],
 
 def not_built(device: str) -> dict[str, str]:
     """Published rows with a figure for `device` that no trace covers, with the reason."""
-    col, _ = DEVICE_COLUMNS[device]
+    col = derivable_spec(device).published_column
     df = load_networks()
     return {n: NOT_BUILT[n] for n in df[df[col].notna()]["network"] if n in NOT_BUILT}

@@ -31,12 +31,11 @@ import torch.nn as nn
 
 from .cost_model import OpTrace, trace
 
-__all__ = ["DATA_DIR", "DEVICE_COLUMNS", "NETWORKS", "NOT_BUILT", "PublishedNet", "build_network",
+__all__ = ["DATA_DIR", "NETWORKS", "NOT_BUILT", "PublishedNet", "build_network",
            "load_networks", "load_operators", "operator_module", "published_traces"]
 
+#: Each device's column in these files is its `DeviceSpec.published_column` (`devices.py`).
 DATA_DIR = Path(__file__).with_name("profiles")
-#: Published column of each device, and whether it is a throughput (images/s) at batch 32.
-DEVICE_COLUMNS = {"arm": ("arm_ms", False), "cpu": ("cpu_ms", False), "gpu": ("gpu_fps", True)}
 
 
 @dataclasses.dataclass(frozen=True)
