@@ -51,7 +51,7 @@ def test_paper_devices_are_declared():
                                 "gpu": (32, True, "gpu_fps")}
 
 
-@pytest.mark.parametrize("name", PAPER)
+@pytest.mark.parametrize("name", derivable_devices())
 def test_shipped_sidecar_is_the_spec(name):
     """The committed derived table says exactly what its spec declares."""
     spec, meta = DEVICES[name], LatencyTable.load(name).meta
@@ -188,7 +188,7 @@ def test_toy_derived_device_needs_only_its_spec(toy, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["calibrate", "--help"])
     assert f"|{toy.name}" in capsys.readouterr().out.replace("\n", "").replace(" ", "")
-    assert derivable_devices() == [*PAPER, toy.name] and device_spec("rtx2080ti") is DEVICES["gpu"]
+    assert derivable_devices()[-1] == toy.name and device_spec("rtx2080ti") is DEVICES["gpu"]
 
 
 def test_toy_measured_device_is_not_derived(tmp_path, monkeypatch, capsys):
