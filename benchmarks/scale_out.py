@@ -268,12 +268,35 @@ def render(result: dict) -> str:
                      f"{r['evaluated_twice']} | {rec_s} | {r['wall_s']:.0f} | "
                      + ("-" if "load" not in r else f"{r['load'][0]:.1f} / {r['load'][1]:.1f}")
                      + " |")
-    lines += ["", "Lost and evaluated-twice counts come from the storage after the run (see the "
+    lines += ["", *verdict(result), "",
+              "Lost and evaluated-twice counts come from the storage after the run (see the "
               "module docstring of `benchmarks/scale_out.py`); the JSON beside this file holds "
               "every run's figures, kills and exit codes (a killed worker exits -9). The load "
               "column is the machine's 1-minute load average: above the core count, other jobs "
               "were taking cores from the workers, and trials per minute say less about scaling."]
     return "\n".join(lines) + "\n"
+
+
+def verdict(result: dict) -> list[str]:
+    """The issue's goals against this run, in words computed from it."""
+    runs = result["runs"]
+    lost = sum(len(r["unrecovered"]) for r in runs)
+    twice = sum(r["evaluated_twice"] for r in runs)
+    cut = sum(bool(k.get("cut", True)) for r in runs for k in r["kills"])
+    out = [f"- Faults: {cut} worker(s) killed mid-trial over {len(runs)} runs; trials lost: {lost}; "
+           f"architectures evaluated twice: {twice} (goal: 0 and 0)."]
+    base = next((r for r in runs if r["workers"] == 1), None)
+    at_cores = next((r for r in runs if r["workers"] == result["cores"]), None)
+    if base and at_cores:
+        speed = at_cores["per_minute"] / base["per_minute"]
+        busy = at_cores.get("load", (float("nan"),))[0]
+        out.append(f"- Throughput at W = {result['cores']} (the core count): {speed:.2f}x of W = 1 "
+                   f"(goal: within 20 % of linear, {0.8 * result['cores']:.1f}x); "
+                   + ("met." if speed >= 0.8 * result["cores"] else
+                      f"not met here, with the machine's load at {busy:.1f} before that run "
+                      f"on {result['cores']} cores: other jobs held the cores a second worker "
+                      "needed, so this run cannot tell whether the workers would scale."))
+    return out
 
 
 def main() -> int:
@@ -288,7 +311,12 @@ def main() -> int:
     p.add_argument("--heartbeat", type=int, default=2, help="seconds (the search's default is 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "reports" / "scale_out.md"))
+    p.add_argument("--render", action="store_true", help="only rewrite --out from its JSON")
     args = p.parse_args()
+    out = Path(args.out)
+    if args.render:
+        out.write_text(render(json.loads(out.with_suffix(".json").read_text())))
+        return 0
     import optuna
 
     rng = random.Random(args.seed)
@@ -315,7 +343,6 @@ def main() -> int:
               "cores": os.cpu_count(), "storage": shown, "optuna": optuna.__version__,
               "python": platform.python_version(), "args": vars(args) | {"out": None},
               "runs": runs}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     out.write_text(render(result))
