@@ -630,18 +630,31 @@ def _print_costs(study: optuna.Study) -> None:
 
 
 def _print_fronts(fronts: list[Any]) -> None:
+    import textwrap
+
+    from .report import accuracy_error, tie_note, ties_with_best
+
     for f in fronts:
         print(f"\nPareto front on {f.device} ({f.source}):")
         rows = [(c, "") for c in f.members] + [(p, "preset") for p in f.presets]
         w = max([8, *(len(c.fidelity) for c, _ in rows)])  # fidelity names: quick, or key=value,...
-        print(f"  {'name':14s} {'proposed':>8s} {'fidelity':>{w}s} {'accuracy':>8s} {'ms/image':>9s} "
-              f"{'params M':>8s}  arch")
+        ties = ties_with_best(f)
+        print(f"  {'name':14s} {'proposed':>8s} {'fidelity':>{w}s} {'accuracy':>8s} "
+              + (f"{'±95%':>6s} {'vs best':>7s} " if ties else "")
+              + f"{'ms/image':>9s} {'params M':>8s}  arch")
         for c, tag in sorted(rows, key=lambda r: r[0].latency_ms.get(f.device, 0.0)):
             acc = "-" if c.accuracy is None else f"{c.accuracy:.4f}"
             proposed = "" if tag else f"x{c.proposed}"
-            print(f"  {c.name:14s} {proposed:>8s} {c.fidelity or '-':>{w}s} {acc:>8s} "
+            err = accuracy_error(c)
+            band = (f"{'-' if err is None else f'{1.96 * err:.3f}':>6s} "
+                    f"{'preset' if tag else 'tie' if ties.get(c.arch_id) else 'below':>7s} "
+                    if ties else "")
+            print(f"  {c.name:14s} {proposed:>8s} {c.fidelity or '-':>{w}s} {acc:>8s} {band}"
                   f"{c.latency_ms[f.device]:9.2f} {(c.params_m or 0):8.2f}  "
                   f"{c.arch_id if not tag else '(preset)'} {c.arch}")
+        if ties:
+            print("  " + textwrap.fill(tie_note(f).replace("`tie`", "tie"), width=96,
+                                       subsequent_indent="  "))
 
 
 # ---------------------------------------------------------------------------- others
