@@ -47,6 +47,20 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:N")
     v.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder ({DEFAULT_OUT})")
     _reference_parser(sub)
+    e = sub.add_parser("estimate", help="the learned accuracy estimate (proxies/estimate.py)")
+    esub = e.add_subparsers(dest="action", required=True)
+    f = esub.add_parser("fit", help="fit it on the tune half of a reference set")
+    f.add_argument("--dataset", default="fashion-mnist", help="the reference set's dataset")
+    f.add_argument("--protocol", default=None, help="the set's protocol id (default: its first)")
+    f.add_argument("--with", dest="with_sets", action="append", default=[], metavar="SET",
+                   help="another set whose runs of the protocol are design rows too (e.g. "
+                        "pilot); its architectures in the holdout half are left out")
+    f.add_argument("--budget", default="quick", help="the features' proxy budget")
+    f.add_argument("--seed", type=int, default=0, help="the features' seed")
+    f.add_argument("--min-seeds", type=int, default=1, metavar="K",
+                   help="design architectures need >= K reference seeds (default 1)")
+    f.add_argument("--workers", type=int, default=1, help="processes, one thread each")
+    f.add_argument("--device", default="cpu", help="where the features are computed")
     return parser
 
 
@@ -91,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         from .reference.cli import run
 
         return run(args)
+    if args.command == "estimate":
+        return _estimate(args)
     from .validate import markdown_table, validate, validate_against, write_report
 
     try:
@@ -125,6 +141,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reference repeatability: seed noise {rep['within_std']:.2f} points, spread "
               f"{rep['between_std']:.2f} points, noise ceiling tau {rep['split_half_tau']:.3f}, "
               f"reliability {rep['reliability']:.2f}")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from .estimate_fit import fit_estimate
+
+    try:
+        if args.workers < 1:
+            raise ValueError(f"--workers {args.workers}: must be >= 1")
+        model, paths = fit_estimate(dataset=args.dataset, protocol=args.protocol,
+                                    with_sets=args.with_sets, budget=args.budget,
+                                    seed=args.seed, min_seeds=args.min_seeds,
+                                    workers=args.workers, device=args.device,
+                                    log=lambda line: print(line, flush=True))
+    except (DatasetError, DeviceError, ArchError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(model.provenance)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -201,6 +201,9 @@ class ProxyResult:
     """exact (CPU), best-effort (CUDA) or off: see `proxies.device`."""
     precision: str = "fp32"
     """The arithmetic of the training run: fp32, bf16 or fp16 autocast."""
+    uncertainty: float | None = None
+    """Standard error of `score` where the proxy states one (`proxies.estimate`); None:
+    the caller judges it (e.g. binomial over the budget's validation images)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

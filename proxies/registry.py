@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable
 
 from .base import Proxy
+from .estimate import Estimate
 from .short_train import ShortTrain
 from .zero_cost import ZeroCost
 
@@ -18,6 +19,7 @@ PROXIES: dict[str, Callable[..., Proxy]] = {
     "tse": functools.partial(ShortTrain, score="tse"),
     **{name: functools.partial(ZeroCost, name)
        for name in ("synflow", "naswot", "grad_norm", "snip", "params", "flops")},
+    "estimate": Estimate,
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -116,3 +117,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def toy_estimate():
+    """``toy_estimate(budget)``: an estimate model fitted on synthetic rows for
+    fashion-mnist at `budget` (what the registry-driven proxy tests need; the real one is
+    fitted on a reference set)."""
+    from proxies import Budget
+    from proxies.estimate import FEATURES, fit
+
+    def make(budget: str = "smoke"):
+        rng = np.random.default_rng(0)
+        rows = []
+        for i in range(12):
+            row = {f: float(rng.normal()) for f in FEATURES}
+            row.update(arch_id=f"toy{i}", reference=88 + row["log_params"] + 0.1 * rng.normal())
+            rows.append(row)
+        return fit(rows, dataset="fashion-mnist", budget=Budget.parse(budget), seed=0,
+                   protocol="toy", source="synthetic rows")
+
+    return make

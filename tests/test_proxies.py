@@ -85,8 +85,9 @@ def test_unrunnable_network_returns_failed_result(data):
 
 
 @pytest.mark.parametrize("name", list(PROXIES))
-def test_every_proxy_gives_a_finite_score(data, name):
-    r = PROXIES[name](dataset=data, budget="smoke", seed=0)(SMALL)
+def test_every_proxy_gives_a_finite_score(data, name, toy_estimate):
+    extra = {"model": toy_estimate("smoke")} if name == "estimate" else {}
+    r = PROXIES[name](dataset=data, budget="smoke", seed=0, **extra)(SMALL)
     assert r.proxy == name and not r.failed and math.isfinite(r.score), r.reason
 
 
