@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["ACTIVATIONS", "KNOBS", "Knob"]
+__all__ = ["ACTIVATIONS", "KNOBS", "Knob", "Rule", "as_float", "as_int", "at_least_one"]
 
 #: Activations a network may use (name as stored in `ArchConfig.act`).
 ACTIVATIONS = ("gelu", "relu")
