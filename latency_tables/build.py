@@ -24,7 +24,7 @@ import torch
 from search_space import SearchSpace
 
 from ._device import describe_device
-from .layers import LayerSig, make_layer, space_layers
+from .layers import LAYER_KEY_VERSION, LayerSig, make_layer, space_layers
 from .measure import Protocol, time_layer
 
 __all__ = ["build_table", "aggregate_sweeps", "merge_builds", "TABLE_COLUMNS"]
@@ -142,6 +142,7 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
     csv_path = out_dir / f"{name}.csv"
     table.to_csv(csv_path, index=False, float_format="%.5g")
     sidecar = {
+        "layer_key_version": LAYER_KEY_VERSION,
         "name": name, "source": "measured", "device": describe_device(proto.target),
         "target": proto.target, "batch": proto.batch, "threads": proto.threads,
         "resolution": resolution, "in_chans": in_chans, "num_classes": num_classes,

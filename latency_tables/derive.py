@@ -32,7 +32,7 @@ from .build import TABLE_COLUMNS
 from .cost_model import DeviceProfile, predict_ms, trace
 from .devices import DEVICES, derivable_devices, derivable_spec, resolve_alias
 from .identifiability import Identifiability, identifiability, render_markdown
-from .layers import LayerSig, make_layer, space_layers
+from .layers import LAYER_KEY_VERSION, LayerSig, make_layer, space_layers
 from .profile_fit import fit_data, fit_profile, leave_one_out, not_built
 from .published import NETWORKS, published_traces
 from .validate import Accuracy
@@ -94,6 +94,7 @@ def derive_table(device: str, profile: DeviceProfile, *, space: SearchSpace | No
     pd.DataFrame(rows, columns=TABLE_COLUMNS).to_csv(csv_path, index=False, float_format="%.5g")
     spec = DEVICES.get(device)  # None: an undeclared device (its sidecar says less)
     sidecar = {
+        "layer_key_version": LAYER_KEY_VERSION,
         "name": device, "source": "derived",
         "device": {**(spec.hardware if spec else {}), "torch": torch.__version__,
                    "description": spec.description if spec else device},

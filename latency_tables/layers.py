@@ -12,6 +12,11 @@ A layer's latency depends only on its signature:
 - block: (stage resolution, width, n_div, mlp_ratio, kernel_size, act)
 - head:  (final resolution, width, feature_dim, act, num_classes)
 
+The block's knobs (n_div, mlp_ratio, kernel_size, act) are those of `search_space.knobs.KNOBS`
+with a `block_tag`: each is a `LayerSig` field named by its Optuna name and adds
+`:<block_tag><value>` to the block's key. `LAYER_KEY_VERSION` numbers the key format; a table
+sidecar records it (`layer_key_version`, absent = 1) and `LatencyTable.load` refuses another.
+
 Batch size and thread count are properties of a whole table, not of a row. `space_layers`
 enumerates every signature a `SearchSpace` can produce from its choices (no sampling);
 `arch_layers` lists the layers of one architecture with the module names of the fused model.
@@ -28,12 +33,21 @@ import torch.nn as nn
 
 from search_space import ArchConfig, SearchSpace, build_model, fuse
 from search_space.fuse import FusedBlock
+from search_space.knobs import KNOBS, Knob
 from search_space.model import MLPBlock
 
-__all__ = ["LayerSig", "KINDS", "arch_layers", "space_layers", "make_layer"]
+__all__ = ["LAYER_KEY_VERSION", "LayerSig", "KINDS", "arch_layers", "space_layers", "make_layer"]
 
 #: Layer kinds, in network order.
 KINDS = ("stem", "merge", "block", "head")
+
+#: Version of the layer-key format. Bump it whenever `LayerSig.key` changes for a layer that
+#: already has a key (a knob gains or loses a `block_tag`, a tag or a format changes): every
+#: table must then be rebuilt, and tables of the old version fail on load, naming the command.
+LAYER_KEY_VERSION = 1
+
+#: The knobs that shape a block, in key order (`KNOBS` order).
+BLOCK_KNOBS: tuple[Knob, ...] = tuple(k for k in KNOBS if k.block_tag is not None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +77,8 @@ class LayerSig:
         if self.kind == "merge":
             return f"merge:r{self.res}:c{self.cin}-{self.cout}:m{self.stride}"
         if self.kind == "block":
-            return (f"block:r{self.res}:c{self.cin}:n{self.n_div}:e{self.mlp_ratio:g}"
-                    f":k{self.kernel_size}:{self.act}")
+            return f"block:r{self.res}:c{self.cin}" + "".join(
+                f":{k.block_tag}{_key_text(getattr(self, k.param))}" for k in BLOCK_KNOBS)
         if self.kind == "head":
             return f"head:r{self.res}:c{self.cin}-{self.cout}:{self.act}:o{self.num_classes}"
         raise ValueError(f"kind: unknown layer kind {self.kind!r}; choose one of {KINDS}")
@@ -76,6 +90,11 @@ class LayerSig:
     def from_row(cls, row: dict[str, object]) -> LayerSig:
         names = [f.name for f in dataclasses.fields(cls)]
         return cls(**{n: row[n] for n in names})  # type: ignore[arg-type]
+
+
+def _key_text(value: object) -> str:
+    """A knob's value in a layer key: floats in `g` format (2.0 -> 2, 1.5 -> 1.5)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _stage_resolutions(resolution: int, patch: int, merge: int, stages: int) -> list[int]:
@@ -95,8 +114,9 @@ def arch_layers(arch: ArchConfig, resolution: int = 224, in_chans: int = 3,
         if i > 0:
             out.append((f"stages.{i}.downsample",
                         LayerSig("merge", res[i - 1], arch.widths[i - 1], w, arch.merge_size)))
-        block = LayerSig("block", res[i], w, w, n_div=arch.n_divs[i], mlp_ratio=arch.mlp_ratios[i],
-                         kernel_size=arch.kernel_sizes[i], act=arch.act)
+        stage = {k.param: getattr(arch, k.field)[i] if k.per_stage else getattr(arch, k.field)
+                 for k in BLOCK_KNOBS}
+        block = LayerSig("block", res[i], w, w, **stage)
         out.extend((f"stages.{i}.blocks.{j}", block) for j in range(arch.depths[i]))
     out.append(("head", LayerSig("head", res[-1], arch.widths[-1], arch.feature_dim,
                                  act=arch.act, num_classes=num_classes)))
@@ -125,8 +145,8 @@ def space_layers(space: SearchSpace, resolution: int = 224, in_chans: int = 3,
                  num_classes: int = 1000) -> list[LayerSig]:
     """Every distinct layer `space` can produce at `resolution`, in a stable order.
 
-    Enumerated from the space's choices (per stage: widths x n_divs x mlp_ratios x
-    kernel_sizes x act; merges from adjacent stage widths), so every architecture the space
+    Enumerated from the space's choices (per stage: widths x the `BLOCK_KNOBS`' choices;
+    merges from adjacent stage widths), so every architecture the space
     samples is covered. Tying only restricts combinations across stages, never the set of
     layers within a stage, except for widths (handled for merges).
     """
@@ -142,12 +162,11 @@ def space_layers(space: SearchSpace, resolution: int = 224, in_chans: int = 3,
         for w in _stage_widths(space, 0):
             add(LayerSig("stem", resolution, in_chans, w, patch))
         for i in range(n):
-            sc = space.stage_choices
-            for w, nd, e, k, act in itertools.product(
-                    _stage_widths(space, i), sc["n_divs"][i], sc["mlp_ratios"][i],
-                    sc["kernel_sizes"][i], g["act"]):
-                add(LayerSig("block", res[i], w, w, n_div=nd, mlp_ratio=float(e), kernel_size=k,
-                             act=act))
+            choices = [space.stage_choices[k.field][i] if k.per_stage else g[k.field]
+                       for k in BLOCK_KNOBS]
+            for w, *values in itertools.product(_stage_widths(space, i), *choices):
+                knobs = {k.param: k.type(v) for k, v in zip(BLOCK_KNOBS, values)}
+                add(LayerSig("block", res[i], w, w, **knobs))
             if i > 0:
                 for cin, cout in _merge_pairs(space, i):
                     add(LayerSig("merge", res[i - 1], cin, cout, merge))

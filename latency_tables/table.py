@@ -2,7 +2,9 @@
 
 A table is `<name>.csv` (one row per layer signature, `latency_tables.layers`) plus a
 `<name>.json` sidecar with its provenance (`source`: "measured" or "derived", the device, the
-protocol, and an optional linear `correction` fitted on calibration networks). Prediction is
+protocol, and an optional linear `correction` fitted on calibration networks) and its
+`layer_key_version` (absent: 1; a table of another version than `layers.LAYER_KEY_VERSION`
+fails on load with the command that rebuilds it). Prediction is
 the kernel-level sum of nn-Meter (Zhang et al., MobiSys 2021): the latencies of an
 architecture's layers, looked up in a dict keyed by signature, summed, then corrected:
 
@@ -28,10 +30,10 @@ from search_space import ArchConfig
 
 from ._device import default_device_name
 from .devices import resolve_alias
-from .layers import arch_layers
+from .layers import LAYER_KEY_VERSION, arch_layers
 
-__all__ = ["LatencyTable", "MissingLayerError", "TableNotFoundError", "available", "SHIPPED_DIR",
-           "user_dir"]
+__all__ = ["LatencyTable", "MissingLayerError", "TableNotFoundError", "TableVersionError",
+           "available", "SHIPPED_DIR", "user_dir"]
 
 #: Tables that ship with the package.
 SHIPPED_DIR = Path(__file__).with_name("tables")
@@ -58,6 +60,10 @@ def available() -> list[str]:
 
 class TableNotFoundError(LookupError):
     """No table of that name; the message lists the known ones."""
+
+
+class TableVersionError(ValueError):
+    """A table whose layer keys are of another format version (`layers.LAYER_KEY_VERSION`)."""
 
 
 class MissingLayerError(KeyError):
@@ -124,7 +130,13 @@ class LatencyTable:
         sidecar = path.with_suffix(".json")
         meta = json.loads(sidecar.read_text()) if sidecar.exists() else {"source": "unknown"}
         meta["_path"] = str(sidecar)
-        return cls(rows=pd.read_csv(path), meta=meta, name=path.stem)
+        table = cls(rows=pd.read_csv(path), meta=meta, name=path.stem)
+        found = meta.get("layer_key_version", 1)  # sidecars before the field have version 1
+        if found != LAYER_KEY_VERSION:
+            raise TableVersionError(
+                f"{path}: layer keys of version {found}, this code reads version "
+                f"{LAYER_KEY_VERSION}; rebuild the table with `{table.rebuild_command(meta.get('space'))}`")
+        return table
 
     # ------------------------------------------------------------------ provenance
     @property

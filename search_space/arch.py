@@ -27,34 +27,18 @@ import difflib
 import hashlib
 import json
 import logging
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
-__all__ = ["ArchConfig", "ACTIVATIONS"]
+from .knobs import ACTIVATIONS, KNOBS, Knob, as_int, compact
+
+__all__ = ["ArchConfig", "ACTIVATIONS", "knob_fields"]
 
 _log = logging.getLogger(__name__)
 
-#: Activations a network may use (name as stored in `ArchConfig.act`).
-ACTIVATIONS = ("gelu", "relu")
-
-# Per-stage fields: ArchConfig field -> file key.
-_STAGE_KEYS = {
-    "widths": "embed_dim",
-    "depths": "depths",
-    "n_divs": "n_div",
-    "mlp_ratios": "mlp_ratio",
-    "kernel_sizes": "kernel_size",
-}
-_SCALAR_KEYS = {
-    "act": "act_layer",
-    "feature_dim": "feature_dim",
-    "patch_size": "patch_size",
-    "merge_size": "patch_size2",
-}
 # Official keys that describe the architecture but admit only what FasterNet itself uses.
 _FIXED_OFFICIAL_KEYS = ("patch_stride", "patch_stride2", "norm_layer", "layer_scale_init_value")
 # Official keys that are build-time or implementation choices, not architecture.
@@ -62,90 +46,83 @@ _BUILD_KEYS = ("model_name", "drop_path_rate", "pconv_fw_type")
 # Official training keys close enough to an architecture key to pass for a typo of it
 # (batch_size ~ patch_size); ignored like any training key, never reported as a typo.
 _TRAINING_LOOKALIKES = ("batch_size",)
-_ARCH_KEYS = tuple(_STAGE_KEYS.values()) + tuple(_SCALAR_KEYS.values())
-_KNOWN_KEYS = _ARCH_KEYS + _FIXED_OFFICIAL_KEYS + _BUILD_KEYS
 
 
 class ArchError(ValueError):
     """A bad architecture value or file; the message is one line naming what is wrong."""
 
 
-def _fmt(value: float) -> int | float:
-    """Integral floats print as ints (2.0 -> 2) so files stay short; the value is unchanged."""
-    return int(value) if float(value).is_integer() else float(value)
+_T = TypeVar("_T")
 
 
-@dataclasses.dataclass(frozen=True)
+def knob_fields(knobs: tuple[Knob, ...]) -> Callable[[type[_T]], type[_T]]:
+    """Class decorator: a frozen, keyword-only dataclass with one field per knob, in order.
+
+    A required per-stage knob has no default; an optional per-stage knob defaults to None
+    (its default in every stage); a global knob defaults to its default. The class keeps the
+    knobs as `KNOBS` and its docstring gains their `doc` lines.
+    """
+
+    def decorate(cls: type[_T]) -> type[_T]:
+        annotations = cls.__dict__.get("__annotations__", {})
+        for knob in knobs:
+            annotations[knob.field] = (f"tuple[{knob.type.__name__}, ...]" if knob.per_stage
+                                       else knob.type.__name__)
+            if knob.optional or not knob.per_stage:
+                setattr(cls, knob.field, None if knob.per_stage else knob.default)
+        cls.__annotations__ = annotations
+        cls.KNOBS = knobs  # type: ignore[attr-defined]
+        cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n\n    Args:\n" + "".join(
+            f"        {k.field}: {k.doc}\n" for k in knobs)
+        return dataclasses.dataclass(frozen=True, kw_only=True)(cls)
+
+    return decorate
+
+
+@knob_fields(KNOBS)
 class ArchConfig:
     """A FasterNet-style network, one value per stage for every stage knob.
 
-    Args:
-        widths: channels per stage.
-        depths: FasterNet blocks per stage (>= 1).
-        n_divs: partial ratio per stage as 1/n; PConv convolves `width // n` channels.
-        mlp_ratios: hidden expansion of the two pointwise convs per stage.
-        kernel_sizes: PConv kernel per stage (odd).
-        act: activation, one of `ACTIVATIONS`.
-        feature_dim: width of the 1x1 conv before the classifier.
-        patch_size: stem stride (the stem is a patch_size x patch_size conv, stride patch_size).
-        merge_size: merging stride between stages.
+    Its fields are the knobs of `search_space.knobs.KNOBS`, in that order, keyword-only.
     """
 
-    widths: tuple[int, ...]
-    depths: tuple[int, ...]
-    n_divs: tuple[int, ...]
-    mlp_ratios: tuple[float, ...]
-    kernel_sizes: tuple[int, ...]
-    act: str = "gelu"
-    feature_dim: int = 1280
-    patch_size: int = 4
-    merge_size: int = 2
+    KNOBS: ClassVar[tuple[Knob, ...]]
 
     def __post_init__(self) -> None:
+        knobs = type(self).KNOBS
         if isinstance(self.widths, (str, bytes)) or not isinstance(self.widths, Sequence):
             raise ArchError(f"widths: expected a list of numbers, got {self.widths!r}")
         n = len(self.widths)
         if n == 0:
             raise ArchError("widths: must name at least one stage, got ()")
-        for name, cast in (("widths", int), ("depths", int), ("n_divs", int),
-                           ("mlp_ratios", float), ("kernel_sizes", int)):
-            raw = getattr(self, name)
+        for knob in knobs:
+            raw = getattr(self, knob.field)
+            if knob.per_stage and raw is None and knob.optional:
+                raw = (knob.default,) * n
+            if not knob.per_stage:
+                object.__setattr__(self, knob.field, _parse(knob.parse, knob.field, raw))
+                continue
             if isinstance(raw, (str, bytes)) or not isinstance(raw, Sequence):
-                raise ArchError(f"{name}: expected a list of numbers, got {raw!r}")
+                raise ArchError(f"{knob.field}: expected a list of numbers, got {raw!r}")
             if len(raw) != n:
-                raise ArchError(f"{name}: has {len(raw)} stages but widths has {n}; "
+                raise ArchError(f"{knob.field}: has {len(raw)} stages but widths has {n}; "
                                 "every per-stage field needs one value per stage")
-            values = tuple(_as_number(name, v, cast) for v in raw)
-            object.__setattr__(self, name, values)
-        for name in ("feature_dim", "patch_size", "merge_size"):
-            object.__setattr__(self, name, _as_number(name, getattr(self, name), int))
-        act = str(self.act).lower()
-        if act not in ACTIVATIONS:
-            raise ArchError(f"act: unknown activation {self.act!r}; choose one of {ACTIVATIONS}")
-        object.__setattr__(self, "act", act)
-        self._check_ranges()
+            object.__setattr__(self, knob.field, tuple(_parse(knob.parse, knob.field, v) for v in raw))
+        for i in range(n):
+            stage = self._stage(i)
+            for knob in knobs:
+                why = knob.check(stage[knob.field], stage) if knob.per_stage else None
+                if why:
+                    raise ArchError(f"{knob.field}[{i}]: {why}")
+        for knob in knobs:
+            why = None if knob.per_stage else knob.check(getattr(self, knob.field), self._stage(0))
+            if why:
+                raise ArchError(f"{knob.field}: {why}")
 
-    def _check_ranges(self) -> None:
-        for i, w in enumerate(self.widths):
-            if w < 1:
-                raise ArchError(f"widths[{i}]: {w} must be >= 1")
-            if self.n_divs[i] < 1:
-                raise ArchError(f"n_divs[{i}]: {self.n_divs[i]} must be >= 1")
-            if w // self.n_divs[i] == 0:
-                raise ArchError(f"n_divs[{i}]: width {w} // n_div {self.n_divs[i]} is 0; "
-                                "PConv needs at least one channel (lower n_div or widen)")
-            if self.depths[i] < 1:
-                raise ArchError(f"depths[{i}]: {self.depths[i]} must be >= 1")
-            if not self.mlp_ratios[i] > 0 or int(w * self.mlp_ratios[i]) < 1:
-                raise ArchError(f"mlp_ratios[{i}]: {self.mlp_ratios[i]} gives no hidden "
-                                f"channel at width {w}; must be > 0")
-            k = self.kernel_sizes[i]
-            if k < 1 or k % 2 == 0:
-                raise ArchError(f"kernel_sizes[{i}]: {k} must be odd and >= 1 "
-                                "(PConv keeps the spatial size)")
-        for name in ("feature_dim", "patch_size", "merge_size"):
-            if getattr(self, name) < 1:
-                raise ArchError(f"{name}: {getattr(self, name)} must be >= 1")
+    def _stage(self, i: int) -> dict[str, Any]:
+        """Every knob's value in stage i, by field (a global knob's value in every stage)."""
+        return {k.field: getattr(self, k.field)[i] if k.per_stage else getattr(self, k.field)
+                for k in type(self).KNOBS}
 
     # ----------------------------------------------------------------- derived values
     @property
@@ -164,14 +141,17 @@ class ArchConfig:
         return "fn-" + hashlib.blake2b(canon.encode(), digest_size=5).hexdigest()
 
     def __str__(self) -> str:
-        def stages(values: Sequence[Any]) -> str:
-            vs = [_fmt(v) if isinstance(v, float) else v for v in values]
-            return str(vs[0]) if len(set(vs)) == 1 else "/".join(map(str, vs))
-
-        return (f"FasterNet(w={'/'.join(map(str, self.widths))} d={'/'.join(map(str, self.depths))}"
-                f" n_div={stages(self.n_divs)} mlp={stages(self.mlp_ratios)}"
-                f" k={stages(self.kernel_sizes)} act={self.act} feat={self.feature_dim}"
-                f" patch={self.patch_size}/{self.merge_size})")
+        parts: list[str] = []
+        for knob in type(self).KNOBS:
+            value = getattr(self, knob.field)
+            if knob.optional and _at_default(knob, value):
+                continue  # as in the file form: a later knob leaves older strings unchanged
+            shown = _show(knob, value)
+            if knob.label == "/":
+                parts[-1] += f"/{shown}"
+            else:
+                parts.append(f"{knob.label}={shown}")
+        return f"FasterNet({' '.join(parts)})"
 
     def replace(self, **changes: Any) -> ArchConfig:
         """A copy with some fields changed (validated like any new config)."""
@@ -179,13 +159,13 @@ class ArchConfig:
 
     # ----------------------------------------------------------------- (de)serialization
     def to_dict(self) -> dict[str, Any]:
-        """The per-stage file form (official key names), JSON/YAML serializable."""
+        """The per-stage file form (official key names), JSON/YAML serializable; an optional
+        knob at its default is left out."""
         out: dict[str, Any] = {}
-        for field, key in _STAGE_KEYS.items():
-            out[key] = [_fmt(v) if field == "mlp_ratios" else v for v in getattr(self, field)]
-        for field, key in _SCALAR_KEYS.items():
-            out[key] = getattr(self, field)
-        out["act_layer"] = self.act.upper()
+        for knob in type(self).KNOBS:
+            value = getattr(self, knob.field)
+            if not (knob.optional and _at_default(knob, value)):
+                out[knob.key] = knob.to_file(value)
         return out
 
     @classmethod
@@ -199,17 +179,18 @@ class ArchConfig:
         if not isinstance(data, Mapping):
             raise ArchError(f"{source}: expected a mapping of architecture keys, "
                             f"got {type(data).__name__}")
+        arch_keys = tuple(k.key for k in cls.KNOBS)
         official = not isinstance(data.get("embed_dim"), (list, tuple))
         ignored = []
         for key in data:
-            if key in _KNOWN_KEYS:
+            if key in arch_keys or key in _FIXED_OFFICIAL_KEYS or key in _BUILD_KEYS:
                 continue
             close = ([] if key in _TRAINING_LOOKALIKES
-                     else difflib.get_close_matches(str(key), _ARCH_KEYS, n=1, cutoff=0.75))
+                     else difflib.get_close_matches(str(key), arch_keys, n=1, cutoff=0.75))
             if close or not official:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ArchError(f"{source}: unknown architecture key {key!r}{hint}; "
-                                f"known keys: {', '.join(_ARCH_KEYS)}")
+                                f"known keys: {', '.join(arch_keys)}")
             ignored.append(str(key))
         if ignored:
             _log.info("%s: ignoring non-architecture keys: %s", source, ", ".join(ignored))
@@ -217,6 +198,8 @@ class ArchConfig:
             raise ArchError(f"{source}: missing key 'embed_dim' (the stage widths)")
         _check_fixed_official(data, source)
 
+        # widths and depths set the stages: `depths` their number, a scalar `embed_dim` the
+        # official doubling widths.
         if "depths" not in data:
             raise ArchError(f"{source}: missing key 'depths' (blocks per stage)")
         depths = data["depths"]
@@ -225,17 +208,18 @@ class ArchConfig:
         n = len(depths)
         kwargs: dict[str, Any] = {"depths": tuple(depths)}
         if official:
-            e = _as_number("embed_dim", data["embed_dim"], int)
+            e = _parse(as_int, "embed_dim", data["embed_dim"])
             kwargs["widths"] = tuple(e * 2**i for i in range(n))
         else:
             kwargs["widths"] = tuple(data["embed_dim"])
-        defaults = {"n_divs": 4, "mlp_ratios": 2, "kernel_sizes": 3}
-        for field, default in defaults.items():
-            value = data.get(_STAGE_KEYS[field], default)
-            kwargs[field] = tuple(value) if isinstance(value, (list, tuple)) else (value,) * n
-        for field, key in _SCALAR_KEYS.items():
-            if key in data:
-                kwargs[field] = data[key]
+        for knob in cls.KNOBS:
+            if knob.field in kwargs:
+                continue
+            if knob.per_stage:
+                value = data.get(knob.key, knob.default)
+                kwargs[knob.field] = tuple(value) if isinstance(value, (list, tuple)) else (value,) * n
+            elif knob.key in data:
+                kwargs[knob.field] = data[knob.key]
         try:
             return cls(**kwargs)
         except ArchError as e:
@@ -270,14 +254,26 @@ class ArchConfig:
         return path
 
 
-def _as_number(name: str, value: Any, cast: type) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ArchError(f"{name}: expected a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ArchError(f"{name}: expected a finite number, got {value!r}")
-    if cast is int and float(value) != int(value):
-        raise ArchError(f"{name}: expected an integer, got {value!r}")
-    return cast(value)
+def _parse(parse: Callable[[Any], Any] | None, name: str, raw: Any) -> Any:
+    """`parse(raw)`, a knob's value from its raw form; ArchError naming `name` and why not."""
+    assert parse is not None  # Knob.__post_init__ sets every knob's
+    try:
+        return parse(raw)
+    except ValueError as e:
+        raise ArchError(f"{name}: {e}") from None
+
+
+def _at_default(knob: Knob, value: Any) -> bool:
+    return all(v == knob.default for v in value) if knob.per_stage else value == knob.default
+
+
+def _show(knob: Knob, value: Any) -> str:
+    """The value as `str(arch)` shows it: stages joined by "/" (one value if `collapse` and
+    all agree); integral floats as ints."""
+    if not knob.per_stage:
+        return str(compact(value) if isinstance(value, float) else value)
+    shown = [compact(v) if isinstance(v, float) else v for v in value]
+    return str(shown[0]) if knob.collapse and len(set(shown)) == 1 else "/".join(map(str, shown))
 
 
 def _check_fixed_official(data: Mapping[str, Any], source: str) -> None:

@@ -21,10 +21,11 @@ Every architecture knob lists its choices, per stage or for all stages at once::
     tie: [mlp_ratios]               # knobs sampled once and shared by every stage
     constraints: {max_params_m: 20} # also min_params_m; checked analytically, no model built
 
-Optuna parameter names are stable: `width_s{i}`, `depth_s{i}`, `n_div_s{i}`,
-`mlp_ratio_s{i}`, `kernel_size_s{i}` per stage; a tied knob drops the suffix (`n_div`);
-`embed_dim`, `act`, `feature_dim`, `patch_size`, `merge_size`. Knobs with a single choice
-are not suggested at all.
+The knobs, their defaults and their Optuna parameter names come from `search_space.knobs.KNOBS`
+(through `SearchSpace.arch_class`). Optuna parameter names are stable: `width_s{i}`,
+`depth_s{i}`, `n_div_s{i}`, `mlp_ratio_s{i}`, `kernel_size_s{i}` per stage; a tied knob drops
+the suffix (`n_div`); `embed_dim`, `act`, `feature_dim`, `patch_size`, `merge_size`. Knobs with
+a single choice are not suggested at all.
 """
 
 from __future__ import annotations
@@ -34,26 +35,20 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import yaml
 
 from .arch import ArchConfig, ArchError
 from .flops import count_params
+from .knobs import Knob
 
 __all__ = ["SearchSpace", "ConstraintInfeasible", "DEFAULT_SPACE_PATH"]
 
 DEFAULT_SPACE_PATH = Path(__file__).with_name("default.yaml")
 
-# ArchConfig per-stage field -> Optuna parameter stem.
-_STAGE_PARAMS = {"widths": "width", "depths": "depth", "n_divs": "n_div",
-                 "mlp_ratios": "mlp_ratio", "kernel_sizes": "kernel_size"}
-_GLOBAL_KNOBS = ("act", "feature_dim", "patch_size", "merge_size")
 _CONSTRAINTS = ("max_params_m", "min_params_m")
-_TOP_KEYS = ("stages", *_STAGE_PARAMS, *_GLOBAL_KNOBS, "tie", "constraints")
-_DEFAULTS = {"n_divs": [4], "mlp_ratios": [2], "kernel_sizes": [3], "act": ["gelu"],
-             "feature_dim": [1280], "patch_size": [4], "merge_size": [2]}
 _MAX_TRIES = 1000  # rejection-sampling bound before "constraint infeasible"
 
 
@@ -72,7 +67,12 @@ class SearchSpace:
             `stage_choices['widths'][0]` lists the embed_dim choices.
         tie: per-stage fields sampled once and shared by every stage.
         max_params_m, min_params_m: parameter-count bounds (millions, 1000 classes).
+
+    The knobs are those of `arch_class` (`ArchConfig`: `search_space.knobs.KNOBS`); a space
+    file names them by field (`n_divs`) and may leave out any knob with a default.
     """
+
+    arch_class: ClassVar[type[ArchConfig]] = ArchConfig
 
     stage_choices: Mapping[str, tuple[tuple[Any, ...], ...]]
     global_choices: Mapping[str, tuple[Any, ...]]
@@ -104,15 +104,17 @@ class SearchSpace:
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "search space") -> SearchSpace:
         if not isinstance(data, Mapping):
             raise ArchError(f"{source}: expected a mapping of knobs, got {type(data).__name__}")
+        stage_knobs, global_knobs = _split(cls.arch_class.KNOBS)
+        top_keys = ("stages", *(k.field for k in stage_knobs + global_knobs), "tie", "constraints")
         for key in data:
-            if key not in _TOP_KEYS:
-                raise ArchError(f"{source}: unknown key {key!r}; known keys: {', '.join(_TOP_KEYS)}")
+            if key not in top_keys:
+                raise ArchError(f"{source}: unknown key {key!r}; known keys: {', '.join(top_keys)}")
         n = data.get("stages", 4)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ArchError(f"{source}: stages must be a positive integer, got {n!r}")
-        for key in ("widths", "depths"):
-            if key not in data:
-                raise ArchError(f"{source}: missing key {key!r}")
+        for knob in stage_knobs + global_knobs:
+            if knob.required and knob.field not in data:
+                raise ArchError(f"{source}: missing key {knob.field!r}")
         width_scale = None
         widths = data["widths"]
         if isinstance(widths, Mapping):
@@ -125,19 +127,20 @@ class SearchSpace:
                                 f"for {n} stages")
             widths = [widths["embed_dim"]]
         stage_choices = {}
-        for key in _STAGE_PARAMS:
-            raw = widths if key == "widths" else data.get(key, _DEFAULTS.get(key))
+        for knob in stage_knobs:
+            key = knob.field
+            raw = widths if key == "widths" else data.get(key, [knob.default])
             stage_choices[key] = _per_stage(source, key, raw, 1 if width_scale and
                                             key == "widths" else n)
-        global_choices = {key: _choices(source, key, data.get(key, _DEFAULTS[key]))
-                          for key in _GLOBAL_KNOBS}
+        global_choices = {k.field: _choices(source, k.field, data.get(k.field, [k.default]))
+                          for k in global_knobs}
         tie = data.get("tie") or []
         if isinstance(tie, str) or not isinstance(tie, Sequence):
             raise ArchError(f"{source}: tie must be a list of knob names, got {tie!r}")
         for key in tie:
-            if key not in _STAGE_PARAMS:
+            if key not in stage_choices:
                 raise ArchError(f"{source}: tie: unknown knob {key!r}; choose from "
-                                f"{', '.join(_STAGE_PARAMS)}")
+                                f"{', '.join(stage_choices)}")
             if key == "widths" and width_scale:
                 continue  # already tied through embed_dim
             if len(set(stage_choices[key])) != 1:
@@ -163,23 +166,24 @@ class SearchSpace:
     def _check_buildable(self) -> None:
         """Every combination of one stage's choices must be a legal stage (a few thousand
         cheap ArchConfig checks); every global choice must be legal."""
-        first = {key: self.global_choices[key][0] for key in _GLOBAL_KNOBS}
+        first = {key: choices[0] for key, choices in self.global_choices.items()}
+        fields = list(self.stage_choices)
         for i in range(self.num_stages):
-            per_stage = [self._stage_widths(i)] + [self.stage_choices[f][i]
-                                                   for f in list(_STAGE_PARAMS)[1:]]
+            per_stage = [self._stage_widths(i) if f == "widths" else self.stage_choices[f][i]
+                         for f in fields]
             for combo in itertools.product(*per_stage):
                 try:
-                    ArchConfig(**{f: (v,) for f, v in zip(_STAGE_PARAMS, combo)}, **first)
+                    self.arch_class(**{f: (v,) for f, v in zip(fields, combo)}, **first)
                 except ArchError as e:
                     raise ArchError(f"{self.source}: stage {i} choices can build an invalid "
                                     f"network: {e}") from None
-        one_stage = {f: (self.stage_choices[f][0][0],) for f in _STAGE_PARAMS}
+        one_stage = {f: (self.stage_choices[f][0][0],) for f in fields}
         one_stage["widths"] = (self._stage_widths(0)[-1],)
         one_stage["n_divs"] = (1,)
-        for key in _GLOBAL_KNOBS:
-            for value in self.global_choices[key]:
+        for key, choices in self.global_choices.items():
+            for value in choices:
                 try:
-                    ArchConfig(**one_stage, **{**first, key: value})
+                    self.arch_class(**one_stage, **{**first, key: value})
                 except ArchError as e:
                     raise ArchError(f"{self.source}: choice {key}={value!r} is invalid "
                                     f"({e})") from None
@@ -197,8 +201,10 @@ class SearchSpace:
     def _knobs(self) -> list[tuple[str, tuple[Any, ...], str, int]]:
         """(parameter name, choices, ArchConfig field, stage holding its value; -1 for a
         global field) for every knob, in suggestion order."""
+        stage_knobs, global_knobs = _split(self.arch_class.KNOBS)
         out = []
-        for field, stem in _STAGE_PARAMS.items():
+        for knob in stage_knobs:
+            field, stem = knob.field, knob.param
             per_stage = self.stage_choices[field]
             if field == "widths" and self.width_scale:
                 out.append(("embed_dim", per_stage[0], field, 0))
@@ -206,7 +212,7 @@ class SearchSpace:
                 out.append((stem, per_stage[0], field, 0))
             else:
                 out += [(f"{stem}_s{i}", choices, field, i) for i, choices in enumerate(per_stage)]
-        out += [(key, self.global_choices[key], key, -1) for key in _GLOBAL_KNOBS]
+        out += [(k.param, self.global_choices[k.field], k.field, -1) for k in global_knobs]
         return out
 
     def params(self) -> dict[str, tuple[Any, ...]]:
@@ -220,8 +226,10 @@ class SearchSpace:
     def to_arch(self, values: Mapping[str, Any]) -> ArchConfig:
         """The architecture for a full assignment of `params()` names (constraints unchecked)."""
         n = self.num_stages
+        stage_knobs, global_knobs = _split(self.arch_class.KNOBS)
         kwargs: dict[str, Any] = {}
-        for field, stem in _STAGE_PARAMS.items():
+        for knob in stage_knobs:
+            field, stem = knob.field, knob.param
             per_stage = self.stage_choices[field]
             if field == "widths" and self.width_scale:
                 e = values.get("embed_dim", per_stage[0][0])
@@ -231,9 +239,9 @@ class SearchSpace:
             else:
                 kwargs[field] = tuple(values.get(f"{stem}_s{i}", per_stage[i][0])
                                       for i in range(n))
-        for key in _GLOBAL_KNOBS:
-            kwargs[key] = values.get(key, self.global_choices[key][0])
-        return ArchConfig(**kwargs)
+        for knob in global_knobs:
+            kwargs[knob.field] = values.get(knob.param, self.global_choices[knob.field][0])
+        return self.arch_class(**kwargs)
 
     def violation(self, arch: ArchConfig) -> str | None:
         """Why `arch` breaks a constraint, or None."""
@@ -294,6 +302,11 @@ class SearchSpace:
 
     def __str__(self) -> str:
         return f"SearchSpace({self.source}: {len(self.params())} knobs, {self.size():.3g} architectures)"
+
+
+def _split(knobs: tuple[Knob, ...]) -> tuple[list[Knob], list[Knob]]:
+    """(per-stage knobs, global knobs), each in declaration order."""
+    return [k for k in knobs if k.per_stage], [k for k in knobs if not k.per_stage]
 
 
 def _scaled(embed_dim: Any, scale: float) -> Any:

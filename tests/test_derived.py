@@ -15,7 +15,7 @@ from latency_tables.build import TABLE_COLUMNS
 from latency_tables.cost_model import DeviceProfile, op_times, predict_ms, trace
 from latency_tables.derive import derive_table, load_profile
 from latency_tables.devices import DERIVED_DEVICES, derivable_spec
-from latency_tables.layers import LayerSig
+from latency_tables.layers import LAYER_KEY_VERSION, LayerSig
 from latency_tables.published import load_networks
 from search_space import PRESETS
 
@@ -134,6 +134,7 @@ def test_derive_table_small(tmp_path):
     table = LatencyTable.load(path)
     assert table.source == "derived" and len(table.rows) == 4 and (table.rows["ms"] > 0).all()
     assert table.meta["derived"]["test"] is True
+    assert table.meta["layer_key_version"] == LAYER_KEY_VERSION
 
 
 # --- issue 15: identifiability, activation cost, GPU small kernels, honest sidecars

@@ -19,6 +19,7 @@ from latency_tables import (
     space_layers,
     validate,
 )
+from latency_tables.layers import LAYER_KEY_VERSION
 from search_space import SearchSpace
 
 TINY = {"stages": 2, "widths": [[16], [32]], "depths": [[1], [1, 2]], "n_divs": [4],
@@ -41,6 +42,7 @@ def test_tiny_build(tmp_path, space):
     assert (df["ms"] > 0).all() and (df["repeats"] == 6).all()
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["source"] == "measured" and meta["resolution"] == RES and meta["batch"] == 1
+    assert meta["layer_key_version"] == LAYER_KEY_VERSION
     assert not list(tmp_path.glob("*.partial.*"))
     table = LatencyTable.load(path)
     for depth in (1, 2):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from latency_tables import SHIPPED_DIR, LatencyTable, MissingLayerError, TableNotFoundError, available
-from latency_tables.layers import arch_layers, space_layers
+from latency_tables.layers import LAYER_KEY_VERSION, arch_layers, space_layers
+from latency_tables.table import TableVersionError
 from search_space import PRESETS, SearchSpace, build_model, fuse
 
 SHIPPED = sorted(p.stem for p in SHIPPED_DIR.glob("*.csv") if p.with_suffix(".json").exists())
@@ -158,6 +161,46 @@ def test_suggested_command_starts_the_right_work(name, monkeypatch):
         proto = kwargs["proto"]
         assert (proto.target, proto.batch, proto.threads) == (
             table.meta["target"], table.batch, table.meta["threads"])
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_tables_have_this_key_version(name):
+    """The shipped sidecars predate the field: absent means version 1, today's format."""
+    assert LatencyTable.load(name).meta.get("layer_key_version", 1) == LAYER_KEY_VERSION
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_table_of_another_key_version_names_its_rebuild(name, tmp_path, monkeypatch):
+    """A table of another layer-key version fails on load, in one line naming both versions
+    and the command that rebuilds it: derive (derived table) or measure (measured table)."""
+    import latency_tables.__main__ as cli
+    import latency_tables._derive_cli as derive_cli
+
+    meta = json.loads((SHIPPED_DIR / f"{name}.json").read_text())
+    meta.update(layer_key_version=LAYER_KEY_VERSION + 1, space=SearchSpace.default().source)
+    shutil.copy(SHIPPED_DIR / f"{name}.csv", tmp_path / f"{name}.csv")
+    (tmp_path / f"{name}.json").write_text(json.dumps(meta))
+    with pytest.raises(TableVersionError) as excinfo:
+        LatencyTable.load(tmp_path / f"{name}.csv")
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert f"version {LAYER_KEY_VERSION + 1}" in message and f"version {LAYER_KEY_VERSION}" in message
+    command = message.split("`")[1]
+    calls: list[str] = []
+
+    def stand_in(kind: str):
+        def work(*args, **kwargs):
+            calls.append(kind)
+            raise _Reached
+        return work
+
+    monkeypatch.setattr(derive_cli, "calibrate_published", stand_in("derive"))
+    monkeypatch.setattr(cli, "build_table", stand_in("measure"))
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "latency_tables"] and name in argv
+    with pytest.raises(_Reached):
+        cli.main(argv[3:])
+    assert calls == ["derive" if meta["source"] == "derived" else "measure"]
 
 
 def test_calibrate_resolution_is_for_derived_tables(capsys):
