@@ -15,11 +15,18 @@ import platform
 import secrets
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
+
+if TYPE_CHECKING:
+    from latency_tables import LatencyPredictor
+    from proxies import Proxy
+    from search_space import ArchConfig, SearchSpace
+
+    from .objective import Objective
 
 __all__ = ["UsageError", "search_parser", "subcommand_parser", "cmd_search", "cmd_devices",
            "cmd_show", "cmd_export"]
@@ -135,39 +142,27 @@ def subcommand_parser(name: str) -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _tables(devices: list[str]) -> dict[str, Any]:
-    from latency_tables import LatencyTable, TableNotFoundError
+def _tables(devices: list[str]) -> dict[str, LatencyPredictor]:
+    from latency_tables import TableNotFoundError, load_predictor
 
     tables = {}
     for d in devices:
         try:
-            tables[d] = LatencyTable.load(d)
+            tables[d] = load_predictor(d)
         except TableNotFoundError as e:
             raise UsageError(f"--device {d}: {e}") from None
     return tables
 
 
-def _provenance(table: Any) -> str:
-    import latency_tables
-
-    note = getattr(latency_tables, "provenance_note", None)
-    if note is not None:
-        return str(note(table))
-    return str(table.describe())
-
-
-def _check_coverage(space: Any, tables: Mapping[str, Any]) -> None:
+def _check_coverage(space: SearchSpace, tables: Mapping[str, LatencyPredictor]) -> None:
     """Every layer the space can produce must be in every table (checked up front)."""
-    from latency_tables import space_layers
+    from latency_tables import MissingLayerError
 
     for table in tables.values():
-        keys = set(table.rows["key"])
-        for sig in space_layers(space, table.resolution, table.meta.get("in_chans", 3),
-                                table.meta.get("num_classes", 1000)):
-            if sig.key not in keys:
-                raise UsageError(
-                    f"latency table {table.name!r} has no entry for layer {sig.key} of the space; "
-                    f"{table.extend_hint(space.source)}")
+        try:
+            table.check_coverage(space)
+        except MissingLayerError as e:
+            raise UsageError(str(e)) from None
 
 
 def _max_latency(spec: str | None, devices: list[str]) -> dict[str, float]:
@@ -224,7 +219,7 @@ def _parallel(args: argparse.Namespace, device: Any) -> str:
     return "processes" if device.type == "cuda" and args.workers > 1 else "threads"
 
 
-def _trains_on(proxy: Any, device: Any) -> dict[str, str]:
+def _trains_on(proxy: Proxy, device: Any) -> dict[str, str]:
     """Where and how the candidates train, for the run's first line and `run.json`."""
     import torch
 
@@ -248,14 +243,14 @@ class ObjectiveFactory:
     proxy_kwargs: Mapping[str, Any]
     objective_kwargs: Mapping[str, Any]
 
-    def __call__(self) -> Any:
+    def __call__(self) -> Objective:
         from proxies import make_proxy
 
         from .objective import Objective
 
         return Objective(proxy=make_proxy(self.proxy, **self.proxy_kwargs), **self.objective_kwargs)
 
-    def proxy_at(self, budget: str) -> Any:
+    def proxy_at(self, budget: str) -> Proxy:
         """The same proxy (factory, dataset, seed, device) at another budget: a promotion rung."""
         from proxies import make_proxy
 
@@ -431,7 +426,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"proxy on {trains['name']}: {trains['precision']}, {trains['determinism']} determinism"
           + ("" if trains["determinism"] != "best-effort" else
              " (CUDA kernels: repeatable as far as they allow, not bit-exact)"))
-    sources = {d: _provenance(t) for d, t in tables.items()}
+    sources = {d: t.provenance_note() for d, t in tables.items()}
     for d in tables:  # a derived table's note names the command that measures the device
         print(f"latency on {d}: {sources[d]}")
     storage = args.storage or f"sqlite:///{run_dir / 'study.db'}"
@@ -468,7 +463,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     if promotion is not None and args.promote is None:
         print(f"resume: promotion {','.join(promotion.rungs)} (eta {promotion.eta}) as started")
     run.update(name=run_dir.name, argv=["search.py", *map(redact, argv)], devices=devices, sources=sources,
-               tables={d: t.meta for d, t in tables.items()}, seed=args.seed,
+               tables={d: t.provenance() for d, t in tables.items()}, seed=args.seed,
                space=str(space.source), space_yaml=Path(space.source).read_text(),
                proxy=args.proxy, dataset=args.dataset, budget=str(proxy.budget),
                fidelity=promotion.rungs[0] if promotion else args.budget,
@@ -591,10 +586,12 @@ class _Progress:
         print(line, flush=True)
 
 
-def _score_presets(study: optuna.Study, describe: Any, proxy: Any, fidelity: str) -> None:
+def _score_presets(study: optuna.Study, describe: Callable[[ArchConfig], dict[str, Any]],
+                   proxy: Proxy, fidelity: str) -> None:
     """Score T0/T1/T2 with the run's tables (`describe`) and `proxy`, the fidelity of the
     highest rung the search reached, so that they compare with the front (once per study
     and fidelity; stored on it)."""
+    from latency_tables import MissingLayerError
     from search_space import PRESETS
 
     base = (study.user_attrs.get("run") or {}).get("fidelity", fidelity)
@@ -605,7 +602,7 @@ def _score_presets(study: optuna.Study, describe: Any, proxy: Any, fidelity: str
         arch = PRESETS[name]
         try:
             info = describe(arch)
-        except Exception as e:  # a table that lacks a preset's layers: say so, keep going
+        except MissingLayerError as e:  # a table that lacks a preset's layers: say so, keep going
             scored[name] = {"arch": arch.to_dict(), "latency_ms": {}, "reason": str(e)}
             continue
         result = proxy(arch)
@@ -659,14 +656,15 @@ def _print_fronts(fronts: list[Any]) -> None:
 
 # ---------------------------------------------------------------------------- others
 def cmd_devices(args: argparse.Namespace) -> int:
-    from latency_tables import LatencyTable, available
+    from latency_tables import available, load_predictor
 
     names = available()
     if not names:
         print("no latency tables; measure one with `python -m latency_tables build --device NAME`")
     for name in names:
-        table = LatencyTable.load(name)
-        print(f"{name:12s} {table.source:9s} {_provenance(table)}")
+        table = load_predictor(name)
+        print(f"{name:12s} {table.provenance().get('source', 'unknown'):9s} "
+              f"{table.provenance_note()}")
     return 0
 
 
