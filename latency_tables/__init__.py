@@ -20,6 +20,7 @@ from .devices import (
 from .layers import KINDS, LayerSig, arch_layers, make_layer, space_layers
 from .measure import Protocol, Timing, time_layer, time_network
 from .operators import compare_operators, time_operators
+from .predictor import LatencyPredictor, load_predictor
 from .table import SHIPPED_DIR, LatencyTable, MissingLayerError, TableNotFoundError, available, user_dir
 from .validate import Accuracy, Validation, accuracy, calibrate, fit_correction, validate
 
@@ -30,3 +31,5 @@ __all__ = ["Accuracy", "DERIVED_DEVICES", "DEVICES", "DeviceProfile", "DeviceSpe
            "derive_table", "device_spec", "fit_correction", "load_profile", "make_layer",
            "predict_ms", "provenance_note", "register_device", "resolve_alias", "space_layers",
            "time_layer", "time_network", "time_operators", "trace", "user_dir", "validate"]
+# The search's seam (`predictor.py`): what a latency predictor must offer, and its loader.
+__all__ += ["LatencyPredictor", "load_predictor"]

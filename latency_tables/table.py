@@ -26,11 +26,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from search_space import ArchConfig
+from search_space import ArchConfig, SearchSpace
 
 from ._device import default_device_name
 from .devices import resolve_alias
-from .layers import LAYER_KEY_VERSION, arch_layers
+from .layers import LAYER_KEY_VERSION, arch_layers, space_layers
 
 __all__ = ["LatencyTable", "MissingLayerError", "TableNotFoundError", "TableVersionError",
            "available", "SHIPPED_DIR", "user_dir"]
@@ -181,6 +181,26 @@ class LatencyTable:
         dev = self.meta.get("device", {})
         hw = dev.get("gpu_name") or dev.get("cpu_model") or "the device it was measured on"
         return f"measure it again on {hw} with `{command}`"
+
+    def provenance(self) -> dict[str, Any]:
+        """The JSON sidecar (source, device, protocol, correction): `LatencyPredictor`'s record."""
+        return dict(self.meta)
+
+    def provenance_note(self) -> str:
+        """Where the numbers come from, for the search output (`devices.provenance_note`)."""
+        from .devices import provenance_note
+
+        return provenance_note(self)
+
+    def check_coverage(self, space: SearchSpace) -> None:
+        """Raise `MissingLayerError` naming the first layer `space` can produce that has no row,
+        and the command that adds it (checked before a search starts)."""
+        for sig in space_layers(space, self.resolution, self.meta.get("in_chans", 3),
+                                self.meta.get("num_classes", 1000)):
+            if sig.key not in self._ms:
+                raise MissingLayerError(
+                    f"latency table {self.name!r} has no entry for layer {sig.key} of the space; "
+                    f"{self.extend_hint(space.source)}")
 
     def describe(self) -> str:
         """One line: name, source, device, protocol, correction."""

@@ -1,6 +1,7 @@
 """Search backends and results: the objective, Pareto early stopping, Optuna and Ray Tune
 runners, fronts and reports, selection and export (DESIGN.md, "optimize/")."""
 
+from .config import SearchConfig, SearchConfigError
 from .early_stop import History, ParetoEarlyStopping
 from .export import PICKS, export_onnx, select
 from .objective import MNAS_W, CandidateFailed, Constraints, Objective, mnas_reward
@@ -24,4 +25,4 @@ __all__ = ["MNAS_W", "PICKS", "SAMPLERS", "Candidate", "CandidateFailed", "Const
            "fronts", "hypervolume", "make_sampler", "mnas_reward", "open_study", "pareto_mask",
            "promote", "promotion_order", "recover_zombies", "run_optuna", "run_processes", "select",
            "write_outputs", "StorageError", "StorageSpec", "StudyMismatch", "create_or_join",
-           "open_storage"]
+           "open_storage", "SearchConfig", "SearchConfigError"]

@@ -15,20 +15,25 @@ import platform
 import secrets
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
+
+if TYPE_CHECKING:
+    from latency_tables import LatencyPredictor
+    from proxies import Proxy
+    from search_space import ArchConfig, SearchSpace
+
+    from .config import SearchConfig
+    from .objective import Objective
 
 __all__ = ["UsageError", "search_parser", "subcommand_parser", "cmd_search", "cmd_devices",
            "cmd_show", "cmd_export"]
 
 RESULTS = Path("results")
 PRESET_NAMES = ("fasternet_t0", "fasternet_t1", "fasternet_t2")
-# Seconds between heartbeats of a running trial: one small write each; a killed worker's
-# trial is re-queued after 4 missed ones (`optimize.storage.GRACE_HEARTBEATS`), i.e. 40 s.
-HEARTBEAT_S = 10
 #: Settings that decide what a trial's result means: a worker joining a study on a shared
 #: --storage must match the study's on each (sampler, --trials and --workers may differ).
 JOIN_KEYS = ("devices", "space_yaml", "proxy", "dataset", "budget", "seed", "objective",
@@ -41,70 +46,10 @@ class UsageError(Exception):
 
 # ---------------------------------------------------------------------------- parsers
 def search_parser() -> argparse.ArgumentParser:
-    from .runner import SAMPLERS, STUDY_NAME
-    from .storage import GRACE_HEARTBEATS
+    """`search.py`'s parser, generated from `SearchConfig` (`optimize.config`)."""
+    from .config import search_parser
 
-    p = argparse.ArgumentParser(
-        prog="search.py", description="Multi-objective search over FasterNet-style PConv networks. "
-        "Other commands: `search.py devices`, `search.py show RUN`, `search.py export RUN ...`.")
-    p.add_argument("--device", default="auto", help="latency table(s) to optimize for, comma-separated "
-                   "(e.g. arm or arm,gpu); `search.py devices` lists them; default: this machine")
-    p.add_argument("--trials", type=int, default=40, help="distinct architectures to evaluate "
-                   "(default 40; infeasible candidates and repeated proposals, never trained, "
-                   "do not count)")
-    p.add_argument("--timeout", type=float, default=780.0, help="stop starting trials after this "
-                   "many seconds (default 780, so the default run stays within 15 minutes)")
-    p.add_argument("--space", help="search space YAML (default: search_space/default.yaml)")
-    p.add_argument("--proxy", default="short_train", help="accuracy proxy (proxies.PROXIES; "
-                   "default short_train)")
-    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default), cifar10, "
-                   "cifar100 or imagefolder:PATH")
-    p.add_argument("--budget", default="quick", help="proxy fidelity: smoke|quick|full or "
-                   "key=value,... (default quick)")
-    p.add_argument("--promote", help="multi-fidelity promotion after the search (MO-ASHA): rung "
-                   "budgets, the search's --budget first, e.g. quick,full (names or key=value "
-                   "specs as --budget takes; ';' separates rungs explicitly); default: off")
-    p.add_argument("--eta", type=int, help="with --promote: each rung promotes the best 1/eta "
-                   "of its candidates (default 3)")
-    p.add_argument("--objective", choices=("pareto", "score"), default="pareto",
-                   help="pareto: accuracy vs every device's latency (default); score: MnasNet "
-                        "reward ACC*(LAT/T)^-0.07 with --target-latency")
-    p.add_argument("--target-latency", type=float, help="T of the MnasNet reward, ms")
-    p.add_argument("--max-latency", help="hard latency limit in ms for every device, or "
-                   "DEVICE=MS,...; violators are never trained")
-    p.add_argument("--max-params", type=float, help="hard limit on parameters, millions")
-    p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default tpe)")
-    p.add_argument("--backend", choices=("optuna", "ray"), default="optuna",
-                   help="optuna: local loop (default); ray: Ray Tune with OptunaSearch")
-    p.add_argument("--workers", type=int, default=1, help="concurrent trials (default 1)")
-    p.add_argument("--proxy-device", default="auto", help="where candidates train: auto (CUDA "
-                   "when available; default), cpu, cuda or cuda:N")
-    p.add_argument("--parallel", choices=("threads", "processes"), help="how --workers run with "
-                   "the optuna backend (default: processes on CUDA, threads on the CPU)")
-    p.add_argument("--ray-address", help="existing Ray cluster (default: start a local Ray)")
-    p.add_argument("--gpus-per-trial", type=float, help="GPUs each Ray trial requests; a fraction "
-                   "packs several per GPU, 0.25: four (default 1 when the cluster has GPUs, else 0)")
-    p.add_argument("--storage", help="Optuna storage shared by every worker started on it: "
-                   "postgresql://USER:PASSWORD@HOST/DB, sqlite:///PATH or journal:/PATH/study.log "
-                   "(default: sqlite in the run folder); workers on one storage and --study-name "
-                   "share one study and its --trials")
-    p.add_argument("--study-name", default=STUDY_NAME, help=f"the study in --storage (default "
-                   f"{STUDY_NAME})")
-    p.add_argument("--heartbeat", type=int, default=HEARTBEAT_S, help="seconds between a running "
-                   f"trial's heartbeats (default {HEARTBEAT_S}); a trial silent for "
-                   f"{GRACE_HEARTBEATS} heartbeats (its worker killed) is failed and re-queued")
-    p.add_argument("--run-dir", help="run folder (default: results/<date>-<devices>)")
-    p.add_argument("--resume", action="store_true", help="continue the study in --run-dir")
-    stopping = p.add_mutually_exclusive_group()
-    stopping.add_argument("--early-stopping", dest="no_early_stopping", action="store_false",
-                          help="Pareto early stopping at proxy checkpoints (pareto objective; "
-                               "off by default: at the quick budget's lr 5e-4 accuracy at half "
-                               "the budget does not predict the final one)")
-    stopping.add_argument("--no-early-stopping", dest="no_early_stopping", action="store_true",
-                          help="train every candidate to the end (the default)")
-    p.set_defaults(no_early_stopping=True)
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the proxy")
-    return p
+    return search_parser()
 
 
 def subcommand_parser(name: str) -> argparse.ArgumentParser:
@@ -135,96 +80,56 @@ def subcommand_parser(name: str) -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _tables(devices: list[str]) -> dict[str, Any]:
-    from latency_tables import LatencyTable, TableNotFoundError
+def _tables(devices: list[str]) -> dict[str, LatencyPredictor]:
+    from latency_tables import TableNotFoundError, load_predictor
 
     tables = {}
     for d in devices:
         try:
-            tables[d] = LatencyTable.load(d)
+            tables[d] = load_predictor(d)
         except TableNotFoundError as e:
             raise UsageError(f"--device {d}: {e}") from None
     return tables
 
 
-def _provenance(table: Any) -> str:
-    import latency_tables
-
-    note = getattr(latency_tables, "provenance_note", None)
-    if note is not None:
-        return str(note(table))
-    return str(table.describe())
-
-
-def _check_coverage(space: Any, tables: Mapping[str, Any]) -> None:
+def _check_coverage(space: SearchSpace, tables: Mapping[str, LatencyPredictor]) -> None:
     """Every layer the space can produce must be in every table (checked up front)."""
-    from latency_tables import space_layers
+    from latency_tables import MissingLayerError
 
     for table in tables.values():
-        keys = set(table.rows["key"])
-        for sig in space_layers(space, table.resolution, table.meta.get("in_chans", 3),
-                                table.meta.get("num_classes", 1000)):
-            if sig.key not in keys:
-                raise UsageError(
-                    f"latency table {table.name!r} has no entry for layer {sig.key} of the space; "
-                    f"{table.extend_hint(space.source)}")
-
-
-def _max_latency(spec: str | None, devices: list[str]) -> dict[str, float]:
-    if not spec:
-        return {}
-    out: dict[str, float] = {}
-    for part in spec.split(","):
-        dev, sep, ms = part.rpartition("=")
         try:
-            value = float(ms)
-        except ValueError:
-            raise UsageError(f"--max-latency: {part!r} is not MS or DEVICE=MS") from None
-        if value <= 0:
-            raise UsageError(f"--max-latency: {value} must be > 0 ms")
-        targets = [dev] if sep else devices
-        for d in targets:
-            if d not in devices:
-                raise UsageError(f"--max-latency: {d!r} is not one of the searched devices "
-                                 f"({', '.join(devices)})")
-            out[d] = value
-    return out
+            table.check_coverage(space)
+        except MissingLayerError as e:
+            raise UsageError(str(e)) from None
 
 
-def _proxy_device(args: argparse.Namespace) -> Any:
+def _proxy_device(config: SearchConfig) -> Any:
     """The proxy's `torch.device`, checked before anything is written."""
     from proxies import DeviceError, resolve_device
 
     try:
-        device = resolve_device(args.proxy_device)
+        device = resolve_device(config.proxy_device)
     except DeviceError as e:
         raise UsageError(f"--proxy-device: {e}") from None
-    if args.gpus_per_trial is not None:
-        if args.backend != "ray":
-            raise UsageError("--gpus-per-trial applies to --backend ray")
-        if not args.gpus_per_trial >= 0:  # also NaN
-            raise UsageError(f"--gpus-per-trial: {args.gpus_per_trial} must be >= 0")
-    if args.backend == "ray" and device.type == "cuda" and (
-            device.index not in (None, 0) or args.gpus_per_trial == 0):
-        raise UsageError(f"--proxy-device {args.proxy_device}: Ray gives each trial its own GPU "
+    if config.backend == "ray" and device.type == "cuda" and (
+            device.index not in (None, 0) or config.gpus_per_trial == 0):
+        raise UsageError(f"--proxy-device {config.proxy_device}: Ray gives each trial its own GPU "
                          "(seen as cuda:0); use --proxy-device auto or cuda with "
                          "--gpus-per-trial > 0, or cpu")
     return device
 
 
-def _parallel(args: argparse.Namespace, device: Any) -> str:
+def _parallel(config: SearchConfig, device: Any) -> str:
     """threads or processes for the optuna backend's --workers (`optimize.processes`)."""
-    if args.parallel is not None and args.backend != "optuna":
-        raise UsageError("--parallel applies to --backend optuna (Ray runs its own workers)")
-    if args.parallel == "threads" and device.type == "cuda" and args.workers > 1:
+    if config.parallel == "threads" and device.type == "cuda" and config.workers > 1:
         raise UsageError("--parallel threads: candidates on CUDA share process-global torch "
                          "settings across threads; use --parallel processes")
-    if args.parallel is not None:
-        return str(args.parallel)
-    return "processes" if device.type == "cuda" and args.workers > 1 else "threads"
+    if config.parallel is not None:
+        return config.parallel
+    return "processes" if device.type == "cuda" and config.workers > 1 else "threads"
 
 
-def _trains_on(proxy: Any, device: Any) -> dict[str, str]:
+def _trains_on(proxy: Proxy, device: Any) -> dict[str, str]:
     """Where and how the candidates train, for the run's first line and `run.json`."""
     import torch
 
@@ -248,59 +153,54 @@ class ObjectiveFactory:
     proxy_kwargs: Mapping[str, Any]
     objective_kwargs: Mapping[str, Any]
 
-    def __call__(self) -> Any:
+    def __call__(self) -> Objective:
         from proxies import make_proxy
 
         from .objective import Objective
 
         return Objective(proxy=make_proxy(self.proxy, **self.proxy_kwargs), **self.objective_kwargs)
 
-    def proxy_at(self, budget: str) -> Any:
+    def proxy_at(self, budget: str) -> Proxy:
         """The same proxy (factory, dataset, seed, device) at another budget: a promotion rung."""
         from proxies import make_proxy
 
         return make_proxy(self.proxy, **{**self.proxy_kwargs, "budget": budget})
 
 
-@dataclasses.dataclass(frozen=True)
-class Promotion:
-    """`--promote` and `--eta`, checked: the rung budgets as named (rung 0 is the search's
-    budget) and the reduction factor."""
+def _search_config(args: argparse.Namespace, argv: list[str]) -> SearchConfig:
+    """The search's `SearchConfig`: the command line's, or with `--resume` the stored one
+    with the options given again on the command line (and its `WHERE` fields) replacing
+    their stored values."""
+    from .config import WHERE, SearchConfigError, from_namespace, search_parser
 
-    rungs: tuple[str, ...]
-    eta: int
-
-
-def _promotion(args: argparse.Namespace, stored: Mapping[str, Any] | None) -> Promotion | None:
-    """The run's promotion, or None (off). A resumed run without --promote keeps the one it
-    was started with, so an interrupted promotion continues."""
-    from proxies import Budget
-
-    from .promote import parse_rungs
-
-    if args.promote is None:
-        if args.eta is not None:
-            raise UsageError("--eta applies with --promote")
-        if args.resume and stored:
-            return Promotion(rungs=tuple(stored["rungs"]), eta=int(stored["eta"]))
-        return None
-    eta = 3 if args.eta is None else args.eta
-    if eta < 2:
-        raise UsageError(f"--eta: {eta} must be >= 2 (each rung keeps 1/eta of its candidates)")
     try:
-        rungs = parse_rungs(args.promote)
-        budgets = [Budget.parse(r) for r in rungs]
-        search_budget = Budget.parse(args.budget)
-    except ValueError as e:
-        raise UsageError(f"--promote: {e}") from None
-    if budgets[0] != search_budget:
-        raise UsageError(f"--promote: the first rung ({rungs[0]}) must be the search's --budget "
-                         f"({args.budget})")
-    for (a, ba), (b, bb) in zip(zip(rungs, budgets), zip(rungs[1:], budgets[1:])):
-        if not bb.cost > ba.cost:
-            raise UsageError(f"--promote: rung {b!r} ({bb.cost:g} M image-pixels) must cost more "
-                             f"than rung {a!r} before it ({ba.cost:g})")
-    return Promotion(rungs=tuple(rungs), eta=eta)
+        stored = _stored_config(args) if args.resume and args.run_dir else None
+        if stored is None:
+            return from_namespace(args)
+        given = vars(search_parser(only_given=True).parse_args(argv))
+        return dataclasses.replace(stored, **{**given, **{k: getattr(args, k) for k in WHERE}})
+    except SearchConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def _stored_config(args: argparse.Namespace) -> SearchConfig | None:
+    """The config a run folder's (or `--storage`'s) study was started with; None when there
+    is no study or it has no record (the checks that follow say so)."""
+    from .config import SearchConfig
+    from .storage import StorageError, StorageSpec
+
+    run_dir = Path(args.run_dir)
+    if args.storage is None and not (run_dir / "study.db").exists():
+        return None
+    url = args.storage or f"sqlite:///{run_dir / 'study.db'}"
+    try:
+        study = optuna.load_study(study_name=args.study_name, storage=StorageSpec(url).open())
+    except StorageError as e:
+        raise UsageError(str(e)) from None
+    except KeyError:  # no study of that name yet
+        return None
+    run = study.user_attrs.get("run")
+    return SearchConfig.from_run(run) if run else None
 
 
 def _open_run_study(run_dir: Path, storage: str | None, study_name: str) -> optuna.Study:
@@ -327,6 +227,7 @@ def _versions() -> dict[str, str]:
 
 # ---------------------------------------------------------------------------- search
 def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
+    """`search.py [OPTIONS]`: `args` and `argv` are the command line (`search_parser`)."""
     from latency_tables import MissingLayerError
     from proxies import DatasetError, DeviceError
     from search_space import DEFAULT_SPACE_PATH, ArchError, SearchSpace
@@ -336,7 +237,6 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     from .processes import run_processes
     from .report import write_outputs
     from .runner import (
-        STUDY_NAME,
         InfeasibleSearch,
         SearchExhausted,
         StudyMismatch,
@@ -348,57 +248,36 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     from .storage import StorageError, StorageSpec, redact
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.trials < 1:
-        raise UsageError(f"--trials: {args.trials} must be >= 1")
-    if args.workers < 1:
-        raise UsageError(f"--workers: {args.workers} must be >= 1")
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError(f"--timeout: {args.timeout} must be > 0 seconds")
-    devices = [d.strip() for d in args.device.split(",") if d.strip()]
-    if not devices:
-        raise UsageError("--device: name at least one latency table (see `search.py devices`)")
-    if args.objective == "score" and (len(devices) != 1 or not args.target_latency):
-        raise UsageError("--objective score needs exactly one --device and --target-latency MS")
-    if args.target_latency is not None and args.target_latency <= 0:
-        raise UsageError(f"--target-latency: {args.target_latency} must be > 0 ms")
-    if args.max_params is not None and args.max_params <= 0:
-        raise UsageError(f"--max-params: {args.max_params} must be > 0 (millions)")
-    if args.resume and not args.run_dir:
-        raise UsageError("--resume needs --run-dir (the run folder to continue)")
-    if args.heartbeat < 1:
-        raise UsageError(f"--heartbeat: {args.heartbeat} must be >= 1 second")
-    if args.backend == "ray" and (args.study_name != STUDY_NAME
-                                  or (args.storage or "").startswith("journal:")):
-        raise UsageError("--study-name and journal: storage apply to --backend optuna (Ray's "
-                         "workers load the study from a database URL)")
-    device = _proxy_device(args)
-    parallel = _parallel(args, device)
-    _promotion(args, None)  # bad --promote/--eta: before anything is written
+    config = _search_config(args, argv)  # every check that needs no I/O: before anything else
+    devices = config.devices
+    device = _proxy_device(config)
+    parallel = _parallel(config, device)
+    promotion = config.promotion
 
     tables = _tables(devices)
     devices = list(tables)
     try:
-        space = SearchSpace.from_file(args.space or DEFAULT_SPACE_PATH)
+        space = SearchSpace.from_file(config.space or DEFAULT_SPACE_PATH)
     except ArchError as e:
         raise UsageError(f"--space: {e}") from None
     _check_coverage(space, tables)
-    max_latency = _max_latency(args.max_latency, devices)
+    max_latency = config.max_latency_ms
     # A shared storage (--storage) is opened first: a wrong URL, password or driver, or an
     # unreachable server stops the run before anything is loaded or written.
-    shared = args.storage is not None
-    heartbeat = args.heartbeat if args.backend == "optuna" else None
+    shared = config.storage is not None
+    heartbeat = config.heartbeat if config.backend == "optuna" else None
     storage_obj = None
     if shared:
         try:
-            storage_obj = StorageSpec(args.storage, heartbeat_s=heartbeat).open()
+            storage_obj = StorageSpec(config.storage, heartbeat_s=heartbeat).open()
         except StorageError as e:
             raise UsageError(str(e)) from None
 
-    run_dir = Path(args.run_dir) if args.run_dir else RESULTS / (
+    run_dir = Path(config.run_dir) if config.run_dir else RESULTS / (
         dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + "-".join(devices))
-    if args.resume and args.storage is None and not (run_dir / "study.db").exists():
+    if config.resume and config.storage is None and not (run_dir / "study.db").exists():
         raise UsageError(f"--resume: {run_dir} has no study.db to continue")
-    if not args.resume and (run_dir / "study.db").exists():
+    if not config.resume and (run_dir / "study.db").exists():
         raise UsageError(f"{run_dir} already holds a study; add --resume to continue it or "
                          "choose another --run-dir")
     try:
@@ -410,14 +289,14 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"--run-dir {run_dir}: not writable ({e.strerror})") from None
 
     make_objective = ObjectiveFactory(
-        proxy=args.proxy,
-        proxy_kwargs={"dataset": args.dataset, "budget": args.budget, "seed": args.seed,
-                      "device": args.proxy_device},
+        proxy=config.proxy,
+        proxy_kwargs={"dataset": config.dataset, "budget": config.budget, "seed": config.seed,
+                      "device": config.proxy_device},
         objective_kwargs={
-            "space": space, "latency": tables, "objective": args.objective,
-            "target_latency_ms": args.target_latency,
-            "constraints": Constraints(max_latency_ms=max_latency, max_params_m=args.max_params),
-            "early_stopping": None if args.no_early_stopping else ParetoEarlyStopping()})
+            "space": space, "latency": tables, "objective": config.objective,
+            "target_latency_ms": config.target_latency,
+            "constraints": Constraints(max_latency_ms=max_latency, max_params_m=config.max_params),
+            "early_stopping": ParetoEarlyStopping() if config.early_stopping else None})
     try:
         objective = make_objective()
     except DeviceError as e:  # e.g. a budget's bf16 on a GPU without it
@@ -431,16 +310,16 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"proxy on {trains['name']}: {trains['precision']}, {trains['determinism']} determinism"
           + ("" if trains["determinism"] != "best-effort" else
              " (CUDA kernels: repeatable as far as they allow, not bit-exact)"))
-    sources = {d: _provenance(t) for d, t in tables.items()}
+    sources = {d: t.provenance_note() for d, t in tables.items()}
     for d in tables:  # a derived table's note names the command that measures the device
         print(f"latency on {d}: {sources[d]}")
-    storage = args.storage or f"sqlite:///{run_dir / 'study.db'}"
+    storage = config.storage or f"sqlite:///{run_dir / 'study.db'}"
     spec = StorageSpec(storage, heartbeat_s=heartbeat)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5) if args.objective == "score" else None
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5) if config.objective == "score" else None
     try:
         study, created = create_or_join(storage_obj or spec.open(), objective.directions,
-                                        make_sampler(args.sampler, args.seed, args.trials), pruner,
-                                        study_name=args.study_name)
+                                        make_sampler(config.sampler, config.seed, config.trials), pruner,
+                                        study_name=config.study_name)
     except StudyMismatch as e:
         raise UsageError(f"--storage {redact(storage)}: {e}") from None
     except StorageError as e:
@@ -451,79 +330,78 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
             study.set_metric_names(objective.metric_names)
     # The study's owner (the worker that created it, a --resume, or a run on its own folder)
     # scores the presets and promotes; workers that join a shared study only search.
-    owner = created or args.resume or not shared
-    seed = args.seed
+    owner = created or config.resume or not shared
+    seed = config.seed
     if not owner:
         # Workers on one study must not propose in lockstep (the same seed draws the same
         # random start-up trials); the proxy keeps --seed, so results stay comparable.
-        seed = args.seed + 1 + secrets.randbelow(2**20)
-        study.sampler = make_sampler(args.sampler, seed, args.trials)
-    if args.resume and not shared:
+        seed = config.seed + 1 + secrets.randbelow(2**20)
+        study.sampler = make_sampler(config.sampler, seed, config.trials)
+    if config.resume and not shared:
         n = recover_zombies(study)
         if n:
             print(f"resume: {n} interrupted trial(s) marked FAIL and re-queued")
     stored = dict(study.user_attrs.get("run") or {})
     run = dict(stored)
-    promotion = _promotion(args, run.get("promote"))
-    if promotion is not None and args.promote is None:
+    if promotion is not None and config.resume and args.promote is None:
         print(f"resume: promotion {','.join(promotion.rungs)} (eta {promotion.eta}) as started")
     run.update(name=run_dir.name, argv=["search.py", *map(redact, argv)], devices=devices, sources=sources,
-               tables={d: t.meta for d, t in tables.items()}, seed=args.seed,
+               tables={d: t.provenance() for d, t in tables.items()}, seed=config.seed,
                space=str(space.source), space_yaml=Path(space.source).read_text(),
-               proxy=args.proxy, dataset=args.dataset, budget=str(proxy.budget),
-               fidelity=promotion.rungs[0] if promotion else args.budget,
+               proxy=config.proxy, dataset=config.dataset, budget=str(proxy.budget),
+               fidelity=promotion.rungs[0] if promotion else config.budget,
                promote=dataclasses.asdict(promotion) if promotion else None,
-               objective=args.objective, target_latency_ms=args.target_latency,
-               max_latency_ms=max_latency, max_params_m=args.max_params, sampler=args.sampler,
-               backend=args.backend, workers=args.workers, trials=args.trials,
-               parallel=parallel if args.backend == "optuna" else None,
-               gpus_per_trial=args.gpus_per_trial, proxy_device=trains,
-               early_stopping=not args.no_early_stopping, versions=_versions(),
+               objective=config.objective, target_latency_ms=config.target_latency,
+               max_latency_ms=max_latency, max_params_m=config.max_params, sampler=config.sampler,
+               backend=config.backend, workers=config.workers, trials=config.trials,
+               parallel=parallel if config.backend == "optuna" else None,
+               gpus_per_trial=config.gpus_per_trial, proxy_device=trains,
+               early_stopping=config.early_stopping, versions=_versions(),
                machine=f"{platform.machine()}, {os.cpu_count()} cores",
-               storage=redact(storage), study_name=args.study_name)
+               storage=redact(storage), study_name=config.study_name, config=config.to_dict())
     run["runs"] = [*run.get("runs", []), dt.datetime.now().isoformat(timespec="seconds")]
     run = json.loads(json.dumps(run, default=str))
     if not owner and "devices" in stored:  # joining: the study's settings, not this command's
-        _check_join(stored, run, args.study_name)
-        print(f"joined study {args.study_name!r}: {len(study.trials)} trial(s) so far; the worker "
+        _check_join(stored, run, config.study_name)
+        print(f"joined study {config.study_name!r}: {len(study.trials)} trial(s) so far; the worker "
               f"that created it scores the presets", flush=True)
     else:
         study.set_user_attr("run", run)
-    print(f"run folder: {run_dir}  (study: {redact(storage)}, {args.study_name})")
+    print(f"run folder: {run_dir}  (study: {redact(storage)}, {config.study_name})")
 
     start = time.perf_counter()
-    progress = _Progress(args.trials, devices, start)
+    progress = _Progress(config.trials, devices, start)
     try:
-        if args.backend == "ray":
+        if config.backend == "ray":
             from .ray_backend import ClusterError, run_ray
 
             try:
-                run_ray(study=study, storage=storage, objective=objective, n_trials=args.trials,
-                        timeout=args.timeout, workers=args.workers, address=args.ray_address,
-                        seed=args.seed, gpus_per_trial=args.gpus_per_trial, on_trial=progress,
+                run_ray(study=study, storage=storage, objective=objective, n_trials=config.trials,
+                        timeout=config.timeout, workers=config.workers, address=config.ray_address,
+                        seed=config.seed, gpus_per_trial=config.gpus_per_trial, on_trial=progress,
                         run_dir=run_dir)
             except ClusterError as e:
                 raise UsageError(str(e)) from None
         elif parallel == "processes":
             run_processes(study, storage=spec, make_objective=make_objective,
-                          make_sampler=functools.partial(make_sampler, args.sampler,
-                                                         n_trials=args.trials),
-                          seed=seed, n_trials=args.trials, workers=args.workers,
-                          timeout=args.timeout, on_trial=progress)
+                          make_sampler=functools.partial(make_sampler, config.sampler,
+                                                         n_trials=config.trials),
+                          seed=seed, n_trials=config.trials, workers=config.workers,
+                          timeout=config.timeout, on_trial=progress)
         else:
-            run_optuna(study, objective, args.trials, timeout=args.timeout, workers=args.workers,
+            run_optuna(study, objective, config.trials, timeout=config.timeout, workers=config.workers,
                        on_trial=progress)
     except SearchExhausted as e:  # what was found is valid: say why it is less, and report it
         print(e, flush=True)
     except (MissingLayerError, InfeasibleSearch) as e:
         raise UsageError(str(e)) from None
-    rungs = promotion.rungs if promotion else (args.budget,)
+    rungs = promotion.rungs if promotion else (config.budget,)
     proxy_at = functools.cache(lambda k: make_objective.proxy_at(rungs[k]) if k else objective.proxy)
     if not owner:
         write_outputs(run_dir, study)
         print(f"\nsearch done; wrote {run_dir}/ from the study as it stands (regenerate it later "
               f"with `python search.py show {run_dir} --storage URL --study-name "
-              f"{args.study_name}`)")
+              f"{config.study_name}`)")
         return 0
     if promotion is not None:
         if shared:
@@ -591,10 +469,12 @@ class _Progress:
         print(line, flush=True)
 
 
-def _score_presets(study: optuna.Study, describe: Any, proxy: Any, fidelity: str) -> None:
+def _score_presets(study: optuna.Study, describe: Callable[[ArchConfig], dict[str, Any]],
+                   proxy: Proxy, fidelity: str) -> None:
     """Score T0/T1/T2 with the run's tables (`describe`) and `proxy`, the fidelity of the
     highest rung the search reached, so that they compare with the front (once per study
     and fidelity; stored on it)."""
+    from latency_tables import MissingLayerError
     from search_space import PRESETS
 
     base = (study.user_attrs.get("run") or {}).get("fidelity", fidelity)
@@ -605,7 +485,7 @@ def _score_presets(study: optuna.Study, describe: Any, proxy: Any, fidelity: str
         arch = PRESETS[name]
         try:
             info = describe(arch)
-        except Exception as e:  # a table that lacks a preset's layers: say so, keep going
+        except MissingLayerError as e:  # a table that lacks a preset's layers: say so, keep going
             scored[name] = {"arch": arch.to_dict(), "latency_ms": {}, "reason": str(e)}
             continue
         result = proxy(arch)
@@ -659,14 +539,15 @@ def _print_fronts(fronts: list[Any]) -> None:
 
 # ---------------------------------------------------------------------------- others
 def cmd_devices(args: argparse.Namespace) -> int:
-    from latency_tables import LatencyTable, available
+    from latency_tables import available, load_predictor
 
     names = available()
     if not names:
         print("no latency tables; measure one with `python -m latency_tables build --device NAME`")
     for name in names:
-        table = LatencyTable.load(name)
-        print(f"{name:12s} {table.source:9s} {_provenance(table)}")
+        table = load_predictor(name)
+        print(f"{name:12s} {table.provenance().get('source', 'unknown'):9s} "
+              f"{table.provenance_note()}")
     return 0
 
 

@@ -20,7 +20,7 @@ import socket
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
@@ -30,6 +30,10 @@ from search_space import ArchConfig, ConstraintInfeasible, SearchSpace, count_pa
 
 from .early_stop import History, ParetoEarlyStopping
 from .interrupt import CtrlC
+
+if TYPE_CHECKING:
+    from latency_tables import LatencyPredictor
+    from proxies import Proxy
 
 __all__ = ["Objective", "Constraints", "CandidateFailed", "mnas_reward", "MNAS_W",
            "history_of", "finished_twin", "record_repeat", "STOPPED", "INFEASIBLE", "INTERRUPTED",
@@ -138,15 +142,16 @@ class Objective:
 
     Args:
         space: the search space (`space.suggest(trial)`).
-        latency: device name -> predictor with `predict(arch) -> ms` (a `LatencyTable`).
-        proxy: accuracy proxy, `proxy(arch, callback=...) -> ProxyResult`.
+        latency: device name -> its `latency_tables.LatencyPredictor` (`predict(arch) -> ms`;
+            a `LatencyTable`, or any object with the protocol's members).
+        proxy: the accuracy proxy (`proxies.Proxy`: `proxy(arch, callback=...) -> ProxyResult`).
         objective: "pareto" or "score".
         target_latency_ms: T of the MnasNet reward (score objective).
         constraints: hard limits, checked before training.
         early_stopping: the Pareto stopping rule, or None to train every candidate fully.
     """
 
-    def __init__(self, *, space: SearchSpace, latency: Mapping[str, Any], proxy: Any,
+    def __init__(self, *, space: SearchSpace, latency: Mapping[str, LatencyPredictor], proxy: Proxy,
                  objective: str = "pareto", target_latency_ms: float | None = None,
                  constraints: Constraints | None = None,
                  early_stopping: ParetoEarlyStopping | None = None) -> None:

@@ -25,6 +25,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from search_space import ConstraintInfeasible
+
 from .objective import (
     DUPLICATE,
     FIDELITY,
@@ -161,8 +163,9 @@ class SearchExhausted(RuntimeError):
             "space may hold fewer; a random sampler or another seed may find more)")
 
 
-class InfeasibleSearch(ValueError):
-    """Only candidates that break the constraints were drawn ("constraint infeasible")."""
+class InfeasibleSearch(ConstraintInfeasible):
+    """Only candidates that break the constraints were drawn ("constraint infeasible"; a
+    `search_space.ConstraintInfeasible`, as the space's own bounded rejection loop raises)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"constraint infeasible: {limit} candidates in a row broke the "

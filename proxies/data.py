@@ -38,6 +38,9 @@ import dataclasses
 import functools
 import gzip
 import os
+import pickle
+import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -242,11 +245,18 @@ def _cifar(name: str, root: str | None, download: bool,
     return x, torch.tensor(ds.targets, dtype=torch.int64), tuple(ds.classes)
 
 
+# What torchvision raises for a dataset it cannot fetch or read: offline or refused (URLError,
+# HTTPError: OSErrors), a failed integrity check (RuntimeError), a truncated or corrupt archive
+# or batch file. Anything else is a bug, not a missing dataset, and is not reworded.
+_UNREADABLE = (OSError, RuntimeError, ValueError, EOFError, tarfile.TarError, zipfile.BadZipFile,
+               pickle.UnpicklingError)
+
+
 def _torchvision(cls: type, name: str, root: Path, download: bool, hint: str = "",  # noqa: ANN202
                  train: bool = True):
     try:
         return cls(str(root), train=train, download=download)
-    except Exception as e:  # torchvision raises URLError, RuntimeError, OSError ... offline
+    except _UNREADABLE as e:
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         action = "download failed" if download else "not found (download=False)"
         extra = f" {hint}" if hint else ""

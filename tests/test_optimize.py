@@ -60,7 +60,7 @@ from optimize.promote import (
     promotion_order,
 )
 from optimize.report import RungCost, accuracy_error, rung_costs, tie_note, ties_with_best
-from optimize.runner import SearchExhausted, Tally, describe_trial, tally
+from optimize.runner import InfeasibleSearch, SearchExhausted, Tally, describe_trial, tally
 from proxies import BUDGETS, ProxyResult
 from search_space import PRESETS, ArchConfig, SearchSpace
 
@@ -116,13 +116,25 @@ class FakeProxy:
 
 
 class FakeTable:
-    """Latency predictor: ms from a mapping arch_id -> ms, or from a function."""
+    """Latency predictor (`latency_tables.LatencyPredictor`, no table behind it): ms from a
+    mapping arch_id -> ms, or from a function."""
+
+    name = "fake"
 
     def __init__(self, ms: Mapping[str, float] | Callable[[ArchConfig], float]) -> None:
         self.ms = ms
 
     def predict(self, arch: ArchConfig) -> float:
         return self.ms(arch) if callable(self.ms) else self.ms[arch.arch_id]
+
+    def check_coverage(self, space: SearchSpace) -> None:
+        """Covers every space (a function) or none beyond its mapping (not checked here)."""
+
+    def provenance(self) -> dict[str, str]:
+        return {"source": "fake"}
+
+    def provenance_note(self) -> str:
+        return "latency table 'fake' is a test double"
 
 
 class ListSpace:
@@ -226,7 +238,7 @@ def test_impossible_latency_constraint_ends_with_constraint_infeasible(space, ep
                     constraints=Constraints(max_latency_ms={"amd-epyc": 0.01}))
     s = study(obj.directions)
     # the timeout only guards against a hang: a run that times out returns without raising
-    with pytest.raises(ValueError, match="constraint infeasible"):
+    with pytest.raises(InfeasibleSearch, match="constraint infeasible"):
         run_optuna(s, obj, n_trials=1, timeout=60)
     assert proxy.calls == []
 
@@ -237,7 +249,7 @@ def test_impossible_space_constraint_ends_with_constraint_infeasible():
     proxy = FakeProxy(wobbly_accuracy)
     obj = Objective(space=tiny, latency={"fake": FakeTable(lambda a: 1.0)}, proxy=proxy)
     s = study(obj.directions)
-    with pytest.raises(ValueError, match="constraint infeasible"):
+    with pytest.raises(InfeasibleSearch, match="constraint infeasible"):
         run_optuna(s, obj, n_trials=1, timeout=60)
     assert proxy.calls == []
     assert all(t.state == TrialState.PRUNED and INFEASIBLE in t.user_attrs for t in s.get_trials())
