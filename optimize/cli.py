@@ -288,6 +288,8 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     except OSError as e:
         raise UsageError(f"--run-dir {run_dir}: not writable ({e.strerror})") from None
 
+    proxy_name, accuracy_source = _resolve_proxy(config)
+    config = dataclasses.replace(config, proxy=proxy_name)  # run.json records what ran
     make_objective = ObjectiveFactory(
         proxy=config.proxy,
         proxy_kwargs={"dataset": config.dataset, "budget": config.budget, "seed": config.seed,
@@ -310,6 +312,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"proxy on {trains['name']}: {trains['precision']}, {trains['determinism']} determinism"
           + ("" if trains["determinism"] != "best-effort" else
              " (CUDA kernels: repeatable as far as they allow, not bit-exact)"))
+    print(f"accuracy: {accuracy_source}")
     sources = {d: t.provenance_note() for d, t in tables.items()}
     for d in tables:  # a derived table's note names the command that measures the device
         print(f"latency on {d}: {sources[d]}")
@@ -348,7 +351,8 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     run.update(name=run_dir.name, argv=["search.py", *map(redact, argv)], devices=devices, sources=sources,
                tables={d: t.provenance() for d, t in tables.items()}, seed=config.seed,
                space=str(space.source), space_yaml=Path(space.source).read_text(),
-               proxy=config.proxy, dataset=config.dataset, budget=str(proxy.budget),
+               proxy=config.proxy, accuracy_source=accuracy_source, dataset=config.dataset,
+               budget=str(proxy.budget),
                fidelity=promotion.rungs[0] if promotion else config.budget,
                promote=dataclasses.asdict(promotion) if promotion else None,
                objective=config.objective, target_latency_ms=config.target_latency,
@@ -469,6 +473,31 @@ class _Progress:
         print(line, flush=True)
 
 
+def _resolve_proxy(config: SearchConfig) -> tuple[str, str]:
+    """(the proxy to run, where its accuracy comes from). `auto` is the learned estimate
+    (`proxies.estimate`) where one is fitted for the dataset and budget, else short_train."""
+    from proxies import Budget
+    from proxies.estimate import EstimateError, EstimateModel, compatible
+
+    def trained(name: str) -> str:
+        return f"{name}: accuracy on the validation split after the `{config.budget}` budget"
+
+    if config.proxy not in ("auto", "estimate"):
+        return config.proxy, trained(config.proxy)
+    try:
+        model = EstimateModel.load(config.dataset)
+        compatible(model, dataset=config.dataset, budget=Budget.parse(config.budget))
+    except EstimateError as e:
+        if config.proxy == "estimate":
+            raise UsageError(f"--proxy estimate: {e}") from None
+        return "short_train", f"{trained('short_train')} (auto; no estimate applies: {e})"
+    except ValueError as e:
+        raise UsageError(f"--budget: {e}") from None
+    if config.promote is not None:  # auto with promotion: rungs need a training proxy
+        return "short_train", f"{trained('short_train')} (auto: --promote trains at several budgets)"
+    return "estimate", f"estimate: {model.provenance}"
+
+
 def _score_presets(study: optuna.Study, describe: Callable[[ArchConfig], dict[str, Any]],
                    proxy: Proxy, fidelity: str) -> None:
     """Score T0/T1/T2 with the run's tables (`describe`) and `proxy`, the fidelity of the
@@ -493,7 +522,8 @@ def _score_presets(study: optuna.Study, describe: Callable[[ArchConfig], dict[st
                         "params_m": info["params_m"], "proxy_seconds": result.seconds,
                         "accuracy": None if result.failed else float(
                             result.score if result.accuracy is None else result.accuracy),
-                        "reason": result.reason, "fidelity": fidelity}
+                        "reason": result.reason, "fidelity": fidelity,
+                        "accuracy_se": result.uncertainty}
         print(f"preset {name} ({fidelity}): acc={scored[name]['accuracy']} "
               + " ".join(f"{d}={ms:.2f}ms" for d, ms in info["latency_ms"].items()), flush=True)
         study.set_user_attr("presets", scored)

@@ -93,7 +93,9 @@ class SearchConfig:
                             "this many seconds (default 780, so the default run stays within 15 "
                             "minutes)")
     space: str | None = option(None, help="search space YAML (default: search_space/default.yaml)")
-    proxy: str = option("short_train", help="accuracy proxy (proxies.PROXIES; default short_train)")
+    proxy: str = option("auto", help="accuracy proxy (proxies.PROXIES) or auto (default): the "
+                        "learned estimate where one is fitted for --dataset and --budget "
+                        "(proxies/estimates/), else short_train")
     dataset: str = option("fashion-mnist", help="fashion-mnist (default), cifar10, cifar100 or "
                           "imagefolder:PATH")
     budget: str = option("quick", help="proxy fidelity: smoke|quick|full or key=value,... "
@@ -183,6 +185,9 @@ class SearchConfig:
         if self.parallel is not None and self.backend != "optuna":
             raise SearchConfigError("--parallel applies to --backend optuna (Ray runs its own "
                                     "workers)")
+        if self.proxy == "estimate" and self.promote is not None:
+            raise SearchConfigError("--proxy estimate scores the one budget it was fitted with; "
+                                    "--promote trains at several: use --proxy short_train (or auto)")
         self.promotion  # noqa: B018 (parsed here for its errors)
         self.max_latency_ms  # noqa: B018
 

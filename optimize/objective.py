@@ -62,6 +62,8 @@ _TWIN_POLL_S = 0.25
 #: user attributes of a promotion (`optimize.promote`): its rung (>= 1; a proposal is rung 0),
 #: the rung's budget as the user named it, and the trial that proposed the architecture.
 RUNG, FIDELITY, PROMOTED_FROM = "rung", "fidelity", "promoted_from"
+#: The standard error a proxy states for its accuracy (`ProxyResult.uncertainty`).
+ACCURACY_SE = "accuracy_se"
 
 
 class CandidateFailed(RuntimeError):
@@ -131,7 +133,7 @@ def running_twins(study: optuna.Study, arch_id: str, number: int) -> list[Frozen
 def record_repeat(trial: optuna.Trial, twin: FrozenTrial) -> None:
     """Store on `trial` the result its twin measured, and which trial that was (`DUPLICATE`)."""
     trial.set_user_attr(DUPLICATE, twin.number)
-    for key in ("checkpoints", "tse", "accuracy", "fail_reason", STOPPED):
+    for key in ("checkpoints", "tse", "accuracy", ACCURACY_SE, "fail_reason", STOPPED):
         if key in twin.user_attrs:
             trial.set_user_attr(key, twin.user_attrs[key])
     trial.set_user_attr("proxy_seconds", 0.0)
@@ -248,6 +250,8 @@ class Objective:
             raise CandidateFailed(f"{arch.arch_id}: {result.reason}")
         accuracy = float(result.score if result.accuracy is None else result.accuracy)
         trial.set_user_attr("accuracy", accuracy)
+        if result.uncertainty is not None:  # the proxy states its own standard error
+            trial.set_user_attr(ACCURACY_SE, float(result.uncertainty))
         if result.stopped_early:
             trial.set_user_attr(STOPPED, True)
             raise optuna.TrialPruned(f"stopped early at step {result.steps}")

@@ -37,7 +37,7 @@ from optuna.trial import TrialState
 
 from search_space import ArchConfig
 
-from .objective import DUPLICATE, FIDELITY, INFEASIBLE, INTERRUPTED, PROMOTED_FROM, RUNG, STOPPED
+from .objective import ACCURACY_SE, DUPLICATE, FIDELITY, INFEASIBLE, INTERRUPTED, PROMOTED_FROM, RUNG, STOPPED
 
 __all__ = ["Candidate", "Front", "RungCost", "collect", "presets_of", "fronts", "rung_costs",
            "pareto_mask", "dominates", "hypervolume", "write_outputs", "accuracy_error",
@@ -67,6 +67,7 @@ class Candidate:
     rung: int = 0                  # 0: the search's budget; k: promoted k rungs (`promote`)
     fidelity: str = ""             # the rung's budget as named (quick, full, key=value,...)
     promoted_from: int | None = None  # a promotion: the trial that proposed the architecture
+    accuracy_se: float | None = None  # the proxy's own standard error (None: binomial)
 
     @property
     def arch_id(self) -> str:
@@ -119,7 +120,7 @@ def collect(study: optuna.Study) -> list[Candidate]:
             started=str(t.datetime_start or ""), finished=str(t.datetime_complete or ""),
             duplicate_of=ua.get(DUPLICATE), proposed=proposed.get(ua.get("arch_id"), 1),
             rung=int(ua.get(RUNG, 0)), fidelity=str(ua.get(FIDELITY, base)),
-            promoted_from=ua.get(PROMOTED_FROM)))
+            promoted_from=ua.get(PROMOTED_FROM), accuracy_se=ua.get(ACCURACY_SE)))
     return out
 
 
@@ -131,7 +132,8 @@ def presets_of(study: optuna.Study) -> list[Candidate]:
                              arch=ArchConfig.from_dict(rec["arch"]), accuracy=rec.get("accuracy"),
                              latency_ms=rec["latency_ms"], params_m=rec.get("params_m"),
                              reason=rec.get("reason", ""), proxy_seconds=rec.get("proxy_seconds"),
-                             fidelity=str(rec.get("fidelity", ""))))
+                             fidelity=str(rec.get("fidelity", "")),
+                             accuracy_se=rec.get("accuracy_se")))
     return out
 
 
@@ -204,8 +206,11 @@ def _val_size(c: Candidate) -> int | None:
 
 
 def accuracy_error(c: Candidate) -> float | None:
-    """Binomial standard error of `c.accuracy` on the validation images of its fidelity's
-    budget (None where there is no accuracy or the fidelity names no budget)."""
+    """Standard error of `c.accuracy`: the one its proxy stated (`proxies.estimate`), else
+    the binomial error on the validation images of its fidelity's budget (None where there
+    is no accuracy or the fidelity names no budget)."""
+    if c.accuracy is not None and c.accuracy_se is not None:
+        return float(c.accuracy_se)
     n = _val_size(c)
     if c.accuracy is None or not n:
         return None
@@ -220,10 +225,14 @@ def tie_note(front: Front) -> str:
     if not tied:
         return ""
     fastest = min(tied, key=lambda c: c.latency_ms[front.device])
-    n_val = sorted({_val_size(c) for c in tied})
-    return (f"Uncertainty: each accuracy is measured on {', '.join(map(str, n_val))} validation "
-            f"images (± is 1.96 binomial standard errors; seed-to-seed training noise comes on "
-            f"top). {len(tied)} of the {len(front.members)} front members are within the "
+    if all(c.accuracy_se is not None for c in tied):
+        what = ("each accuracy is the estimate's prediction (± is 1.96 of the standard errors "
+                "it states: its fit's bootstrap spread and leave-one-out error)")
+    else:
+        n_val = sorted({_val_size(c) for c in tied})
+        what = (f"each accuracy is measured on {', '.join(map(str, n_val))} validation images "
+                "(± is 1.96 binomial standard errors; seed-to-seed training noise comes on top)")
+    return (f"Uncertainty: {what}. {len(tied)} of the {len(front.members)} front members are within the "
             f"uncertainty of the most accurate (`tie`); the fastest of them, {fastest.name} "
             f"({fastest.arch_id}, {fastest.latency_ms[front.device]:.2f} ms), is as accurate as "
             "this estimate can tell.\n")
@@ -327,7 +336,8 @@ def _plot(fr: list[Front], path: Path) -> None:
                         xytext=(5, -10))
         source = textwrap.shorten(f.source.split(". ")[0], 150)
         ax.set_xlabel(f"latency, ms/image on {f.device}\n" + textwrap.fill(source, 95), fontsize=8)
-        ax.set_ylabel("proxy accuracy" + (" (highest fidelity reached)" if promoted else ""))
+        ax.set_ylabel(("predicted accuracy" if any(c.accuracy_se is not None for c in f.members)
+                       else "proxy accuracy") + (" (highest fidelity reached)" if promoted else ""))
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -383,6 +393,8 @@ def _report(run: Mapping[str, Any], cands: Sequence[Candidate], fr: Sequence[Fro
     out = [f"# pconv-nas run: {run.get('name', '')}", "",
            f"`{' '.join(run.get('argv', []))}`", "",
            f"Trials by state: {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}.", ""]
+    if run.get("accuracy_source"):
+        out += [f"Accuracy: {run['accuracy_source']}.", ""]
     repeats = sum(c.duplicate_of is not None for c in cands)
     if repeats:
         out += [f"{repeats} of the trials proposed an architecture evaluated before: recorded in "

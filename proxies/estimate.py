@@ -50,7 +50,7 @@ from .short_train import ShortTrain
 from .zero_cost import ZeroCost
 
 __all__ = ["CANDIDATES", "FEATURES", "ESTIMATES", "Estimate", "EstimateModel", "EstimateError",
-           "features", "fit", "model_path"]
+           "compatible", "features", "fit", "model_path"]
 
 #: Where fitted models live: ``ESTIMATES / <dataset slug>.json``.
 ESTIMATES = Path(__file__).with_name("estimates")
@@ -289,18 +289,7 @@ class Estimate:
         self.budget = Budget.parse(budget)
         self.dataset = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
         self.model = model or EstimateModel.load(self.dataset.name)
-        if self.model.dataset != self.dataset.name:
-            raise EstimateError(f"the estimate was fitted on {self.model.dataset!r}, not "
-                                f"{self.dataset.name!r}: fit one for this dataset or choose "
-                                "--proxy short_train")
-        fitted = Budget(**self.model.budget)
-        # Another seed draws the same features' distribution (the fit's leave-one-out error
-        # includes one seed's noise); another budget changes what the features mean.
-        if _compare(fitted) != _compare(self.budget):
-            raise EstimateError(
-                f"the estimate's features come from budget {fitted}; it cannot score budget "
-                f"{self.budget}: keep the budget it was fitted with, refit with --budget, or "
-                "choose --proxy short_train")
+        compatible(self.model, dataset=self.dataset.name, budget=self.budget)
         self.seed = int(seed)
         self.threads = int(threads)
         self.device = resolve_device(device)
@@ -325,6 +314,20 @@ class Estimate:
         return dataclasses.replace(run, proxy=self.name, score=mean / 100,
                                    accuracy=mean / 100, uncertainty=se / 100,
                                    seconds=time.perf_counter() - start)
+
+
+def compatible(model: EstimateModel, *, dataset: str, budget: Budget) -> None:
+    """Raise `EstimateError` unless `model` can score `dataset` at `budget`. Another seed is
+    fine (it draws the same features' distribution; the fit's leave-one-out error includes one
+    seed's noise); another budget changes what the features mean."""
+    if model.dataset != dataset:
+        raise EstimateError(f"the estimate was fitted on {model.dataset!r}, not {dataset!r}: fit "
+                            "one for this dataset or choose --proxy short_train")
+    fitted = Budget(**model.budget)
+    if _compare(fitted) != _compare(budget):
+        raise EstimateError(f"the estimate's features come from budget {fitted}; it cannot score "
+                            f"budget {budget}: keep the budget it was fitted with, refit with "
+                            "--budget, or choose --proxy short_train")
 
 
 def _compare(budget: Budget) -> dict[str, Any]:

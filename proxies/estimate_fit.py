@@ -131,12 +131,30 @@ def _write_report(model: EstimateModel, table: pd.DataFrame, path: Path) -> Path
         f"{model.seed}; {_machine()}.", "",
         "## Candidates (leave-one-out over the design rows; the fit picks the lowest RMSE)", "",
         _md(tried[["features", "alpha", "n", "loo_rmse", "loo_tau"]]), "",
+        "## Baselines on the same rows", "",
+        "Kendall tau of each single feature with the reference (no fit: rank only; params, "
+        "FLOPs and synflow are the baselines an estimate must beat), next to the chosen "
+        "model's leave-one-out tau:", "",
+        _md(_baselines(table, model)), "",
         "## Design rows (in-sample prediction of the chosen model)", "",
         _md(shown[["arch_id", "source", "n_seeds", "reference", "predicted",
                               *FEATURES, "seconds"]].sort_values("reference")), "",
     ]
     path.write_text("\n".join(lines))
     return path
+
+
+def _baselines(table: pd.DataFrame, model: EstimateModel) -> pd.DataFrame:
+    from scipy import stats
+
+    rows = []
+    for f in FEATURES:
+        ok = table[[f, "reference"]].dropna()
+        tau = stats.kendalltau(ok[f], ok["reference"]).statistic if len(ok) > 2 else np.nan
+        rows.append({"predictor": f, "kendall_tau": float(tau), "n": len(ok)})
+    rows.append({"predictor": f"estimate (leave-one-out; {', '.join(model.features)})",
+                 "kendall_tau": model.loo_tau, "n": len(model.fitted_on)})
+    return pd.DataFrame(rows)
 
 
 def _md(df: pd.DataFrame) -> str:

@@ -109,3 +109,44 @@ def test_design_rows_hold_no_holdout_architecture():
     assert len(rows) >= 5 and not set(rows["arch_id"]) & holdout
     assert rows["reference"].between(10, 100).all()  # percent
     assert "tune" in source and pid == rset.protocols[0].protocol_id
+
+
+# ---------------------------------------------------------------- in the search
+def test_auto_proxy_resolves_to_the_estimate_only_where_it_applies(tmp_path, monkeypatch):
+    import proxies.estimate as est
+    from optimize.cli import UsageError, _resolve_proxy
+    from optimize.config import SearchConfig
+
+    model = fit(_rows(12, 0.1), dataset="fashion-mnist", budget=Budget.parse("quick"), seed=0,
+                protocol="p", source="s")
+    model.save(tmp_path / "fashion-mnist.json")
+    monkeypatch.setattr(est, "ESTIMATES", tmp_path)
+    name, why = _resolve_proxy(SearchConfig(device="arm"))
+    assert name == "estimate" and why.startswith("estimate: predicted p accuracy")
+    name, why = _resolve_proxy(SearchConfig(device="arm", budget="smoke"))
+    assert name == "short_train" and "cannot score budget" in why
+    name, why = _resolve_proxy(SearchConfig(device="arm", promote="quick,full"))
+    assert name == "short_train" and "--promote" in why
+    assert _resolve_proxy(SearchConfig(device="arm", proxy="tse"))[0] == "tse"
+    with pytest.raises(UsageError, match="--proxy estimate: .*cannot score budget"):
+        _resolve_proxy(SearchConfig(device="arm", proxy="estimate", budget="smoke"))
+    monkeypatch.setattr(est, "ESTIMATES", tmp_path / "none")
+    name, why = _resolve_proxy(SearchConfig(device="arm"))
+    assert name == "short_train" and "no fitted accuracy estimate" in why
+
+
+def test_estimate_with_promotion_is_a_configuration_error():
+    from optimize.config import SearchConfig, SearchConfigError
+
+    with pytest.raises(SearchConfigError, match="--proxy estimate scores the one budget"):
+        SearchConfig(device="arm", proxy="estimate", promote="quick,full")
+
+
+def test_front_uses_the_stated_error_over_the_binomial_one():
+    from optimize.report import Candidate, accuracy_error
+
+    base = dict(name="t", number=0, state="complete", arch=None, latency_ms={"arm": 1.0},
+                params_m=1.0, fidelity="quick")
+    assert accuracy_error(Candidate(**base, accuracy=0.9, accuracy_se=0.005)) == 0.005
+    binomial = accuracy_error(Candidate(**base, accuracy=0.9))
+    assert binomial == pytest.approx(math.sqrt(0.9 * 0.1 / Budget.parse("quick").val_size))

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIELDS = dataclasses.fields(SearchConfig)
 #: The flags search.py had before its parser was generated: none may disappear or change.
 FLAGS = {"--device": "auto", "--trials": 40, "--timeout": 780.0, "--space": None,
-         "--proxy": "short_train", "--dataset": "fashion-mnist", "--budget": "quick",
+         "--proxy": "auto", "--dataset": "fashion-mnist", "--budget": "quick",
          "--promote": None, "--eta": None, "--objective": "pareto", "--target-latency": None,
          "--max-latency": None, "--max-params": None, "--sampler": "tpe", "--backend": "optuna",
          "--workers": 1, "--proxy-device": "auto", "--parallel": None, "--ray-address": None,
@@ -167,7 +167,9 @@ def test_resume_reloads_the_config_and_takes_what_is_given_again(tmp_path, capsy
     first = _run_record(run_dir)
     assert first["config"] == {**SearchConfig().to_dict(), "device": "amd-epyc", "trials": 2,
                                "budget": "smoke", "max_params": 40.0, "seed": 3,
-                               "run_dir": str(run_dir)}
+                               "run_dir": str(run_dir),
+                               # auto resolved (no estimate is fitted for smoke): what ran
+                               "proxy": "short_train"}
     _search(run_dir, capsys, "--resume", "--trials", "3")
     again = _run_record(run_dir)
     assert again["config"] == {**first["config"], "trials": 3, "resume": True}
