@@ -50,7 +50,7 @@ from .short_train import ShortTrain
 from .zero_cost import ZeroCost
 
 __all__ = ["CANDIDATES", "FEATURES", "ESTIMATES", "Estimate", "EstimateModel", "EstimateError",
-           "compatible", "features", "fit", "model_path"]
+           "compatible", "features", "features_of_run", "fit", "model_path"]
 
 #: Where fitted models live: ``ESTIMATES / <dataset slug>.json``.
 ESTIMATES = Path(__file__).with_name("estimates")
@@ -99,6 +99,15 @@ def features(arch: ArchConfig, *, dataset: Dataset | str, budget: Budget | str =
     data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     run = ShortTrain(dataset=data, budget=budget, seed=seed, device=device)(
         arch, callback=callback)
+    return features_of_run(arch, run, dataset=data, budget=budget, seed=seed, device=device)
+
+
+def features_of_run(arch: ArchConfig, run: ProxyResult, *, dataset: Dataset | str,
+                    budget: Budget | str = "quick", seed: int = 0,
+                    device: str | torch.device = "cpu") -> tuple[dict[str, float], ProxyResult]:
+    """`features` from a quick run that already happened (`run`, the `ShortTrain` result of
+    `arch` at `budget` and `seed`): only the zero-cost scores are computed here."""
+    data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     zc = {name: ZeroCost(name, dataset=data, budget=budget, seed=seed, device=device)(arch)
           for name in ("naswot", "synflow", "params", "flops")}
     nan = math.nan
@@ -300,8 +309,18 @@ class Estimate:
 
     def __call__(self, arch: ArchConfig, *, callback: Callback | None = None) -> ProxyResult:
         start = time.perf_counter()
-        feats, run = features(arch, dataset=self.dataset, budget=self.budget, seed=self.seed,
-                              device=self.device, callback=callback)
+        run = ShortTrain(dataset=self.dataset, budget=self.budget, seed=self.seed,
+                         threads=self.threads, device=self.device,
+                         deterministic=self.deterministic)(arch, callback=callback)
+        return self.from_run(arch, run, start)
+
+    def from_run(self, arch: ArchConfig, run: ProxyResult,
+                 start: float | None = None) -> ProxyResult:
+        """The estimate from a `ShortTrain` run of `arch` at this budget and seed that
+        already happened (the validation scores short_train and the estimate from one run)."""
+        start = time.perf_counter() - run.seconds if start is None else start
+        feats, run = features_of_run(arch, run, dataset=self.dataset, budget=self.budget,
+                                     seed=self.seed, device=self.device)
         if run.failed or run.stopped_early:
             return dataclasses.replace(run, proxy=self.name,
                                        seconds=time.perf_counter() - start)

@@ -109,6 +109,10 @@ def _evaluate_proxies(arch_dict: dict[str, Any], dataset: str, budget: Budget, s
         if name in ("short_train", "tse"):
             result = short
             score = result.score if name == "short_train" or result.failed else -result.tse
+        elif name == "estimate" and short is not None:  # from the same quick run
+            result = PROXIES[name](dataset=dataset, budget=budget, seed=seed,
+                                   device=device).from_run(arch, short)
+            score = result.score
         else:
             result = PROXIES[name](dataset=dataset, budget=budget, seed=seed, device=device)(arch)
             score = result.score

@@ -150,3 +150,13 @@ def test_front_uses_the_stated_error_over_the_binomial_one():
     assert accuracy_error(Candidate(**base, accuracy=0.9, accuracy_se=0.005)) == 0.005
     binomial = accuracy_error(Candidate(**base, accuracy=0.9))
     assert binomial == pytest.approx(math.sqrt(0.9 * 0.1 / Budget.parse("quick").val_size))
+
+
+def test_from_an_earlier_run_equals_a_fresh_call(toy_estimate):
+    from proxies import ShortTrain
+
+    data = load_dataset("fashion-mnist")
+    est = Estimate(dataset=data, budget="smoke", model=toy_estimate("smoke"))
+    fresh = est(SMALL)
+    reused = est.from_run(SMALL, ShortTrain(dataset=data, budget="smoke", seed=0)(SMALL))
+    assert (fresh.score, fresh.uncertainty) == (reused.score, reused.uncertainty)
