@@ -87,6 +87,16 @@ def accuracy() -> list[str]:
                   + (f"; noise ceiling {s.noise_ceiling:.3f}" if s.pair_taus else
                      "; noise ceiling not measured yet (one seed)")
                   + " ([report](proxies/reference/fashion-mnist/report.md)).", ""]
+    from proxies.estimate import EstimateModel
+
+    for path in sorted((ROOT / "proxies/estimates").glob("*.json")):
+        m = EstimateModel.from_dict(json.loads(path.read_text()))
+        lines += [f"The learned estimate (`--proxy estimate`, the search's default where it "
+                  f"applies) for `{m.dataset}`: ridge over {', '.join(m.features)}, fitted on "
+                  f"{len(m.fitted_on)} design architectures ({m.source}); leave-one-out on them: "
+                  f"Kendall tau {m.loo_tau:.2f}, error {m.loo_rmse:.2f} points "
+                  f"([fit report]({path.relative_to(ROOT).with_suffix('.md')})). The holdout "
+                  "half judges it in the `holdout` table where one is shown.", ""]
     for path in sorted((ROOT / "proxies/reports").glob("against_*/correlations.csv")):
         table = pd.read_csv(path)
         settings = json.loads((path.parent / "settings.json").read_text()) \
