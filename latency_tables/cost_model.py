@@ -13,7 +13,10 @@ records every ATen operator that reaches the backend (after autograd decompositi
 its kind, multiply-accumulates (MACs, the paper's and fvcore's "FLOPs"), the bytes of
 weights (parameters and buffers) and of activations it reads and writes (fp32, each storage
 once per operator), the conv group count and the innermost module that issued it. View
-operators (reshape, permute, slicing, expand, ...) move no data and are dropped.
+operators (reshape, permute, slicing, expand, `_unsafe_view`, ...) move no data and are
+dropped. A kernel that makes a non-contiguous input contiguous before it runs (LayerNorm,
+GroupNorm, softmax: ATen's `expect_contiguous`) pays for that copy, which the dispatcher does
+not see: its bytes are added to the kernel's (MobileViT's LayerNorms after the unfold).
 BatchNorm whose input is a convolution's output is dropped as folded into that conv, as
 the paper did for every latency it reports. Activation bytes and MACs scale with the batch,
 weights do not, so one trace serves every batch size.
@@ -22,10 +25,10 @@ Cost of one operator i of kind k at batch b (seconds):
 
     compute_i = b * MACs_i / P_k
     memory_i  = (b * act_bytes_i + weight_bytes_i) / BW          (eltwise: / (BW * e_elt))
-    memory_i  = r_act * (b * act_bytes_i) / (BW * e_elt)          (act: transcendental)
-    t_i = max(compute_i, memory_i) + o + o_g * groups_i          (synchronous CPU / ARM)
-    t_i = max(compute_i / u_i, memory_i, o) + o_k                 (GPU: launches overlap)
-    u_i = min(1, (MACs_i / outputs_i) / K_sat)                    (GPU occupancy, MAC kinds)
+    memory_i  = r_act * (b * act_bytes_i) / (BW * e_elt)          (act: erf, GELU)
+    memory_i  = r_exp * (b * act_bytes_i) / (BW * e_elt)          (exp: SiLU, softmax, ...)
+    t_i = max(compute_i, memory_i) + o + o_g * groups_i + o_m * matrices_i   (CPU / ARM)
+    t_i = max(compute_i, memory_i, o) + o_k                       (GPU: launches overlap)
 
 with per-kind attainable rates P_k for k in `COMPUTE_KINDS` (conv: dense k x k convolution,
 gemm: 1x1 conv / linear / weight matmul, matmul: activation-activation products such as
@@ -34,19 +37,27 @@ operators (elementwise, normalization, pooling, copies) relative to BW, a per-op
 overhead o (dispatch, threading; on the GPU the floor of a kernel's duration) and a
 per-group overhead o_g of grouped and depthwise convolutions (eager PyTorch loops over
 groups on CPUs: the paper's operator table shows a Cortex-A72 depthwise conv getting
-*slower* as channels grow at constant FLOPs).
+*slower* as channels grow at constant FLOPs), and a per-matrix overhead o_m of batched
+activation matmuls (`bmm`: attention's q k^T and attn v) on CPUs, where eager PyTorch 1.x
+splits a batched fp32 matmul above its tiny-matrix kernel into one GEMM call per matrix
+(`bmm_out_or_baddbmm_` in ATen's LinearAlgebra.cpp, "split along batch dimension"; recalled,
+not re-read here: no network): Swin's 49-token windows make ~1800
+such calls per image, each a few microseconds of work.
 
-Activations. A transcendental activation (GELU, SiLU, softmax, ...: kind `act`) costs
-r_act times an elementwise operator moving the same bytes (ReLU). r_act is *not* fitted:
-no published row separates GELU from ReLU at equal architecture, so it is a measured
-constant with its source in the profile (`act_cost_ratio`, `act_cost_source`; evidence in
+Activations. A transcendental activation costs a measured multiple of an elementwise
+operator moving the same bytes (ReLU): r_act for the erf class (exact GELU: kind `act`),
+r_exp for the exp class (SiLU, sigmoid, tanh, and softmax, whose exp dominates its passes:
+kind `exp`). The two differ by up to 2.7x on a CPU without a vectorized erf (a SIMD exp is
+common, a SIMD erf is not). Neither is fitted: no published row separates GELU from ReLU at
+equal architecture, so both are measured constants with their source in the profile
+(`act_cost_ratio`, `exp_cost_ratio`, `act_cost_source`; evidence in
 `benchmarks/reports/activation_cost.md`).
 
-GPU small kernels. At batch 32 a GPU runs narrow and depthwise layers below its rates:
-each kernel pays a launch gap o_k that the next kernel does not hide (dependent kernels
-in eager PyTorch), and a kernel whose reduction depth (MACs per output element: 9 for a
-3x3 depthwise conv, C_in for a 1x1 conv) is below K_sat leaves the tensor-product units
-of its tiles idle, running at u_i of its kind's rate.
+GPU small kernels. At batch 32 each kernel pays a launch gap o_k that the next kernel does
+not hide (dependent kernels in eager PyTorch). An occupancy factor for kernels of small
+reduction depth was tried and removed: the published rows left it free (in-sample it sat
+at the depth of a 3x3 depthwise conv, where it does nothing) and in leave-one-out it traded
+off against the depthwise rate, moving MobileNetV2's error between +26 and +68 %.
 A network's time is the sum over its operators; images/s at batch b is b / time.
 """
 
@@ -73,19 +84,26 @@ __all__ = ["COMPUTE_KINDS", "MAC_KINDS", "OP_KINDS", "DeviceProfile", "OpTrace",
 COMPUTE_KINDS = ("conv", "gemm", "matmul", "dwconv", "gconv", "pool")
 #: Kinds whose `macs` are multiply-accumulates (the others count element operations).
 MAC_KINDS = ("conv", "gemm", "matmul", "dwconv", "gconv")
-#: All operator kinds; `act` (transcendental activations) and `eltwise` are memory-bound.
-OP_KINDS = COMPUTE_KINDS + ("act", "eltwise")
+#: All operator kinds; `act` (erf: GELU), `exp` (exp / tanh: SiLU, sigmoid, softmax) and
+#: `eltwise` are memory-bound.
+OP_KINDS = COMPUTE_KINDS + ("act", "exp", "eltwise")
 _KIND_INDEX = {k: i for i, k in enumerate(OP_KINDS)}
 _GEMM_OPS = {"mm", "addmm", "bmm", "baddbmm"}
 _SDPA = "scaled_dot_product"
-#: Activations with a transcendental (exp / erf / tanh) per element.
-_TRANSCENDENTAL = {"gelu", "gelu_", "silu", "silu_", "sigmoid", "sigmoid_", "tanh", "tanh_",
-                   "_softmax", "softmax", "_log_softmax", "exp", "exp_", "erf", "hardswish",
-                   "hardswish_", "mish", "elu", "elu_"}
+#: Activations with an erf per element (exact GELU): kind `act`.
+_ERF = {"gelu", "gelu_", "erf", "erf_"}
+#: Activations and reductions with an exp (or tanh) per element: kind `exp` (SiLU, softmax).
+_EXP = {"silu", "silu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "_softmax", "softmax",
+        "_log_softmax", "exp", "exp_", "mish", "elu", "elu_"}
 #: Windowed pooling: cost per output element x window.
 _POOL = {"avg_pool2d", "max_pool2d", "max_pool2d_with_indices"}
 #: Allocation and metadata operators: no data is read, no kernel worth counting.
+#: Kernels that copy a non-contiguous input to a contiguous buffer first (ATen's
+#: `expect_contiguous`), a copy the dispatcher does not see: its bytes are added to theirs.
+_CONTIGUOUS_INPUT = {"native_layer_norm", "native_group_norm", "_softmax", "_log_softmax"}
+#: `_unsafe_view` is a view that autograd does not track (`reshape` after a copy): no data.
 _FREE_OPS = {"empty", "empty_like", "zeros", "zeros_like", "ones", "lift_fresh", "detach",
+             "_unsafe_view", "_reshape_alias", "alias",
              "_to_copy_noop", "_local_scalar_dense", "sym_size", "sym_stride", "new_empty",
              "empty_strided", "scalar_tensor", "arange", "full"}
 
@@ -111,7 +129,7 @@ class OpTrace:
     @classmethod
     def from_csv(cls, path: str | Path) -> OpTrace:
         ops = pd.read_csv(path, keep_default_na=False)
-        if "out_elems" not in ops:  # traces written before the column: depth unknown, u = 1
+        if "out_elems" not in ops:  # traces written before the column
             ops["out_elems"] = 0.0
         return cls(ops)
 
@@ -158,6 +176,8 @@ class _Recorder(TorchDispatchMode):
             else:
                 act += _nbytes(t)
         act += sum(_nbytes(t) for t in outs)
+        if name in _CONTIGUOUS_INPUT and ins and not ins[0].is_contiguous():
+            act += 2 * _nbytes(ins[0])  # the hidden copy: read strided, write contiguous
         macs, groups, kind = 0.0, 1, "eltwise"
         if "convolution" in name and len(ins) >= 2:
             x, w, o = ins[0], ins[1], outs[0]
@@ -173,12 +193,14 @@ class _Recorder(TorchDispatchMode):
             a, b = (ins[-2], ins[-1])
             macs = float(outs[0].numel() * a.shape[-1])
             kind = "gemm" if (_key(a) in self.weights or _key(b) in self.weights) else "matmul"
+            if kind == "matmul" and a.dim() == 3:
+                groups = int(a.shape[0])  # matrices in the batch (bmm / baddbmm)
         elif _SDPA in name:
             q, k = ins[0], ins[1]
             macs = float(2 * q.numel() * k.shape[-2])
             kind = "matmul"
-        elif name in _TRANSCENDENTAL and outs:
-            macs, kind = float(outs[0].numel()), "act"
+        elif (name in _ERF or name in _EXP) and outs:
+            macs, kind = float(outs[0].numel()), ("act" if name in _ERF else "exp")
         elif name in _POOL and outs:
             window = args[1] if len(args) > 1 else (1,)
             window = [window] * 2 if isinstance(window, int) else list(window)
@@ -224,10 +246,11 @@ class DeviceProfile:
     """Fitted constants of one device (see the module docstring for the formula).
 
     Units: `rates_gmacs` G multiply-accumulates/s per compute kind, `bandwidth_gbs` GB/s,
-    `overhead_us`, `group_overhead_us` and `kernel_overhead_us` microseconds,
-    `saturation_depth` MACs per output element; `batch` is the protocol's batch.
-    `act_cost_ratio` (time of a transcendental activation / ReLU's on the same tensor) is
-    measured, not fitted, and `act_cost_source` names the measurement.
+    `overhead_us`, `group_overhead_us`, `matmul_overhead_us` (per matrix of a batched
+    matmul) and `kernel_overhead_us` microseconds; `batch` is the
+    protocol's batch. `act_cost_ratio` and `exp_cost_ratio` (time of an erf / exp-class
+    activation over ReLU's on the same tensor) are measured, not fitted, and
+    `act_cost_source` names the measurement.
     """
 
     device: str
@@ -239,9 +262,10 @@ class DeviceProfile:
     group_overhead_us: float
     launches_overlap: bool
     act_cost_ratio: float = 1.0
+    exp_cost_ratio: float = 1.0
     act_cost_source: str = "none: GELU taken at ReLU's cost"
     kernel_overhead_us: float = 0.0
-    saturation_depth: float = 1.0
+    matmul_overhead_us: float = 0.0
     fit: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # --- a flat parameter vector (log space) for fitting
@@ -249,10 +273,10 @@ class DeviceProfile:
         """Names of the fitted constants, in `to_vector` order (`rate_<kind>` for rates).
 
         Only what the device's formula uses: the GPU form has no group overhead, the
-        synchronous form no launch gap nor occupancy.
+        synchronous form no launch gap.
         """
-        tail = (("kernel_overhead_us", "saturation_depth") if self.launches_overlap
-                else ("group_overhead_us",))
+        tail = (("kernel_overhead_us",) if self.launches_overlap
+                else ("group_overhead_us", "matmul_overhead_us"))
         return tuple(f"rate_{k}" for k in COMPUTE_KINDS) + (
             "bandwidth_gbs", "eltwise_efficiency", "overhead_us") + tail
 
@@ -302,10 +326,9 @@ class OpArrays:
         self.bytes = df["act_bytes"].to_numpy(float) * batch + df["weight_bytes"].to_numpy(float)
         grouped = np.isin(self.kind, [_KIND_INDEX["dwconv"], _KIND_INDEX["gconv"]])
         self.groups = np.where(grouped, df["groups"].to_numpy(float), 0.0)
-        out = df["out_elems"].to_numpy(float) if "out_elems" in df else np.zeros(len(df))
-        mac = np.isin(self.kind, [_KIND_INDEX[k] for k in MAC_KINDS]) & (out > 0)
-        #: MACs per output element (0 where unknown or not a MAC kind: full occupancy).
-        self.depth = np.where(mac, df["macs"].to_numpy(float) / np.maximum(out, 1.0), 0.0)
+        #: Matrices of a batched activation matmul (`groups` of a `matmul` row).
+        self.matrices = np.where(self.kind == _KIND_INDEX["matmul"], df["groups"].to_numpy(float),
+                                 0.0)
 
     def times_s(self, theta: np.ndarray, form: DeviceProfile) -> np.ndarray:
         """Per-operator seconds for log-constants `theta` (`form.constant_names()` order).
@@ -313,19 +336,19 @@ class OpArrays:
         `form` supplies what is not fitted (the formula's variant, `launches_overlap`).
         """
         c = dict(zip(form.constant_names(), np.exp(theta)))
-        rates = np.array([c[f"rate_{k}"] for k in COMPUTE_KINDS] + [np.inf, np.inf]) * 1e9
-        act = self.kind == _KIND_INDEX["act"]
-        elt = (self.kind == _KIND_INDEX["eltwise"]) | act
+        rates = np.array([c[f"rate_{k}"] for k in COMPUTE_KINDS] + [np.inf] * 3) * 1e9
+        act, exp = self.kind == _KIND_INDEX["act"], self.kind == _KIND_INDEX["exp"]
+        elt = (self.kind == _KIND_INDEX["eltwise"]) | act | exp
         bw = c["bandwidth_gbs"] * 1e9 * np.where(elt, c["eltwise_efficiency"], 1.0)
         compute = self.macs / rates[self.kind]
-        memory = self.bytes / bw * np.where(act, form.act_cost_ratio, 1.0)
+        ratio = np.where(act, form.act_cost_ratio, np.where(exp, form.exp_cost_ratio, 1.0))
+        memory = self.bytes / bw * ratio
         if form.launches_overlap:
-            occupancy = np.where(self.depth > 0,
-                                 np.minimum(1.0, self.depth / c["saturation_depth"]), 1.0)
-            return (np.maximum(np.maximum(compute / occupancy, memory), c["overhead_us"] * 1e-6)
+            return (np.maximum(np.maximum(compute, memory), c["overhead_us"] * 1e-6)
                     + c["kernel_overhead_us"] * 1e-6)
         return (np.maximum(compute, memory) + c["overhead_us"] * 1e-6
-                + c["group_overhead_us"] * 1e-6 * self.groups)
+                + c["group_overhead_us"] * 1e-6 * self.groups
+                + c["matmul_overhead_us"] * 1e-6 * self.matrices)
 
     def totals_ms(self, theta: np.ndarray, form: DeviceProfile) -> np.ndarray:
         """Per-trace milliseconds (ms per batch)."""

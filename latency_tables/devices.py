@@ -56,8 +56,11 @@ class DeviceSpec:
         prior: keyword arguments of `DeviceProfile` other than `device` and `batch`: the
             start and prior centre of the profile fit (`rates_gmacs` G MAC/s per compute
             kind, `bandwidth_gbs` GB/s, overheads in us, ...).
-        activation_cost: (transcendental activation / ReLU cost ratio, its source):
+        activation_cost: (erf activation (GELU) / ReLU cost ratio, its source):
             measured, never fitted (no published row separates GELU from ReLU).
+        exp_activation_cost: exp-class activation (SiLU; also sigmoid, tanh, softmax) / ReLU
+            cost ratio, measured in the same run and kernel set as `activation_cost` (same
+            source).
     """
 
     name: str
@@ -73,6 +76,7 @@ class DeviceSpec:
     published_protocol: str = ""
     prior: Mapping[str, Any] | None = None
     activation_cost: tuple[float, str] = (1.0, "none: GELU taken at ReLU's cost")
+    exp_activation_cost: float = 1.0
 
     def __post_init__(self) -> None:
         for field, value in (("name", self.name), *(("aliases", a) for a in self.aliases)):
@@ -108,7 +112,8 @@ class DeviceSpec:
             raise ValueError(f"{self.name}: no published figures, hence no cost-model prior")
         ratio, source = self.activation_cost
         return DeviceProfile(device=self.name, batch=self.batch, act_cost_ratio=ratio,
-                             act_cost_source=source, **copy.deepcopy(dict(self.prior)))
+                             exp_cost_ratio=self.exp_activation_cost, act_cost_source=source,
+                             **copy.deepcopy(dict(self.prior)))
 
     def to_dict(self) -> dict[str, Any]:
         """The fields, plus `measure_command`."""
@@ -123,8 +128,9 @@ def _rates(*gmacs: float) -> dict[str, float]:
 _PAPER_CPU_PROTOCOL = "batch 1, one thread, fp32, PyTorch eager, BN folded (FasterNet paper, Sec. 4)"
 _ACT_REPORT = "benchmarks/reports/activation_cost.{md,json}"
 
-#: Every declared device by table name. Activation costs: the median over the FasterNet-T0/T2
-#: hidden tensors of one kernel set in `_ACT_REPORT`; a test keeps them equal. Priors:
+#: Every declared device by table name. Activation costs (GELU / ReLU and SiLU / ReLU): the
+#: medians over the FasterNet-T0/T2 hidden tensors of one kernel set in `_ACT_REPORT`; a test
+#: keeps them equal. Priors:
 #: datasheet-level guesses, G MACs/s, GB/s, us, MACs per output element.
 DEVICES: dict[str, DeviceSpec] = {spec.name: spec for spec in (
     DeviceSpec(
@@ -136,14 +142,16 @@ DEVICES: dict[str, DeviceSpec] = {spec.name: spec for spec in (
         measure_on="the Raspberry Pi 4 (aarch64) board, with this repository installed",
         published_column="arm_ms", published_protocol=_PAPER_CPU_PROTOCOL,
         # Cortex-A72 @1.5 GHz, 1 thread: 4 fp32 FMA/cycle peak = 6 GMACs/s; LPDDR4 ~4 GB/s.
+        # Per matrix of a bmm: a slice and a GEMM call in eager PyTorch, ~5 us at 1.5 GHz.
         prior=dict(rates_gmacs=_rates(4.0, 4.0, 2.0, 0.3, 1.5, 0.5), bandwidth_gbs=3.0,
                    eltwise_efficiency=0.5, overhead_us=20.0, group_overhead_us=10.0,
-                   launches_overlap=False),
+                   matmul_overhead_us=5.0, launches_overlap=False),
         activation_cost=(8.38, f"{_ACT_REPORT}, kernel set 'default' (ATen portable kernel, "
                                "oneDNN off: scalar std::erf) on an Intel Xeon (family 6, model "
                                "207): the case of a CPU whose PyTorch build has no vectorized "
                                "erf; a stand-in, not measured on the Cortex-A72 (no published "
                                "figure found)"),
+        exp_activation_cost=3.11,  # SiLU / ReLU, same kernel set: a vectorized exp is cheaper
     ),
     DeviceSpec(
         name="cpu", aliases=("i9-9900x", "intel-i9-9900x"),
@@ -153,13 +161,15 @@ DEVICES: dict[str, DeviceSpec] = {spec.name: spec for spec in (
         measure_on="the i9-9900X machine",
         published_column="cpu_ms", published_protocol=_PAPER_CPU_PROTOCOL,
         # i9-9900X, 1 thread, AVX-512: ~100 GMACs/s peak; ~15 GB/s single-core bandwidth.
+        # Per matrix of a bmm: a slice and a GEMM call in eager PyTorch, ~1 us at 3.5 GHz.
         prior=dict(rates_gmacs=_rates(80.0, 80.0, 30.0, 7.0, 30.0, 5.0), bandwidth_gbs=15.0,
                    eltwise_efficiency=0.5, overhead_us=5.0, group_overhead_us=0.5,
-                   launches_overlap=False),
+                   matmul_overhead_us=1.0, launches_overlap=False),
         activation_cost=(2.52, f"{_ACT_REPORT}, kernel set 'avx512+onednn' (PyTorch as "
                                "shipped, GELU via oneDNN) on an Intel Xeon (family 6, model "
                                "207), the i9-9900X's AVX-512 ISA; not measured on the i9-9900X "
                                "(no published figure found)"),
+        exp_activation_cost=2.50,  # SiLU / ReLU, same kernel set
     ),
     DeviceSpec(
         name="gpu", aliases=("rtx2080ti", "rtx-2080ti", "2080ti"),
@@ -172,12 +182,10 @@ DEVICES: dict[str, DeviceSpec] = {spec.name: spec for spec in (
         published_protocol="throughput at batch 32, fp32, PyTorch eager, BN folded "
                            "(FasterNet paper, Sec. 4)",
         # RTX 2080Ti fp32: 6.7 TMACs/s peak (Winograd can beat it), 616 GB/s, ~10 us launches;
-        # a ~3 us gap between dependent kernels in eager PyTorch; implicit-GEMM tiles reduce
-        # over 32..64 elements, so depth 64 fills them.
+        # a ~3 us gap between dependent kernels in eager PyTorch.
         prior=dict(rates_gmacs=_rates(8000.0, 6000.0, 3000.0, 300.0, 2000.0, 500.0),
                    bandwidth_gbs=450.0, eltwise_efficiency=0.7, overhead_us=8.0,
-                   group_overhead_us=0.01, launches_overlap=True, kernel_overhead_us=3.0,
-                   saturation_depth=64.0),
+                   group_overhead_us=0.01, launches_overlap=True, kernel_overhead_us=3.0),
         activation_cost=(1.0, "none measured (no GPU in this session): GELU taken at ReLU's "
                               "cost, both bandwidth-bound elementwise kernels on a GPU"),
     ),

@@ -11,6 +11,13 @@ Higher FLOPS for Faster Neural Networks", CVPR 2023, arXiv 2303.03667; see
 - `NOT_BUILT`: rows that cannot be built here, and why.
 - `operator_module(row)`: the paper's "10 stacked layers of one operator".
 
+Attention is built in its explicit form (`q @ k^T`, softmax, `@ v`: timm's
+`set_fused_attn(False)`), the only form the paper could time: its figures (arXiv v1,
+7 March 2023) predate PyTorch 2.0 (15 March 2023), the first release with a fused
+`scaled_dot_product_attention`. The explicit form writes the score matrix and runs a softmax
+over it; the fused one does neither, which on MobileViT's 256-token attention is most of
+the attention's cost.
+
 `published_traces()` traces each of them once (`cost_model.trace`) and caches the operator
 lists in `$PCONV_NAS_CACHE/traces` (default `~/.cache/pconv-nas/traces`), keyed by the torch
 and timm versions.
@@ -104,8 +111,14 @@ def build_network(spec: PublishedNet) -> nn.Module:
 
         return getattr(torchvision.models, spec.name)().eval()
     import timm
+    from timm.layers import set_fused_attn, use_fused_attn
 
-    return timm.create_model(spec.name, pretrained=False).eval()
+    fused = use_fused_attn()
+    set_fused_attn(False)  # attention as matmul, softmax, matmul: see EXPLICIT_ATTENTION
+    try:
+        return timm.create_model(spec.name, pretrained=False).eval()
+    finally:
+        set_fused_attn(fused)
 
 
 class _PConvSlicing(nn.Module):
@@ -144,8 +157,9 @@ def _cache_dir() -> Path:
     import timm
 
     root = Path(os.environ.get("PCONV_NAS_CACHE", Path.home() / ".cache" / "pconv-nas"))
-    # v2: traces carry `out_elems` (the GPU occupancy term needs it)
-    return root / "traces" / f"v2-torch{torch.__version__}-timm{timm.__version__}"
+    # v2: traces carry `out_elems`; v5: explicit attention, `_unsafe_view` free, kind `exp`,
+    # hidden contiguous copies, matrices of a bmm in `groups`
+    return root / "traces" / f"v5-torch{torch.__version__}-timm{timm.__version__}"
 
 
 def _cached(name: str, make: Callable[[], OpTrace]) -> OpTrace:

@@ -222,9 +222,13 @@ def test_activation_cost_is_measured_and_sourced(device):
         return
     report = json.loads((Path(__file__).resolve().parent.parent / "benchmarks" / "reports"
                          / "activation_cost.json").read_text())
-    by_set = {r["capability"]: r["gelu_over_relu_median"] for r in report["results"]}
+    by_set = {r["capability"]: r for r in report["results"]}
     kernel_set = source.split("kernel set '")[1].split("'")[0]
-    assert ratio == pytest.approx(by_set[kernel_set], abs=0.005)
+    assert ratio == pytest.approx(by_set[kernel_set]["gelu_over_relu_median"], abs=0.005)
+    # the exp class (SiLU, softmax) from the same run and kernel set
+    assert prof.exp_cost_ratio == pytest.approx(by_set[kernel_set]["silu_over_relu_median"],
+                                                abs=0.005)
+    assert side["exp_cost_ratio"] == prof.exp_cost_ratio
 
 
 @pytest.mark.parametrize("device", ("arm", "cpu"))
@@ -244,14 +248,77 @@ def test_activation_ratio_scales_act_ops():
     assert predict_ms(tr, dataclasses.replace(base, act_cost_ratio=3.0)) == pytest.approx(3 * t1)
 
 
-def test_gpu_kernel_overhead_and_occupancy():
+def test_gpu_kernel_overhead():
     x = torch.randn(1, 64, 16, 16)
-    dw = trace(nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False), x)  # depth 9
+    dw = trace(nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False), x)
     gpu = _profile(launches_overlap=True, overhead_us=0.0, kernel_overhead_us=0.0,
-                   saturation_depth=1.0, bandwidth_gbs=1e6)
+                   bandwidth_gbs=1e6)
     t = predict_ms(dw, gpu)
-    assert predict_ms(dw, dataclasses.replace(gpu, saturation_depth=36.0)) == pytest.approx(4 * t)
     assert predict_ms(dw, dataclasses.replace(gpu, kernel_overhead_us=5.0)) == pytest.approx(t + 5e-3)
     names = load_profile("gpu").constant_names()
-    assert "kernel_overhead_us" in names and "saturation_depth" in names
+    assert "kernel_overhead_us" in names
     assert "group_overhead_us" not in names  # unused by the GPU form: not fitted
+    assert "saturation_depth" not in names  # the occupancy term was removed (module doc)
+
+
+def test_batched_matmul_pays_per_matrix_on_cpus_only():
+    class Attn(nn.Module):  # q k^T over 12 windows x heads of 49 tokens, head dim 32
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q = x.reshape(12, 49, 32)
+            return q @ q.transpose(-2, -1)
+
+    tr = trace(Attn(), torch.randn(1, 12, 49, 32))
+    row = tr.ops[tr.ops["kind"] == "matmul"].iloc[0]
+    assert row["groups"] == 12 and row["macs"] == 12 * 49 * 49 * 32
+    cpu = _profile(overhead_us=0.0, group_overhead_us=0.0)
+    t = predict_ms(tr, cpu)
+    assert predict_ms(tr, dataclasses.replace(cpu, matmul_overhead_us=2.0)) == pytest.approx(
+        t + 12 * 2e-3)
+    gpu = _profile(launches_overlap=True, overhead_us=0.0)
+    assert predict_ms(tr, dataclasses.replace(gpu, matmul_overhead_us=2.0)) == pytest.approx(
+        predict_ms(tr, gpu))  # one batched kernel on a GPU
+    assert "matmul_overhead_us" in load_profile("cpu").constant_names()
+    assert "matmul_overhead_us" not in load_profile("gpu").constant_names()
+
+
+def test_exp_class_activations_have_their_own_measured_ratio():
+    x = torch.randn(1, 16, 8, 8)
+    kinds = {name: trace(m, x).ops["kind"].iloc[0] for name, m in
+             (("gelu", nn.GELU()), ("silu", nn.SiLU()), ("sigmoid", nn.Sigmoid()),
+              ("softmax", nn.Softmax(dim=-1)), ("relu", nn.ReLU()))}
+    assert kinds == {"gelu": "act", "silu": "exp", "sigmoid": "exp", "softmax": "exp",
+                     "relu": "eltwise"}
+    base = _profile(overhead_us=0.0)
+    silu, gelu = trace(nn.SiLU(), x), trace(nn.GELU(), x)
+    t = predict_ms(silu, base)
+    assert predict_ms(silu, dataclasses.replace(base, exp_cost_ratio=3.0)) == pytest.approx(3 * t)
+    assert predict_ms(silu, dataclasses.replace(base, act_cost_ratio=3.0)) == pytest.approx(t)
+    assert predict_ms(gelu, dataclasses.replace(base, exp_cost_ratio=3.0)) == pytest.approx(t)
+
+
+def test_views_are_free_and_hidden_contiguous_copies_are_paid():
+    class Unfold(nn.Module):  # MobileViT's unfold: transpose, then reshape (a copy + a view)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.transpose(1, 2).reshape(1, -1)
+
+    ops = trace(Unfold(), torch.randn(1, 8, 16)).ops
+    assert list(ops["op"]) == ["clone"]  # `_unsafe_view` after the copy moves no data
+    assert ops["act_bytes"].iloc[0] == 2 * 8 * 16 * 4
+    ln = nn.LayerNorm(16, elementwise_affine=False)
+    x = torch.randn(1, 8, 16)
+    contiguous = trace(ln, x).ops["act_bytes"].iloc[0]
+    strided = trace(ln, x.transpose(1, 2).contiguous().transpose(1, 2)).ops["act_bytes"].iloc[0]
+    assert strided == contiguous + 2 * 8 * 16 * 4  # + read strided, write contiguous
+
+
+def test_published_attention_is_traced_in_explicit_form():
+    from timm.layers import use_fused_attn
+
+    from latency_tables.published import NETWORKS, build_network
+
+    fused = use_fused_attn()
+    model = build_network(NETWORKS["MobileViT-XXS"])
+    assert use_fused_attn() == fused  # the global flag is restored
+    ops = trace(model, torch.randn(1, 3, 64, 64)).ops
+    assert not ops["op"].str.contains("scaled_dot_product").any()
+    assert (ops["op"] == "_softmax").sum() == 9 and (ops["kind"] == "matmul").sum() == 18
