@@ -14,8 +14,9 @@ the smallest such predictor that states its uncertainty:
   only (plus design-only architectures such as the pilot's, never one of the holdout half):
   the holdout half is where `python -m proxies validate --against reference` judges it.
   The feature subset and the ridge strength are chosen by leave-one-out error on the tune
-  rows among the few candidates of `CANDIDATES` (a small, declared family, so that the
-  choice cannot overfit much).
+  rows among the few candidates of `CANDIDATES` (a small, declared family), by the
+  one-standard-error rule: the simplest candidate within one standard error of the lowest
+  error, so that the choice does not follow the noise of a few rows.
 - **Uncertainty**: an ensemble of `N_BOOT` ridge fits on bootstrap resamples of the tune
   rows gives the spread of the prediction; the stated standard error adds the tune rows'
   leave-one-out residual in quadrature (the error a new architecture should expect).
@@ -250,12 +251,21 @@ def fit(rows: Sequence[Mapping[str, Any]], *, target: str = "reference", dataset
             continue
         for alpha in alphas:
             pred = _loo(x[ok], y[ok], alpha)
+            sq = (pred - y[ok]) ** 2
             tried.append({"features": list(feats), "alpha": alpha, "n": int(ok.sum()),
-                          "loo_rmse": float(np.sqrt(np.mean((pred - y[ok]) ** 2))),
+                          "loo_rmse": float(np.sqrt(np.mean(sq))),
+                          "loo_mse_se": float(np.std(sq, ddof=1) / np.sqrt(len(sq))),
                           "loo_tau": _kendall(pred, y[ok])})
     if not tried:
         raise EstimateError("no candidate feature set is finite on 5 or more architectures")
-    best = min(tried, key=lambda t: (t["loo_rmse"], len(t["features"])))
+    # The one-standard-error rule (Breiman et al., "Classification and Regression Trees",
+    # 1984; Hastie et al., ESL 7.10): the simplest candidate (fewest features, then the
+    # strongest ridge) whose leave-one-out MSE is within one standard error of the lowest.
+    # With a few dozen noisy rows the lowest MSE alone flips between candidates row by row.
+    low = min(tried, key=lambda t: t["loo_rmse"])
+    bound = low["loo_rmse"] ** 2 + low["loo_mse_se"]
+    best = min((t for t in tried if t["loo_rmse"] ** 2 <= bound),
+               key=lambda t: (len(t["features"]), -t["alpha"], t["loo_rmse"]))
     feats = tuple(best["features"])
     x = np.array([[float(r[f]) for f in feats] for r in usable])
     ok = np.all(np.isfinite(x), axis=1)

@@ -129,8 +129,10 @@ def _write_report(model: EstimateModel, table: pd.DataFrame, path: Path) -> Path
         f"leave-one-out over the design rows: RMSE {model.loo_rmse:.2f} points, Kendall tau "
         f"{model.loo_tau:.2f}. Features from budget {Budget(**model.budget)}, seed "
         f"{model.seed}; {_machine()}.", "",
-        "## Candidates (leave-one-out over the design rows; the fit picks the lowest RMSE)", "",
-        _md(tried[["features", "alpha", "n", "loo_rmse", "loo_tau"]]), "",
+        "## Candidates (leave-one-out over the design rows)", "",
+        "The fit picks the simplest candidate (fewest features, then the largest alpha) whose "
+        "leave-one-out MSE is within one standard error (`loo_mse_se`) of the lowest.", "",
+        _md(tried[["features", "alpha", "n", "loo_rmse", "loo_mse_se", "loo_tau"]]), "",
         "## Baselines on the same rows", "",
         "Kendall tau of each single feature with the reference (no fit: rank only; params, "
         "FLOPs and synflow are the baselines an estimate must beat), next to the chosen "
