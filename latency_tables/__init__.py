@@ -21,15 +21,24 @@ from .layers import KINDS, LayerSig, arch_layers, make_layer, space_layers
 from .measure import Protocol, Timing, time_layer, time_network
 from .operators import compare_operators, time_operators
 from .predictor import LatencyPredictor, load_predictor
-from .table import SHIPPED_DIR, LatencyTable, MissingLayerError, TableNotFoundError, available, user_dir
+from .table import (
+    SHIPPED_DIR,
+    LatencyTable,
+    MissingLayerError,
+    TableNotFoundError,
+    TableVersionError,
+    available,
+    user_dir,
+)
 from .validate import Accuracy, Validation, accuracy, calibrate, fit_correction, validate
 
 __all__ = ["Accuracy", "DERIVED_DEVICES", "DEVICES", "DeviceProfile", "DeviceSpec", "KINDS",
            "LatencyTable", "LayerSig", "MissingLayerError", "OpTrace", "Protocol", "SHIPPED_DIR",
-           "TABLE_COLUMNS", "TableNotFoundError", "Timing", "Validation", "accuracy", "arch_layers",
+           "TABLE_COLUMNS", "TableNotFoundError", "TableVersionError", "Timing", "Validation",
+           "accuracy", "arch_layers",
            "available", "build_table", "calibrate", "calibrate_published", "compare_operators",
            "derive_table", "device_spec", "fit_correction", "load_profile", "make_layer",
            "predict_ms", "provenance_note", "register_device", "resolve_alias", "space_layers",
            "time_layer", "time_network", "time_operators", "trace", "user_dir", "validate"]
-# The search's seam (`predictor.py`): what a latency predictor must offer, and its loader.
-__all__ += ["LatencyPredictor", "load_predictor"]
+__all__ += ["LatencyPredictor", "load_predictor"]  # the search's seam (`predictor.py`)
+
