@@ -330,14 +330,14 @@ def _jobs(archs: list[ArchConfig], done: dict[str, dict], dataset: str, budget: 
     for arch in archs:
         row = done.get(arch.arch_id, {})
         missing = [s for s in ref_seeds if _column(s) not in row]
-        need_proxies = not all(name in row for name in names)
-        if not (missing or need_proxies):
+        need = tuple(name for name in names if name not in row)  # stored ones are not rerun
+        if not (missing or need):
             continue
         flops = params_and_flops(arch, budget.resolution, 10, 1).flops_g
-        if need_proxies:
+        if need:
             costed.append((flops * budget.cost,
                            (_evaluate_proxies,
-                            (arch.to_dict(), dataset, budget, seed, names, device))))
+                            (arch.to_dict(), dataset, budget, seed, need, device))))
         costed.extend((flops * reference.cost,
                        (_evaluate_reference, (arch.to_dict(), dataset, reference, s, device)))
                       for s in missing)
@@ -380,7 +380,7 @@ def _describe(part: dict[str, Any], names: tuple[str, ...]) -> str:
     for key, value in part.items():
         if key.removeprefix("reference_s").isdigit():
             return f"reference seed {key.removeprefix('reference_s')}={value:.4f}"
-    return " ".join(f"{name}={part[name]:.4g}" for name in names[:2])
+    return " ".join(f"{name}={part[name]:.4g}" for name in [n for n in names if n in part][:2])
 
 
 def _assemble(row: dict[str, Any], names: tuple[str, ...],
@@ -410,8 +410,9 @@ def _key(names: tuple[str, ...]) -> str:
 
 def _load_rows(out_dir: Path | None, ids: list[str], names: tuple[str, ...],
                legacy_seed: int) -> dict[str, dict]:
-    """Results of earlier runs with the same proxies, the lines of each architecture merged
-    (later lines win). Budgets are not checked: delete rows.jsonl after changing them.
+    """Results of earlier runs, the lines of each architecture merged (later lines win): every
+    proxy of `names` a line holds, and the references; a proxy no line holds runs again.
+    Budgets are not checked: delete rows.jsonl after changing them.
 
     Lines written before per-seed references hold ``reference`` and ``reference_seconds``
     of one training with seed ``seed + 1`` (`legacy_seed`); they are read as that seed's.
@@ -422,8 +423,15 @@ def _load_rows(out_dir: Path | None, ids: list[str], names: tuple[str, ...],
     rows: dict[str, dict] = {}
     for line in path.read_text().splitlines():
         row = json.loads(line)
-        if row.pop("key", None) != _key(names) or row["arch_id"] not in ids:
+        stored = set(str(row.pop("key", "")).split(","))
+        if row["arch_id"] not in ids:
             continue
+        # A line holds the proxies of its key (an earlier run may have asked for others):
+        # keep those this run asks for, and the reference columns.
+        keep = stored & set(names)
+        row = {k: v for k, v in row.items()
+               if (base := k.removesuffix("_seconds").removesuffix("_reason")) not in PROXIES
+               or base in keep}
         if "reference" in row:
             col = _column(legacy_seed)
             row[col], row[f"{col}_seconds"] = row.pop("reference"), row.pop("reference_seconds")

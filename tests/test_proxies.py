@@ -228,6 +228,24 @@ def test_validate_resume_from_one_seed_trains_only_the_missing_seed(tmp_path, sp
     assert three.rows["reference_s1"].tolist() == two.rows["reference_s1"].tolist()
 
 
+def test_validate_with_one_more_proxy_runs_only_that_proxy(tmp_path, spied, monkeypatch):
+    refs = _legacy_rows(tmp_path / "rows.jsonl", n=3, seed=0)
+    asked = []
+
+    def proxies(arch_dict, dataset, budget, seed, names, device="cpu"):
+        asked.append(names)
+        arch_id = ArchConfig.from_dict(arch_dict).arch_id
+        return {"arch_id": arch_id, "arch": "x", **{n: 0.5 for n in names},
+                **{f"{n}_seconds": 1.0 for n in names}}
+
+    monkeypatch.setattr(validate_module, "_evaluate_proxies", proxies)
+    report = validate_module.validate(n=3, seed=0, proxies=[*NAMES, "flops"], out_dir=tmp_path)
+    assert asked == [("flops",)] * 3 and spied == []
+    rows = report.rows.set_index("arch_id")
+    assert rows["reference"].to_dict() == refs and rows["flops"].eq(0.5).all()
+    assert rows["short_train"].notna().all()  # the stored proxies are kept, not rerun
+
+
 def test_validate_report_shows_repeatability_and_ceiling(tmp_path, spied):
     _legacy_rows(tmp_path / "rows.jsonl", n=3, seed=0)
     report = validate_module.validate(n=3, seed=0, proxies=NAMES, reference_seeds=2,
@@ -252,7 +270,9 @@ def test_committed_one_seed_rows_need_only_the_seed_2_references(tmp_path, spied
         pytest.skip("proxies/reports/rows.jsonl has no rows from before per-seed references")
     (tmp_path / "rows.jsonl").write_text("\n".join(legacy) + "\n")
     stored = {r["arch_id"]: r["reference"] for r in map(json.loads, legacy)}
-    report = validate_module.validate(n=12, seed=0, reference_seeds=2, out_dir=tmp_path)
+    names = json.loads(legacy[0])["key"].split(",")  # the proxies registered back then
+    report = validate_module.validate(n=12, seed=0, reference_seeds=2, out_dir=tmp_path,
+                                      proxies=names)
     assert sorted(spied) == sorted((arch_id, 2) for arch_id in stored) and len(spied) == 12
     assert report.rows.set_index("arch_id")["reference_s1"].to_dict() == stored
 
