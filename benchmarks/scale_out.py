@@ -287,7 +287,12 @@ def verdict(result: dict) -> list[str]:
            f"architectures evaluated twice: {twice} (goal: 0 and 0)."]
     base = next((r for r in runs if r["workers"] == 1), None)
     at_cores = next((r for r in runs if r["workers"] == result["cores"]), None)
-    if base and at_cores:
+    if base and at_cores and at_cores["kills"]:
+        out.append(f"- Throughput at W = {result['cores']} (the core count) is not judged on this "
+                   f"run: {len(at_cores['kills'])} of its workers were killed, so part of the run "
+                   "had fewer workers; the throughput goal is judged on a run without kills "
+                   "(`--kills 0`).")
+    elif base and at_cores:
         speed = at_cores["per_minute"] / base["per_minute"]
         busy = at_cores.get("load", (float("nan"),))[0]
         out.append(f"- Throughput at W = {result['cores']} (the core count): {speed:.2f}x of W = 1 "
