@@ -252,29 +252,43 @@ def render(result: dict) -> str:
         f"after {4 * a['heartbeat']} s without heartbeat); {a['kills']} worker(s) per run killed "
         "with kill -9 while training (W >= 2).",
         "",
-        "| W | evaluated | trials/min | speed-up | s per training (median) | repeats | killed "
-        "| lost | evaluated twice | recovery s | wall s | load before / after |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| W | evaluated | trials/min | proposals/min | speed-up | s per training (median) | "
+        "repeats | killed | lost | evaluated twice | recovery s | wall s | load before / after |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    base = next((r["per_minute"] for r in result["runs"] if r["workers"] == 1), None)
+    base = next((proposals(r) for r in result["runs"] if r["workers"] == 1), None)
     for r in result["runs"]:
         rec_s = ", ".join("between trials" if not k.get("cut", True) else "not recovered"
                           if k["recovered_s"] is None else f"{k['recovered_s']:.1f}"
                           for k in r["kills"]) or "-"
-        speed = f"{r['per_minute'] / base:.2f}x" if base else "-"
-        lines.append(f"| {r['workers']} | {r['evaluated']} | {r['per_minute']:.1f} | {speed} | "
+        speed = f"{proposals(r) / base:.2f}x" if base else "-"
+        lines.append(f"| {r['workers']} | {r['evaluated']} | {r['per_minute']:.1f} | "
+                     f"{proposals(r):.1f} | {speed} | "
                      f"{r.get('proxy_s_median', float('nan')):.2f} | "
                      f"{r['repeats']} | {len(r['kills'])} | {len(r['unrecovered'])} | "
                      f"{r['evaluated_twice']} | {rec_s} | {r['wall_s']:.0f} | "
                      + ("-" if "load" not in r else f"{r['load'][0]:.1f} / {r['load'][1]:.1f}")
                      + " |")
     lines += ["", *verdict(result), "",
+              "Trials/min counts the architectures evaluated; proposals/min adds the repeated "
+              "proposals (a sampler call and a storage round trip each, no training), which "
+              "differ from run to run (one worker's TPE repeats itself more than several "
+              "workers with their own seeds do), so the speed-up is taken on proposals. "
+              "Evaluated can exceed --trials by up to W - 1: workers that start their last "
+              "trials at the same moment each find the budget open (as with Optuna's "
+              "MaxTrialsCallback); none of them is a repeat. "
               "Lost and evaluated-twice counts come from the storage after the run (see the "
               "module docstring of `benchmarks/scale_out.py`); the JSON beside this file holds "
               "every run's figures, kills and exit codes (a killed worker exits -9). The load "
               "column is the machine's 1-minute load average: above the core count, other jobs "
               "were taking cores from the workers, and trials per minute say less about scaling."]
     return "\n".join(lines) + "\n"
+
+
+def proposals(run: dict) -> float:
+    """Trials the workers handled per minute: evaluated ones and repeated proposals, over the
+    window from the first evaluated trial's start to the last one's end."""
+    return (run["evaluated"] + run["repeats"]) / run["minutes"]
 
 
 def verdict(result: dict) -> list[str]:
@@ -289,14 +303,14 @@ def verdict(result: dict) -> list[str]:
     at_cores = next((r for r in runs if r["workers"] == result["cores"]), None)
     if base and at_cores and at_cores["kills"]:
         out.append(f"- Throughput at W = {result['cores']} (the core count) is not judged on this "
-                   f"run: {len(at_cores['kills'])} of its workers were killed, so part of the run "
+                   f"run: {len(at_cores['kills'])} of its worker(s) killed, so part of the run "
                    "had fewer workers; the throughput goal is judged on a run without kills "
                    "(`--kills 0`).")
     elif base and at_cores:
-        speed = at_cores["per_minute"] / base["per_minute"]
+        speed = proposals(at_cores) / proposals(base)
         busy = at_cores.get("load", (float("nan"),))[0]
         out.append(f"- Throughput at W = {result['cores']} (the core count): {speed:.2f}x of W = 1 "
-                   f"(goal: within 20 % of linear, {0.8 * result['cores']:.1f}x); "
+                   f"(proposals per minute; goal: within 20 % of linear, {0.8 * result['cores']:.1f}x); "
                    + ("met." if speed >= 0.8 * result["cores"] else
                       f"not met here, with the machine's load at {busy:.1f} before that run "
                       f"on {result['cores']} cores: other jobs held the cores a second worker "
