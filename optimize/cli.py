@@ -119,6 +119,20 @@ def _proxy_device(config: SearchConfig) -> Any:
     return device
 
 
+def _workers(config: SearchConfig, device: Any) -> int:
+    """--workers, or by default one concurrent trial per usable CPU core when candidates train
+    on the CPU (each on one thread: `proxies.short_train`), 1 on a GPU."""
+    if config.workers is not None:
+        return config.workers
+    if device.type != "cpu":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, config.trials))
+
+
 def _parallel(config: SearchConfig, device: Any) -> str:
     """threads or processes for the optuna backend's --workers (`optimize.processes`)."""
     if config.parallel == "threads" and device.type == "cuda" and config.workers > 1:
@@ -251,6 +265,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     config = _search_config(args, argv)  # every check that needs no I/O: before anything else
     devices = config.devices
     device = _proxy_device(config)
+    config = dataclasses.replace(config, workers=_workers(config, device))
     parallel = _parallel(config, device)
     promotion = config.promotion
 
@@ -298,7 +313,9 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
             "space": space, "latency": tables, "objective": config.objective,
             "target_latency_ms": config.target_latency,
             "constraints": Constraints(max_latency_ms=max_latency, max_params_m=config.max_params),
-            "early_stopping": ParetoEarlyStopping() if config.early_stopping else None})
+            "early_stopping": ParetoEarlyStopping() if config.early_stopping else None,
+            # Ray Tune hands out its own trial count (`optimize.ray_backend`).
+            "budget": config.trials if config.backend == "optuna" else None})
     try:
         objective = make_objective()
     except DeviceError as e:  # e.g. a budget's bf16 on a GPU without it
@@ -311,7 +328,9 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     trains = _trains_on(proxy, device)
     print(f"proxy on {trains['name']}: {trains['precision']}, {trains['determinism']} determinism"
           + ("" if trains["determinism"] != "best-effort" else
-             " (CUDA kernels: repeatable as far as they allow, not bit-exact)"))
+             " (CUDA kernels: repeatable as far as they allow, not bit-exact)")
+          + f"; {config.workers} trial(s) at a time"
+          + (f" ({parallel})" if config.workers > 1 and config.backend == "optuna" else ""))
     print(f"accuracy: {accuracy_source}")
     sources = {d: t.provenance_note() for d, t in tables.items()}
     for d in tables:  # a derived table's note names the command that measures the device

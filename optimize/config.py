@@ -119,7 +119,9 @@ class SearchConfig:
     sampler: str = option("tpe", choices=SAMPLERS, help="Optuna sampler (default tpe)")
     backend: str = option("optuna", choices=("optuna", "ray"), help="optuna: local loop "
                           "(default); ray: Ray Tune with OptunaSearch")
-    workers: int = option(1, check=_at_least(1), help="concurrent trials (default 1)")
+    workers: int | None = option(None, check=_at_least(1), help="concurrent trials (default: "
+                                 "one per usable CPU core when candidates train on the CPU, each "
+                                 "on one thread; 1 on a GPU)")
     proxy_device: str = option("auto", help="where candidates train: auto (CUDA when available; "
                                "default), cpu, cuda or cuda:N")
     parallel: str | None = option(None, choices=("threads", "processes"), help="how --workers run "

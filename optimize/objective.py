@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["Objective", "Constraints", "CandidateFailed", "mnas_reward", "MNAS_W",
            "history_of", "finished_twin", "record_repeat", "STOPPED", "INFEASIBLE", "INTERRUPTED",
            "DUPLICATE", "RUNG", "FIDELITY", "PROMOTED_FROM", "rung_of", "LOST", "CLAIM", "WORKER",
-           "running_twins"]
+           "running_twins", "SURPLUS"]
 
 #: MnasNet's soft-constraint exponent (Tan et al. 2019, Sec. 3).
 MNAS_W = -0.07
@@ -56,6 +56,9 @@ DUPLICATE = "duplicate_of"
 CLAIM = "claim"
 #: user attribute: the worker (host:pid) that ran the trial; several share a study.
 WORKER = "worker"
+#: user attribute of a trial not trained because the study's --trials were already evaluated
+#: or being trained by other trials (`Objective._await_budget`); it does not count.
+SURPLUS = "surplus"
 # Seconds between two looks at a running twin: its result is reused as soon as it lands
 # (a smoke trial takes ~1 s, a quick one tens of seconds; each look is one small read).
 _TWIN_POLL_S = 0.25
@@ -151,12 +154,14 @@ class Objective:
         target_latency_ms: T of the MnasNet reward (score objective).
         constraints: hard limits, checked before training.
         early_stopping: the Pareto stopping rule, or None to train every candidate fully.
+        budget: distinct architectures the study evaluates (--trials; see `_await_budget`).
     """
 
     def __init__(self, *, space: SearchSpace, latency: Mapping[str, LatencyPredictor], proxy: Proxy,
                  objective: str = "pareto", target_latency_ms: float | None = None,
                  constraints: Constraints | None = None,
-                 early_stopping: ParetoEarlyStopping | None = None) -> None:
+                 early_stopping: ParetoEarlyStopping | None = None,
+                 budget: int | None = None) -> None:
         if objective not in ("pareto", "score"):
             raise ValueError(f"objective: {objective!r} must be 'pareto' or 'score'")
         if objective == "score" and (len(latency) != 1 or not target_latency_ms):
@@ -168,6 +173,10 @@ class Objective:
         self.target_latency_ms = target_latency_ms
         self.constraints = constraints or Constraints()
         self.early_stopping = early_stopping
+        #: The study's --trials: with it, a trial trains only while the budget has room
+        #: (`_await_budget`), so that concurrent workers evaluate exactly that many
+        #: architectures; None: the caller's loop alone decides when to stop.
+        self.budget = budget
         #: Ctrl-C reaches the objective only while a candidate trains (`run_optuna` installs it).
         self.ctrl_c = CtrlC()
         #: The storage id of the trial last started here (`run_optuna` asks after a lost one).
@@ -225,6 +234,10 @@ class Objective:
             twin = self._await_twin(trial, arch.arch_id)
         if twin is not None:
             return self._reuse(trial, twin)
+        if self.budget is not None and not self._await_budget(trial):
+            trial.set_user_attr(SURPLUS, True)
+            raise optuna.TrialPruned(f"not trained: the study's {self.budget} architectures are "
+                                     "evaluated")
 
         checkpoints: list[tuple[int, float]] = []
         history = history_of(trial.study.get_trials(deepcopy=False)) if self.early_stopping else []
@@ -284,6 +297,34 @@ class Objective:
             if not claimed:
                 trial.set_user_attr(CLAIM, "waiting")
                 claimed = True
+            with self.ctrl_c.training():  # no storage write in here: Ctrl-C acts at once
+                time.sleep(_TWIN_POLL_S)
+            if is_heartbeat_enabled(study._storage):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+
+    def _await_budget(self, trial: optuna.Trial) -> bool:
+        """Whether this trial may train without the study evaluating more than `budget`
+        architectures. Concurrent workers (threads, processes, machines) each start a trial
+        while the budget looks open; counting the finished evaluations and the trials with a
+        lower number that train now (`CLAIM` "training", set by `_await_twin`), a trial trains
+        when they leave room, gives up (False) when the finished ones fill the budget, and
+        waits while the training ones might. The lowest-numbered training trial never waits,
+        so no two wait on each other; a dead worker's trial stops counting once the heartbeat
+        check fails it."""
+        from .runner import evaluated  # runner imports this module
+
+        study = trial.study
+        while True:
+            trials = study.get_trials(deepcopy=False)
+            done = sum(evaluated(t) for t in trials)
+            if done >= self.budget:
+                return False
+            ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number
+                        and t.user_attrs.get(CLAIM) == "training" for t in trials)
+            if done + ahead < self.budget:
+                return True
             with self.ctrl_c.training():  # no storage write in here: Ctrl-C acts at once
                 time.sleep(_TWIN_POLL_S)
             if is_heartbeat_enabled(study._storage):

@@ -37,7 +37,17 @@ from optuna.trial import TrialState
 
 from search_space import ArchConfig
 
-from .objective import ACCURACY_SE, DUPLICATE, FIDELITY, INFEASIBLE, INTERRUPTED, PROMOTED_FROM, RUNG, STOPPED
+from .objective import (
+    ACCURACY_SE,
+    DUPLICATE,
+    FIDELITY,
+    INFEASIBLE,
+    INTERRUPTED,
+    PROMOTED_FROM,
+    RUNG,
+    STOPPED,
+    SURPLUS,
+)
 
 __all__ = ["Candidate", "Front", "RungCost", "collect", "presets_of", "fronts", "rung_costs",
            "pareto_mask", "dominates", "hypervolume", "write_outputs", "accuracy_error",
@@ -90,7 +100,8 @@ def _state(t: optuna.trial.FrozenTrial) -> str:
         return "complete"
     if t.state == TrialState.PRUNED:
         return "infeasible" if INFEASIBLE in t.user_attrs else (
-            "stopped_early" if STOPPED in t.user_attrs else "pruned")
+            "stopped_early" if STOPPED in t.user_attrs else
+            "surplus" if SURPLUS in t.user_attrs else "pruned")
     return t.state.name.lower()
 
 
@@ -400,6 +411,10 @@ def _report(run: Mapping[str, Any], cands: Sequence[Candidate], fr: Sequence[Fro
         out += [f"{repeats} of the trials proposed an architecture evaluated before: recorded in "
                 "trials.csv (`duplicate_of`), not trained and not counted; the fronts list each "
                 "architecture once, `proposed` is how often it was proposed.", ""]
+    surplus = sum(c.state == "surplus" for c in cands)
+    if surplus:
+        out += [f"{surplus} trial(s) started while the last architectures of --trials were "
+                "training elsewhere: not trained, not counted (`surplus` in trials.csv).", ""]
     costs = rung_costs(cands)
     promote = run.get("promote") or {}
     if len(costs) > 1 or promote:

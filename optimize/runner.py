@@ -36,6 +36,7 @@ from .objective import (
     PROMOTED_FROM,
     RUNG,
     STOPPED,
+    SURPLUS,
     CandidateFailed,
     Objective,
 )
@@ -115,7 +116,7 @@ def evaluated(trial: FrozenTrial) -> bool:
     (`duplicate_of`), an infeasible candidate, a trial cut off by an interruption (its
     candidate is re-queued and evaluated on resume), a promotion to a longer budget
     (`optimize.promote`)."""
-    if DUPLICATE in trial.user_attrs or RUNG in trial.user_attrs:
+    if DUPLICATE in trial.user_attrs or RUNG in trial.user_attrs or SURPLUS in trial.user_attrs:
         return False
     if trial.state == TrialState.COMPLETE:
         return True
@@ -274,4 +275,6 @@ def _outcome(trial: FrozenTrial) -> str:
         return "stopped early (dominated)"
     if INFEASIBLE in trial.user_attrs:
         return "infeasible: " + str(trial.user_attrs[INFEASIBLE])
+    if SURPLUS in trial.user_attrs:
+        return "not trained, not counted: the --trials budget was full"
     return trial.state.name.lower()

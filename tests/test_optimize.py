@@ -47,6 +47,7 @@ from optimize.objective import (
     PROMOTED_FROM,
     RUNG,
     STOPPED,
+    SURPLUS,
     finished_twin,
     history_of,
 )
@@ -1148,6 +1149,37 @@ def test_worker_processes_evaluate_distinct_architectures_on_one_storage(tmp_pat
                   make_sampler=functools.partial(make_sampler, "random", n_trials=5), seed=0,
                   n_trials=5, workers=2)
     assert len(s.get_trials()) == len(trials)
+
+
+@pytest.mark.parametrize("budget", [None, 5])
+def test_concurrent_threads_evaluate_exactly_the_budget(budget):
+    """Three threads, --trials 5: without a budget on the objective, trials running when the
+    count is reached finish and overshoot; with it, the trials that would overshoot wait, then
+    give up untrained (`SURPLUS`, not counted)."""
+    import time
+
+    from optimize.runner import run_optuna
+
+    archs = [variant(i) for i in range(12)]
+
+    class Slow(FakeProxy):
+        def __call__(self, arch: ArchConfig, *, callback=None) -> ProxyResult:
+            time.sleep(0.15)
+            return super().__call__(arch, callback=callback)
+
+    objective = Objective(space=ListSpace(archs), proxy=Slow(lambda a: flat(0.5)),
+                          latency={"d": FakeTable(lambda a: float(a.feature_dim))}, budget=budget)
+    s = optuna.create_study(directions=["maximize", "minimize"],
+                            sampler=optuna.samplers.RandomSampler(seed=1))
+    run_optuna(s, objective, 5, workers=3)
+    counted = [t for t in s.trials if evaluated(t)]
+    surplus = [t for t in s.trials if SURPLUS in t.user_attrs]
+    if budget is None:
+        assert 5 <= len(counted) <= 7 and not surplus
+    else:
+        assert len(counted) == 5
+        assert all(t.state == optuna.trial.TrialState.PRUNED and "budget" in describe_trial(t)
+                   for t in surplus)
 
 
 def _member(name: str, arch: ArchConfig, acc: float | None, ms: float, fidelity: str) -> Candidate:

@@ -24,7 +24,7 @@ from proxies.reference import (
     read_runs,
     run_missing,
 )
-from proxies.reference.report import summarize, write_report
+from proxies.reference.report import seed_noise, summarize, write_report
 from search_space import PRESETS, ArchConfig, SearchSpace
 
 SMALL = ArchConfig(widths=(8, 16, 16, 24), depths=(1, 1, 1, 1), n_divs=(2, 2, 2, 2),
@@ -210,6 +210,39 @@ def test_report_noise_lowers_the_ceiling(tmp_path):
     (s,) = summarize(tmp_path)
     assert s.noise_ceiling < 0.8 and "does not reach" in "\n".join(
         write_report(tmp_path)[0].read_text().splitlines())
+
+
+def test_seed_noise_of_an_incomplete_set():
+    """Seed 1 on 3 of 6 architectures: the noise pools their pairs, the spread is seed 0's."""
+    archs = pd.DataFrame({"acc_s0": [0.90, 0.91, 0.92, 0.93, 0.94, 0.95],
+                          "acc_s1": [0.901, 0.909, 0.921, np.nan, np.nan, np.nan],
+                          "acc_s2": [np.nan] * 6})
+    noise = seed_noise(archs, (0, 1, 2))
+    # Each pair differs by 0.1 points: within-pair variance 0.1^2 / 2, 1 df per pair.
+    assert noise["noise_df"] == 3 and noise["n_multi"] == 3 and noise["n_one_seed"] == 6
+    assert noise["noise_std"] == pytest.approx(0.1 / np.sqrt(2))
+    one_var = np.var([90, 91, 92, 93, 94, 95], ddof=1)
+    icc = (one_var - 0.005) / one_var
+    assert noise["icc"] == pytest.approx(icc)
+    assert noise["ceiling_model"] == pytest.approx(2 / np.pi * np.arcsin(icc))
+    assert noise["perfect_vs_one_seed"] > noise["ceiling_model"]
+    assert seed_noise(archs[["acc_s0"]], (0,)) is None  # one seed: nothing to pool
+    assert seed_noise(archs.assign(acc_s1=np.nan), (0, 1, 2)) is None
+
+
+def test_report_ceiling_from_an_incomplete_set(tmp_path):
+    """Before every seed is in, the ceiling is measured over the architectures with both."""
+    _synthetic(tmp_path, noise=0.0)
+    runs = tmp_path / "runs-test.jsonl"
+    rows = [json.loads(line) for line in runs.read_text().splitlines()]
+    keep = {r["arch_id"] for r in rows[:15]}  # seeds 1, 2 of five architectures only
+    runs.write_text("".join(json.dumps(r) + "\n" for r in rows
+                            if r["seed"] == 0 or r["arch_id"] in keep))
+    (s,) = summarize(tmp_path)
+    assert s.complete == 5 and s.pair_ns == [5, 5, 5]
+    assert s.noise_ceiling == pytest.approx(1.0) and s.noise["n_one_seed"] == 13
+    text = write_report(tmp_path)[0].read_text()
+    assert "seeds 0/1: 1.000 (N=5)" in text and "(measured, 1.000) reaches the goal" in text
 
 
 def test_load_joins_members(tmp_path):

@@ -44,8 +44,10 @@ RUN_FILES = ("study.db", "trials.csv", "pareto.csv", "pareto.png", "report.md", 
 
 
 def search_argv(run_dir: Path, trials: int = 3, *extra: str) -> list[str]:
+    """One worker (the default is one per core): its trial order, hence its run, is
+    repeatable, and Ctrl-C is held during storage writes (`optimize.interrupt`)."""
     return ["--device", "amd-epyc", "--trials", str(trials), "--budget", "smoke",
-            "--run-dir", str(run_dir), "--seed", "0", *extra]
+            "--run-dir", str(run_dir), "--seed", "0", "--workers", "1", *extra]
 
 
 def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -364,7 +366,8 @@ def test_run_json_and_first_lines_say_where_candidates_train(finished_run):
     assert run["proxy_device"] == {"device": "cpu", "name": "cpu", "precision": "fp32",
                                    "determinism": "exact"}
     assert run["parallel"] == "threads"
-    assert proc.stdout.splitlines()[0] == "proxy on cpu: fp32, exact determinism"
+    assert proc.stdout.splitlines()[0].startswith("proxy on cpu: fp32, exact determinism; ")
+    assert f"; {run['workers']} trial(s) at a time" in proc.stdout.splitlines()[0]
 
 
 @pytest.fixture

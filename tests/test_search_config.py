@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -25,12 +26,13 @@ from optimize.config import (
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = dataclasses.fields(SearchConfig)
-#: The flags search.py had before its parser was generated: none may disappear or change.
+#: The flags search.py had before its parser was generated: none may disappear or change
+#: (--workers changed on purpose: its default is now one per usable core, `cli._workers`).
 FLAGS = {"--device": "auto", "--trials": 40, "--timeout": 780.0, "--space": None,
          "--proxy": "auto", "--dataset": "fashion-mnist", "--budget": "quick",
          "--promote": None, "--eta": None, "--objective": "pareto", "--target-latency": None,
          "--max-latency": None, "--max-params": None, "--sampler": "tpe", "--backend": "optuna",
-         "--workers": 1, "--proxy-device": "auto", "--parallel": None, "--ray-address": None,
+         "--workers": None, "--proxy-device": "auto", "--parallel": None, "--ray-address": None,
          "--gpus-per-trial": None, "--storage": None, "--study-name": "pconv-nas",
          "--heartbeat": 10, "--run-dir": None, "--resume": False, "--early-stopping": False,
          "--no-early-stopping": False, "--seed": 0}
@@ -132,6 +134,19 @@ def test_shipped_run_folders_load(run):
     assert SearchConfig.from_dict(loaded.to_dict()) == loaded
 
 
+def test_default_workers_follow_the_cores_on_the_cpu(monkeypatch):
+    import types
+
+    from optimize import cli
+
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    cpu, cuda = types.SimpleNamespace(type="cpu"), types.SimpleNamespace(type="cuda")
+    assert cli._workers(SearchConfig(), cpu) == 3  # one candidate per core, one thread each
+    assert cli._workers(SearchConfig(trials=2), cpu) == 2  # never more than the trials
+    assert cli._workers(SearchConfig(), cuda) == 1
+    assert cli._workers(SearchConfig(workers=5), cpu) == 5  # asked for: as asked
+
+
 def test_readme_option_list_is_generated():
     readme = (ROOT / "optimize" / "README.md").read_text()
     block = re.search(r"<!-- options: .*?-->\n(.*?)\n<!-- /options -->", readme, re.S)
@@ -169,7 +184,9 @@ def test_resume_reloads_the_config_and_takes_what_is_given_again(tmp_path, capsy
                                "budget": "smoke", "max_params": 40.0, "seed": 3,
                                "run_dir": str(run_dir),
                                # auto resolved (no estimate is fitted for smoke): what ran
-                               "proxy": "short_train"}
+                               "proxy": "short_train",
+                               # default: one per usable core, at most the trials
+                               "workers": min(len(os.sched_getaffinity(0)), 2)}
     _search(run_dir, capsys, "--resume", "--trials", "3")
     again = _run_record(run_dir)
     assert again["config"] == {**first["config"], "trials": 3, "resume": True}

@@ -25,7 +25,7 @@ from scipy import stats
 from ..validate import reference_repeatability
 from .build import ReferenceSet, members_frame, read_runs
 
-__all__ = ["Summary", "summarize", "write_report", "NOISE_CEILING_GOAL"]
+__all__ = ["Summary", "seed_noise", "summarize", "write_report", "NOISE_CEILING_GOAL"]
 
 #: The issue's bar for a set that can rank the space: seed-vs-seed Kendall tau.
 NOISE_CEILING_GOAL = 0.8
@@ -44,7 +44,13 @@ class Summary:
     """Architectures with every seed finished (the statistics use only these)."""
     repeatability: dict[str, Any] | None
     pair_taus: list[float]
-    """Kendall tau of every pair of seeds (the noise ceiling is their mean)."""
+    """Kendall tau of every pair of seeds over the architectures with both (the noise ceiling
+    is their mean); NaN where fewer than 3 architectures have both."""
+    pair_ns: list[int]
+    """How many architectures each of `pair_taus` rests on."""
+    noise: dict[str, float] | None
+    """Seed noise from every architecture with >= 2 seeds so far (`seed_noise`); None
+    without any."""
     baselines: pd.DataFrame
     """Kendall tau of params / FLOPs / latency with the K-seed mean: all, tune, holdout."""
     failed: pd.DataFrame
@@ -55,7 +61,40 @@ class Summary:
 
     @property
     def noise_ceiling(self) -> float:
-        return float(np.mean(self.pair_taus)) if self.pair_taus else math.nan
+        taus = [t for t in self.pair_taus if not math.isnan(t)]
+        return float(np.mean(taus)) if taus else math.nan
+
+
+def seed_noise(archs: pd.DataFrame, seeds: tuple[int, ...]) -> dict[str, float] | None:
+    """Variance components from a set that is not complete yet: the seed noise pooled over
+    every architecture with >= 2 seeds, the spread of one seed's accuracy over every
+    architecture with it, and what they imply.
+
+    ``icc`` is the share of one run's variance that belongs to the architecture, ICC(1) =
+    (var_one_seed - var_noise) / var_one_seed. Under a bivariate normal model Kendall tau is
+    (2 / pi) asin(r) (Greiner's relation), so two seeds rank the architectures with an expected
+    tau of (2 / pi) asin(ICC) (``ceiling_model``: the noise ceiling as the issue defines it),
+    and a predictor that knew every architecture's true mean would reach (2 / pi)
+    asin(sqrt(ICC)) against one seed (``perfect_vs_one_seed``). Stds in accuracy points.
+    """
+    cols = [f"acc_s{s}" for s in seeds if f"acc_s{s}" in archs]
+    if len(cols) < 2:
+        return None
+    points = archs[cols] * 100
+    multi = points[points.notna().sum(axis=1) >= 2]
+    df = int((multi.notna().sum(axis=1) - 1).sum())
+    if df == 0:
+        return None
+    noise_var = float((multi.sub(multi.mean(axis=1), axis=0) ** 2).sum().sum()) / df
+    one = points[max(cols, key=lambda c: points[c].notna().sum())].dropna()
+    one_var = float(one.var(ddof=1)) if len(one) >= 3 else math.nan
+    icc = max(0.0, (one_var - noise_var) / one_var) if one_var > 0 else math.nan
+    return {"noise_std": math.sqrt(noise_var), "noise_df": df, "n_multi": len(multi),
+            "one_seed_std": math.sqrt(one_var) if one_var >= 0 else math.nan,
+            "n_one_seed": len(one), "icc": icc,
+            "ceiling_model": 2 / math.pi * math.asin(icc) if icc == icc else math.nan,
+            "perfect_vs_one_seed": (2 / math.pi * math.asin(math.sqrt(icc))
+                                    if icc == icc else math.nan)}
 
 
 def _tau(a: pd.Series, b: pd.Series) -> float:
@@ -93,12 +132,13 @@ def summarize(folder: Path) -> list[Summary]:
             if "workers" in ok:
                 archs["workers"] = archs["arch_id"].map(ok.groupby("arch_id")["workers"].max())
         full = archs[archs["n_seeds"] == len(seeds)] if seeds else archs.iloc[0:0]
-        rep, taus = None, []
+        rep = None
         if len(seeds) >= 2 and len(full) >= 3:
             frame = full.rename(columns={f"acc_s{s}": f"reference_s{s}" for s in seeds})
             rep = dataclasses.asdict(reference_repeatability(frame, seeds))
-            taus = [_tau(full[f"acc_s{a}"], full[f"acc_s{b}"])
-                    for a, b in itertools.combinations(seeds, 2)]
+        pairs = [archs[[f"acc_s{a}", f"acc_s{b}"]].dropna()
+                 for a, b in itertools.combinations(seeds, 2)]
+        taus = [_tau(p.iloc[:, 0], p.iloc[:, 1]) for p in pairs]
         rows = []
         for name in ("params_m", "flops_g", *([lat] if lat else [])):
             row = {"predictor": name.removesuffix("_m").removesuffix("_g")}
@@ -107,8 +147,9 @@ def summarize(folder: Path) -> list[Summary]:
                 row[split] = _tau(part[name], part["mean"])
                 row[f"n_{split}"] = int(part["mean"].notna().sum())
             rows.append(row)
-        out.append(Summary(pid, archs, seeds, len(full), rep, taus, pd.DataFrame(rows),
-                           failed, lat, _curves(ok)))
+        out.append(Summary(pid, archs, seeds, len(full), rep, taus, [len(p) for p in pairs],
+                           seed_noise(archs, seeds), pd.DataFrame(rows), failed, lat,
+                           _curves(ok)))
     return out
 
 
@@ -209,18 +250,7 @@ def _protocol_section(s: Summary, rset: ReferenceSet) -> list[str]:
                      + f" {_fmt(r.mean * 100, 2)} | {_fmt(d.get('seconds'), 0)} | "
                        f"{d.get('device', '')} |")
     lines.append("")
-    rep = s.repeatability
-    if rep:
-        verdict = "reaches" if s.noise_ceiling >= NOISE_CEILING_GOAL else "does not reach"
-        lines += ["| measure | value |", "| --- | ---: |",
-                  f"| seed noise (pooled within-architecture std) | {rep['within_std']:.2f} points |",
-                  f"| spread (std over architectures of the {len(s.seeds)}-seed mean) | "
-                  f"{rep['between_std']:.2f} points |",
-                  f"| noise ceiling: Kendall tau seed vs seed (mean of {len(s.pair_taus)} pairs) | "
-                  f"{s.noise_ceiling:.3f} |",
-                  f"| reliability of the {len(s.seeds)}-seed mean | {rep['reliability']:.2f} |",
-                  "", f"The noise ceiling {verdict} the goal of {NOISE_CEILING_GOAL} "
-                  f"(N = {s.complete} architectures).", ""]
+    lines += _noise_lines(s)
     b = s.baselines
     lines += ["Kendall tau of each cheap predictor with the mean reference accuracy (baselines "
               "a proxy must beat; latency: does accuracy rise with it?):", "",
@@ -250,6 +280,49 @@ def _protocol_section(s: Summary, rset: ReferenceSet) -> list[str]:
                          f"(architectures' means {d['seconds'].min():.0f}-"
                          f"{d['seconds'].max():.0f} s{side}), {total / 3600:.2f} {unit}.")
         lines.append("")
+    return lines
+
+
+def _noise_lines(s: Summary) -> list[str]:
+    """The set's reliability: from the complete architectures (every seed) where there are
+    enough, and from every architecture with >= 2 seeds so far (`seed_noise`)."""
+    lines: list[str] = []
+    rep, noise = s.repeatability, s.noise
+    pairs = [f"seeds {a}/{b}: {_fmt(t)} (N={n})" for (a, b), t, n
+             in zip(itertools.combinations(s.seeds, 2), s.pair_taus, s.pair_ns) if n]
+    if rep:
+        lines += ["| measure (the complete architectures) | value |", "| --- | ---: |",
+                  f"| seed noise (pooled within-architecture std) | {rep['within_std']:.2f} points |",
+                  f"| spread (std over architectures of the {len(s.seeds)}-seed mean) | "
+                  f"{rep['between_std']:.2f} points |",
+                  f"| reliability of the {len(s.seeds)}-seed mean | {rep['reliability']:.2f} |",
+                  ""]
+    if noise:
+        lines += ["| measure (every architecture with at least 2 seeds so far) | value |",
+                  "| --- | ---: |",
+                  f"| seed noise (pooled within-architecture std; {noise['n_multi']} "
+                  f"architectures, {noise['noise_df']} degrees of freedom) | "
+                  f"{noise['noise_std']:.2f} points |",
+                  f"| spread of one seed over architectures ({noise['n_one_seed']} architectures)"
+                  f" | {noise['one_seed_std']:.2f} points |",
+                  f"| ICC(1): share of one run's variance that is the architecture | "
+                  f"{_fmt(noise['icc'], 2)} |",
+                  f"| noise ceiling, measured: Kendall tau seed vs seed over the architectures "
+                  f"with both | {'; '.join(pairs) or '–'} |",
+                  f"| noise ceiling, from the variance components: (2/pi) asin(ICC) | "
+                  f"{_fmt(noise['ceiling_model'])} |",
+                  f"| tau a predictor of the true mean would reach against one seed: (2/pi) "
+                  f"asin(sqrt(ICC)) | {_fmt(noise['perfect_vs_one_seed'])} |", "",
+                  "The two derived rows assume normal seed noise, equal for every architecture "
+                  "(Greiner's relation between Pearson r and Kendall tau); the seed noise rests "
+                  f"on {noise['noise_df']} degrees of freedom.", ""]
+    ceiling, how = s.noise_ceiling, "measured"
+    if math.isnan(ceiling) and noise:
+        ceiling, how = noise["ceiling_model"], "from the variance components"
+    if not math.isnan(ceiling):
+        verdict = "reaches" if ceiling >= NOISE_CEILING_GOAL else "does not reach"
+        lines += [f"The noise ceiling ({how}, {ceiling:.3f}) {verdict} the goal of "
+                  f"{NOISE_CEILING_GOAL}.", ""]
     return lines
 
 
