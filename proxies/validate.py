@@ -307,12 +307,19 @@ def validate_against(*, reference_set: str | Path = "fashion-mnist", split: str 
                           "reference": float(means.loc[a.arch_id, "mean"]),
                           "reference_seconds": float(means.loc[a.arch_id, "seconds"]),
                           "split": means.loc[a.arch_id, "split"]} for a in archs])
-    ceiling = summary.noise_ceiling
+    ceiling, how = summary.noise_ceiling, "the seed-vs-seed Kendall tau over the whole set"
+    noise = summary.noise or {}
+    if math.isnan(ceiling) and noise:  # too few seed pairs yet: what the variance implies
+        ceiling = noise["ceiling_model"]
+        how = (f"from the set's variance components, (2/pi) asin(ICC) with ICC "
+               f"{noise['icc']:.2f}, seed noise on {noise['noise_df']} degrees of freedom")
     settings = {"n": len(archs), "seed": seed, "dataset": rset.dataset, "proxies": list(names),
                 "budget": dataclasses.asdict(budget), "against": _shown(folder),
                 "protocol": pid, "split": split, "reference_seeds": list(summary.seeds),
                 "seeds_per_arch": sorted({int(k) for k in ref["n_seeds"]}),
-                "noise_ceiling": ceiling, "workers": workers, "device": device_name(dev),
+                "noise_ceiling": ceiling, "noise_ceiling_how": how,
+                "perfect_vs_one_seed": noise.get("perfect_vs_one_seed", math.nan),
+                "workers": workers, "device": device_name(dev),
                 "wall_seconds": time.perf_counter() - start, "resumed_rows": resumed,
                 "proxy_runs": len(jobs), "reference_trainings": 0, "repeatability":
                 summary.repeatability, "machine": _machine(), "cost_ratio": math.nan}
@@ -514,8 +521,13 @@ def _against_markdown(report: ValidationReport) -> str:
         f"`python -m proxies validate --against {s['against']} --split {s['split']}`", "",
         f"{s['n']} {s['split']} architectures of the reference set `{s['against']}` (protocol "
         f"`{s['protocol']}`, mean of seeds {', '.join(map(str, s['reference_seeds']))}"
-        + _partial(s) + "; its noise ceiling, the seed-vs-seed Kendall tau over the whole set, "
-        f"is {s['noise_ceiling']:.3f}). Proxies at {b['steps']} steps x {b['batch_size']} images, "
+        + _partial(s) + f"; its noise ceiling, "
+        f"{s.get('noise_ceiling_how', 'the seed-vs-seed Kendall tau over the whole set')}, is "
+        f"{s['noise_ceiling']:.3f}"
+        + ("" if math.isnan(s.get("perfect_vs_one_seed", math.nan)) else
+           f"; a predictor of every architecture's true mean would reach about "
+           f"{s['perfect_vs_one_seed']:.2f} against one seed")
+        + f"). Proxies at {b['steps']} steps x {b['batch_size']} images, "
         f"{b['resolution']} px, seed {s['seed']}. " + _which_half(s["split"]), "",
         markdown_table(report.table), "",
         f"Seconds are per architecture on {s.get('device', 'cpu')}, {s['machine']}; "

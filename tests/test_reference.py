@@ -331,6 +331,24 @@ def test_validate_against_a_partial_set_with_min_seeds(tmp_path, capsys):
     assert "--min-seeds 0" in capsys.readouterr().err
 
 
+def test_validate_against_too_few_seed_pairs_uses_the_variance_components(tmp_path, capsys):
+    rset = _synthetic(tmp_path / "set", noise=0.0)
+    path = tmp_path / "set" / "runs-test.jsonl"
+    keep = {m.arch_id for m in rset.members[:2]}  # two pairs of seeds: no tau to measure
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows
+                            if r["seed"] == 0 or r["arch_id"] in keep))
+    out = tmp_path / "out"
+    assert main(["validate", "--against", str(tmp_path / "set"), "--split", "all",
+                 "--proxies", "params", "--out", str(out), "--min-seeds", "1"]) == 0
+    text = (out / "report.md").read_text()
+    # No seed noise at all: ICC 1, the ceiling 1, a perfect predictor 1 against one seed.
+    assert "from the set's variance components" in text and "is 1.000" in text
+    assert "would reach about 1.00 against one seed" in text
+    table = pd.read_csv(out / "correlations.csv").set_index("proxy")
+    assert table.loc["params", "tau_vs_ceiling"] == pytest.approx(table.loc["params", "kendall_tau"])
+
+
 def test_extras_join_the_set_and_bad_files_exit_2(tmp_path, capsys):
     extra = tmp_path / "front.yaml"
     SMALL.save(extra)
