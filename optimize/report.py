@@ -243,10 +243,21 @@ def tie_note(front: Front) -> str:
         n_val = sorted({_val_size(c) for c in tied})
         what = (f"each accuracy is measured on {', '.join(map(str, n_val))} validation images "
                 "(± is 1.96 binomial standard errors; seed-to-seed training noise comes on top)")
+    lat = [c.latency_ms[front.device] for c in front.members]
+    if len(tied) == len(front.members) > 1:
+        shape = (f" Every member ties: from {min(lat):.4g} to {max(lat):.4g} ms "
+                 f"({max(lat) / min(lat):.1f}x) accuracy does not rise with latency by more than "
+                 "this estimate can resolve, so a slower member buys no accuracy it can show.")
+    elif len(front.members) > len(tied):
+        shape = (" The members faster than the fastest tie are less accurate by more than the "
+                 "uncertainty: accuracy rises with latency up to "
+                 f"{fastest.latency_ms[front.device]:.4g} ms on this front.")
+    else:
+        shape = ""
     return (f"Uncertainty: {what}. {len(tied)} of the {len(front.members)} front members are within the "
             f"uncertainty of the most accurate (`tie`); the fastest of them, {fastest.name} "
             f"({fastest.arch_id}, {fastest.latency_ms[front.device]:.2f} ms), is as accurate as "
-            "this estimate can tell.\n")
+            f"this estimate can tell.{shape}\n")
 
 
 def ties_with_best(front: Front) -> dict[str, bool]:

@@ -1196,6 +1196,9 @@ def test_front_ties_follow_the_sampling_error_of_the_validation_images():
     assert accuracy_error(members[1]) == pytest.approx(math.sqrt(0.82 * 0.18 / 2000))
     assert ties_with_best(front) == {a.arch_id: False, b.arch_id: True, c.arch_id: True}
     assert "2 of the 3 front members" in tie_note(front) and "mid" in tie_note(front)
+    assert "accuracy rises with latency up to 2 ms" in tie_note(front)
+    flat = Front(device="d", source="s", members=members[1:], others=[], presets=[])
+    assert "Every member ties: from 2 to 3 ms (1.5x) accuracy does not rise" in tie_note(flat)
     # A larger validation sample shrinks the band: at 50,000 images 0.01 is no longer a tie.
     wide = [dataclasses.replace(m, fidelity="quick,val_size=50000") for m in members]
     front = Front(device="d", source="s", members=wide, others=[], presets=[])
