@@ -349,6 +349,16 @@ def test_validate_against_too_few_seed_pairs_uses_the_variance_components(tmp_pa
     assert table.loc["params", "tau_vs_ceiling"] == pytest.approx(table.loc["params", "kendall_tau"])
 
 
+def test_a_set_of_named_networks_only():
+    """--n 0: the presets and the extras (a search's front to re-check), nothing sampled."""
+    rset = design_set(dataset="fashion-mnist", n=0, seed=0, extras={"front1": SMALL})
+    assert sorted(m.role for m in rset.members) == ["fasternet_t0", "fasternet_t1",
+                                                     "fasternet_t2", "front1"]
+    assert rset.design["pool"] == 0 and rset.design["latency_edges_ms"] == []
+    with pytest.raises(ValueError, match="multiple"):
+        design_set(dataset="fashion-mnist", n=-5)
+
+
 def test_extras_join_the_set_and_bad_files_exit_2(tmp_path, capsys):
     extra = tmp_path / "front.yaml"
     SMALL.save(extra)

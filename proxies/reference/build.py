@@ -145,19 +145,23 @@ def design_set(*, dataset: str, n: int = 40, seed: int = 0, seeds: Sequence[int]
                extras: Mapping[str, ArchConfig] | None = None) -> ReferenceSet:
     """`n` architectures stratified by predicted latency on `table` (``n / strata`` per
     quantile), plus `presets` and `extras` (role -> architecture, e.g. a front member whose
-    claim is re-checked), split into tune/holdout halves by a seeded permutation."""
-    if n < strata or n % strata:
-        raise ValueError(f"--n {n}: must be a positive multiple of the {strata} latency strata")
+    claim is re-checked), split into tune/holdout halves by a seeded permutation. ``n = 0``:
+    no sampled architectures, only the presets and extras (a set that re-checks named
+    networks, such as a search's front)."""
+    if n < 0 or n % strata:
+        raise ValueError(f"--n {n}: must be a multiple of the {strata} latency strata (0: only "
+                         "the presets and --extra architectures)")
     space = space or SearchSpace.default()
     predict = _latency_predictor(table)
     rng = np.random.default_rng(seed)
     pool, seen = [], set()
-    for _ in range(_POOL):
+    for _ in range(_POOL if n else 0):
         arch = space.sample(rng)
         if arch.arch_id not in seen:
             seen.add(arch.arch_id)
             pool.append((arch, predict(arch)))
-    edges = np.quantile([ms for _, ms in pool], np.linspace(0, 1, strata + 1))
+    edges = (np.quantile([ms for _, ms in pool], np.linspace(0, 1, strata + 1)) if pool
+             else np.array([]))
     per, members = n // strata, []
     counts = [0] * strata
     for arch, ms in pool:  # in draw order: the first `per` of each stratum
