@@ -75,7 +75,8 @@ def _reference_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"the set's folder (default {HERE}/<dataset>; reopened if it exists)")
     b.add_argument("--dataset", default="fashion-mnist",
                    help="fashion-mnist, cifar10, cifar100 or imagefolder:PATH")
-    b.add_argument("--n", type=int, default=40, help="sampled architectures (multiple of 5; 0: only the presets and --extra)")
+    b.add_argument("--n", type=int, default=40,
+                   help="sampled architectures (multiple of 5; 0: only the presets and --extra)")
     b.add_argument("--seed", type=int, default=0, help="sampling and split seed (default 0)")
     b.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
     b.add_argument("--protocol", default=None, action="append",
