@@ -119,3 +119,25 @@ def test_benchmark_end_to_end_at_smoke_budget(tmp_path):
     assert "Measured end-to-end latency" in report
     assert len(list((tmp_path / "out" / "runs").glob("*.json"))) == 8  # 2 x 2 x 2
     assert (tmp_path / "out" / "fronts.png").stat().st_size > 0
+
+
+def test_front_check_joins_the_shipped_front_with_the_ground_truth():
+    """benchmarks/front_check.py on results/default-arm and the committed sets: every front
+    member and preset once, the ground truth the mean of the seeds the sets hold."""
+    import pandas as pd
+
+    from proxies.reference import load
+
+    fc = importlib.import_module("front_check")
+    result = fc.check(ROOT / "results" / "default-arm", "arm", list(fc.SETS), None)
+    table = result["table"].set_index("arch_id")
+    front = pd.read_csv(ROOT / "results" / "default-arm" / "pareto.csv")
+    assert set(front["arch_id"]) <= set(table.index) and table.index.is_unique
+    t0 = PRESETS["fasternet_t0"].arch_id
+    runs = load(ROOT / "proxies" / "reference" / "fashion-mnist")
+    runs = runs[(runs["arch_id"] == t0) & (runs["protocol_id"] == result["protocol"])]
+    assert table.loc[t0, "seeds"] == len(runs) >= 1
+    assert table.loc[t0, "ground truth %"] == pytest.approx(runs["accuracy"].mean() * 100, abs=0.01)
+    assert "Predicted minus ground truth" in fc.render(result)
+    with pytest.raises(SystemExit, match="no study.db"):
+        fc.check(ROOT / "results", "arm", list(fc.SETS), None)
