@@ -188,7 +188,27 @@ def search() -> list[str]:
                 cells.append(f"{hv:.3f}{gain}")
             lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
         lines.append("")
-    return lines
+    return lines + default_front()
+
+
+def default_front() -> list[str]:
+    """The default search's front against the ground truth (`benchmarks/front_check.py`)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import front_check
+
+    run = ROOT / "results" / "default-arm"
+    if not (run / "study.db").is_file():
+        return []
+    result = front_check.check(run, "arm", list(front_check.SETS), None)
+    t = result["table"]
+    front = t[t["kind"] == "front"]
+    return [f"The default search (`python search.py --device arm`, "
+            f"[results/default-arm](results/default-arm/report.md)): a front of {len(front)} "
+            f"from {front['arm ms'].min():g} to {front['arm ms'].max():g} ms, "
+            f"{int((front['tie'] == 'tie').sum())} of {len(front)} members tied within the "
+            "estimate's uncertainty of the most accurate; against the ground truth of the networks trained so far "
+            "([front_check](benchmarks/reports/front_check.md)):", "",
+            *front_check.summary(result), ""]
 
 
 def block() -> str:
