@@ -206,7 +206,8 @@ def default_front() -> list[str]:
             f"[results/default-arm](results/default-arm/report.md)): a front of {len(front)} "
             f"from {front['arm ms'].min():g} to {front['arm ms'].max():g} ms, "
             f"{int((front['tie'] == 'tie').sum())} of {len(front)} members tied within the "
-            "estimate's uncertainty of the most accurate; against the ground truth of the networks trained so far "
+            "estimate's uncertainty of the most accurate; against the ground truth of the "
+            "networks trained so far "
             "([front_check](benchmarks/reports/front_check.md)):", "",
             *front_check.summary(result), ""]
 
