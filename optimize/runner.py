@@ -115,7 +115,7 @@ def evaluated(trial: FrozenTrial) -> bool:
     or stopped early) or failed. Not counted: a repeat of an architecture evaluated before
     (`duplicate_of`), an infeasible candidate, a trial cut off by an interruption (its
     candidate is re-queued and evaluated on resume), a promotion to a longer budget
-    (`optimize.promote`)."""
+    (`optimize.promote`), a surplus trial (`Objective._await_budget`: not trained)."""
     if DUPLICATE in trial.user_attrs or RUNG in trial.user_attrs or SURPLUS in trial.user_attrs:
         return False
     if trial.state == TrialState.COMPLETE:
