@@ -297,12 +297,17 @@ class Objective:
             if not claimed:
                 trial.set_user_attr(CLAIM, "waiting")
                 claimed = True
-            with self.ctrl_c.training():  # no storage write in here: Ctrl-C acts at once
-                time.sleep(_TWIN_POLL_S)
-            if is_heartbeat_enabled(study._storage):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
+            self._pause(study)
+
+    def _pause(self, study: optuna.Study) -> None:
+        """One wait of `_await_twin` / `_await_budget`: a short sleep that Ctrl-C cuts at once,
+        then fail the trials of workers whose heartbeat stopped (they stop counting)."""
+        with self.ctrl_c.training():  # no storage write in here: Ctrl-C acts at once
+            time.sleep(_TWIN_POLL_S)
+        if is_heartbeat_enabled(study._storage):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
 
     def _await_budget(self, trial: optuna.Trial) -> bool:
         """Whether this trial may train without the study evaluating more than `budget`
@@ -325,12 +330,7 @@ class Objective:
                         and t.user_attrs.get(CLAIM) == "training" for t in trials)
             if done + ahead < self.budget:
                 return True
-            with self.ctrl_c.training():  # no storage write in here: Ctrl-C acts at once
-                time.sleep(_TWIN_POLL_S)
-            if is_heartbeat_enabled(study._storage):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
+            self._pause(study)
 
     def _reuse(self, trial: optuna.Trial, twin: FrozenTrial) -> float | tuple[float, ...]:
         """The sampler proposed an architecture again (TPE does in categorical spaces). The
