@@ -204,6 +204,9 @@ class ProxyResult:
     uncertainty: float | None = None
     """Standard error of `score` where the proxy states one (`proxies.estimate`); None:
     the caller judges it (e.g. binomial over the budget's validation images)."""
+    val_loss: float | None = None
+    """Mean cross-entropy (no label smoothing) on the validation images at the last
+    evaluation: `accuracy`'s continuous twin (None for zero-cost proxies)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -60,6 +60,7 @@ ESTIMATES = Path(__file__).with_name("estimates")
 FEATURES: dict[str, str] = {
     "quick_acc": "accuracy (%) after the quick budget's run, on the validation split",
     "quick_loss": "log of the quick run's mean training loss (TSE / steps)",
+    "quick_val_loss": "the quick run's mean cross-entropy on the validation split",
     "log_params": "log10 of the parameter count (millions)",
     "log_mflops": "log10 of the MFLOPs at the budget's resolution",
     "naswot": "NASWOT score on one batch (Mellor et al. 2021)",
@@ -120,6 +121,8 @@ def features_of_run(arch: ArchConfig, run: ProxyResult, *, dataset: Dataset | st
         "quick_acc": 100 * run.accuracy if run.accuracy is not None and not run.failed else nan,
         "quick_loss": (math.log(run.tse / max(run.steps, 1))
                        if run.tse and not run.failed and run.tse > 0 else nan),
+        "quick_val_loss": (run.val_loss if run.val_loss is not None and not run.failed
+                           else nan),
         "log_params": log10(zc["params"].score),
         "log_mflops": log10(1000 * zc["flops"].score),
         "naswot": zc["naswot"].score if not zc["naswot"].failed else nan,

@@ -94,7 +94,13 @@ def fit_estimate(*, dataset: str = "fashion-mnist", protocol: str | None = None,
     cache_path = path.with_name(path.stem + "-features.csv")
     key = _budget_key(budget, seed)
     cache = pd.read_csv(cache_path) if cache_path.is_file() else pd.DataFrame()
-    have = set(cache.loc[cache["budget"] == key, "arch_id"]) if not cache.empty else set()
+    have: set[str] = set()
+    if not cache.empty:
+        # A successful run cached before quick_val_loss existed is run again.
+        cache = cache.reindex(columns=[*cache.columns, *(f for f in FEATURES
+                                                           if f not in cache.columns)])
+        stale = cache["quick_acc"].notna() & cache["quick_val_loss"].isna()
+        have = set(cache.loc[(cache["budget"] == key) & ~stale, "arch_id"])
     todo = [a for a in rows["arch"] if a.arch_id not in have]
     jobs = [(_feature_job, (a.to_dict(), dataset, budget, seed, device)) for a in todo]
     for i, part in enumerate(_run(jobs, workers, "cpu" if device == "cpu" else "cuda"), 1):

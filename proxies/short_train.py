@@ -189,6 +189,7 @@ class _Run:
         self.tse = 0.0
         self.steps = 0
         self.accuracy: float | None = None
+        self.val_loss: float | None = None
         self.checkpoints: list[tuple[int, float]] = []
         self.train_losses: list[tuple[int, float]] = []
         self._loss_mark = (0, 0.0)  # (steps, tse) at the previous checkpoint
@@ -253,7 +254,7 @@ class _Run:
     def evaluate(self) -> float:
         b, data = self.budget, self.data
         self.model.eval()
-        correct = 0
+        correct, loss = 0, 0.0
         chunk = 250 if self.device.type == "cpu" else 2000  # bounded memory at any resolution
         val_idx = self.val_idx.to(data.val_x.device)
         for i in range(0, len(val_idx), chunk):
@@ -263,9 +264,12 @@ class _Run:
             if not torch.isfinite(logits).all():
                 self.failed = f"non-finite outputs on validation at step {self.steps}"
                 break
-            correct += int((logits.argmax(1) == data.val_y[idx]).sum())
+            labels = data.val_y[idx]
+            correct += int((logits.argmax(1) == labels).sum())
+            loss += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
         self.model.train()
         self.accuracy = correct / len(self.val_idx) if not self.failed else None
+        self.val_loss = loss / len(self.val_idx) if not self.failed else None
         if self.accuracy is not None:
             self.checkpoints.append((self.steps, self.accuracy))
             steps, tse = self._loss_mark
@@ -279,9 +283,10 @@ class _Run:
         acc = None if failed else self.accuracy
         score = float("-inf") if failed or acc is None else (
             acc if self.proxy.score == "accuracy" else -self.tse)
+        val_loss = None if failed else self.val_loss
         return ProxyResult(
             proxy=self.proxy.name, arch_id=self.arch.arch_id, score=score, accuracy=acc,
-            tse=self.tse if not failed else None, seconds=time.perf_counter() - start,
+            tse=self.tse if not failed else None, val_loss=val_loss, seconds=time.perf_counter() - start,
             failed=bool(failed), reason=failed, steps=self.steps,
             checkpoints=tuple(self.checkpoints), stopped_early=stopped,
             budget=self.budget, seed=self.proxy.seed, train_losses=tuple(self.train_losses),

@@ -34,14 +34,16 @@ def test_short_train_smoke_is_finite(data):
     assert 0.0 <= r.accuracy <= 1.0 and r.score == r.accuracy
     assert math.isfinite(r.tse) and r.tse > 0 and r.seconds > 0 and r.steps == 4
     assert r.checkpoints == ((4, r.accuracy),) and not r.stopped_early
+    # Cross-entropy of the validation images: chance (log 10 = 2.30) after 4 tiny steps.
+    assert 1.0 < r.val_loss < 4.0
 
 
 def test_short_train_is_deterministic(data):
     a = ShortTrain(dataset=data, budget="smoke,steps=6", seed=3)(SMALL)
     b = ShortTrain(dataset=data, budget="smoke,steps=6", seed=3)(SMALL)
     c = ShortTrain(dataset=data, budget="smoke,steps=6", seed=4)(SMALL)
-    assert (a.accuracy, a.tse) == (b.accuracy, b.tse)
-    assert a.tse != c.tse
+    assert (a.accuracy, a.tse, a.val_loss) == (b.accuracy, b.tse, b.val_loss)
+    assert a.tse != c.tse and a.val_loss != c.val_loss
 
 
 def test_callback_checkpoints_and_early_stop(data):
