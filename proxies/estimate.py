@@ -19,7 +19,10 @@ the smallest such predictor that states its uncertainty:
   error, so that the choice does not follow the noise of a few rows.
 - **Uncertainty**: an ensemble of `N_BOOT` ridge fits on bootstrap resamples of the tune
   rows gives the spread of the prediction; the stated standard error adds the tune rows'
-  leave-one-out residual in quadrature (the error a new architecture should expect).
+  leave-one-out residual in quadrature (the error a new architecture should expect). The
+  target is an architecture's mean accuracy over seeds, so the residual leaves out what the
+  design rows' own seed noise contributes to it (`target_noise`^2 / seeds, averaged over the
+  rows; the seed noise is the reference set's, pooled over its repeated architectures).
 
 The fitted model is data (`estimates/<dataset>.json`: features, coefficients, the rows it
 was fitted on, its leave-one-out error) and names its provenance, so every accuracy the
@@ -154,6 +157,12 @@ class EstimateModel:
     source: str
     date: str
     candidates: tuple[dict[str, Any], ...] = ()
+    target_noise: float = 0.0
+    """Seed noise of one reference run (std, points) the fit was told of (0: none)."""
+    residual: float | None = None
+    """The error predicting an architecture's *mean* accuracy: the leave-one-out error with
+    the design rows' own seed noise (`target_noise`^2 / seeds per row) taken out; None in
+    models fitted before it existed (then `loo_rmse`)."""
 
     def _x(self, feats: Mapping[str, float]) -> np.ndarray:
         x = np.array([feats[f] for f in self.features], dtype=float)
@@ -166,14 +175,17 @@ class EstimateModel:
             return math.nan, math.nan
         mean = float(self.intercept + x @ np.array(self.coef))
         boots = np.array(self.boot_intercept) + np.array(self.boot_coef) @ x
-        return mean, float(math.hypot(float(np.std(boots, ddof=1)), self.loo_rmse))
+        residual = self.loo_rmse if self.residual is None else self.residual
+        return mean, float(math.hypot(float(np.std(boots, ddof=1)), residual))
 
     @property
     def provenance(self) -> str:
         return (f"predicted {self.protocol} accuracy on {self.dataset} (ridge over "
                 f"{', '.join(self.features)}; fitted on {len(self.fitted_on)} architectures: "
-                f"{self.source}; leave-one-out error {self.loo_rmse:.2f} points, tau "
-                f"{self.loo_tau:.2f})")
+                f"{self.source}; leave-one-out error {self.loo_rmse:.2f} points"
+                + (f" ({self.residual:.2f} without the reference's seed noise)"
+                   if self.residual is not None and self.target_noise > 0 else "")
+                + f", tau {self.loo_tau:.2f})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -238,9 +250,11 @@ def fit(rows: Sequence[Mapping[str, Any]], *, target: str = "reference", dataset
         budget: Budget, seed: int, protocol: str, source: str,
         candidates: Sequence[Sequence[str]] = CANDIDATES,
         alphas: Sequence[float] = ALPHAS, n_boot: int = N_BOOT,
-        rng_seed: int = 0) -> EstimateModel:
+        rng_seed: int = 0, target_noise: float = 0.0) -> EstimateModel:
     """Choose features and ridge strength by leave-one-out RMSE on `rows` (each a mapping
-    with the `FEATURES` and `target`, in %), then fit the choice and its bootstrap ensemble."""
+    with the `FEATURES` and `target`, in %), then fit the choice and its bootstrap ensemble.
+    `target_noise`: the seed noise (std, points) of one run of the target; with each row's
+    ``n_seeds`` (default 1) it is taken out of the residual the model states."""
     usable = [r for r in rows if math.isfinite(float(r[target]))]
     if len(usable) < 5:
         raise EstimateError(f"only {len(usable)} design architectures with a reference "
@@ -284,6 +298,10 @@ def fit(rows: Sequence[Mapping[str, Any]], *, target: str = "reference", dataset
         c, bb = _ridge(z[idx], yk[idx], best["alpha"])
         boot_c.append(tuple(float(v) for v in c))
         boot_b.append(float(bb))
+    seeds = np.array([float(r.get("n_seeds", 1) or 1) for r, k in zip(usable, ok, strict=True)
+                      if k])
+    noise_var = float(np.mean(target_noise ** 2 / seeds))
+    residual = math.sqrt(max(best["loo_rmse"] ** 2 - noise_var, 0.0))
     return EstimateModel(
         dataset=dataset, budget=dataclasses.asdict(budget), seed=seed, protocol=protocol,
         features=feats, alpha=float(best["alpha"]),
@@ -291,7 +309,8 @@ def fit(rows: Sequence[Mapping[str, Any]], *, target: str = "reference", dataset
         coef=tuple(float(v) for v in coef), intercept=float(b),
         boot_coef=tuple(boot_c), boot_intercept=tuple(boot_b),
         loo_rmse=float(best["loo_rmse"]), loo_tau=float(best["loo_tau"]), fitted_on=ids,
-        source=source, date=datetime.date.today().isoformat(), candidates=tuple(tried))
+        source=source, date=datetime.date.today().isoformat(), candidates=tuple(tried),
+        target_noise=float(target_noise), residual=residual)
 
 
 class Estimate:

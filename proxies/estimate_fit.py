@@ -69,6 +69,17 @@ def design_rows(dataset: str, *, protocol: str | None = None, with_sets: Sequenc
     return out, pid, "; ".join(parts)
 
 
+def seed_noise_of(dataset: str, protocol: str) -> float:
+    """The reference set's seed noise (std of one run, points) under `protocol`, pooled over
+    its architectures with >= 2 seeds (`proxies.reference.report.seed_noise`); 0 if none."""
+    from .reference import folder_of
+    from .reference.report import summarize
+
+    summary = next((s for s in summarize(folder_of(dataset)) if s.protocol_id == protocol), None)
+    noise = summary.noise if summary is not None else None
+    return float(noise["noise_std"]) if noise else 0.0
+
+
 def _feature_job(arch: dict[str, Any], dataset: str, budget: Budget, seed: int,
                  device: str) -> dict[str, Any]:
     a = ArchConfig.from_dict(arch)
@@ -113,7 +124,7 @@ def fit_estimate(*, dataset: str = "fashion-mnist", protocol: str | None = None,
     mine = cache[cache["budget"] == key].drop_duplicates("arch_id", keep="last")
     table = rows.drop(columns=["arch"]).merge(mine.drop(columns=["budget"]), on="arch_id")
     model = fit(table.to_dict("records"), dataset=dataset, budget=budget, seed=seed,
-                protocol=pid, source=source)
+                protocol=pid, source=source, target_noise=seed_noise_of(dataset, pid))
     written = [model.save(path), _write_report(model, table, path.with_suffix(".md"))]
     return model, written
 
@@ -133,8 +144,8 @@ def _write_report(model: EstimateModel, table: pd.DataFrame, path: Path) -> Path
         "read here; it judges the estimate in `proxies/reports/against_holdout`.", "",
         f"Chosen: ridge (alpha {model.alpha}) over **{', '.join(model.features)}**; "
         f"leave-one-out over the design rows: RMSE {model.loo_rmse:.2f} points, Kendall tau "
-        f"{model.loo_tau:.2f}. Features from budget {Budget(**model.budget)}, seed "
-        f"{model.seed}; {_machine()}.", "",
+        f"{model.loo_tau:.2f}. Stated residual {_residual(model)}. Features from budget "
+        f"{Budget(**model.budget)}, seed {model.seed}; {_machine()}.", "",
         "## Candidates (leave-one-out over the design rows)", "",
         "The fit picks the simplest candidate (fewest features, then the largest alpha) whose "
         "leave-one-out MSE is within one standard error (`loo_mse_se`) of the lowest.", "",
@@ -150,6 +161,14 @@ def _write_report(model: EstimateModel, table: pd.DataFrame, path: Path) -> Path
     ]
     path.write_text("\n".join(lines))
     return path
+
+
+def _residual(model: EstimateModel) -> str:
+    if model.residual is None or model.target_noise <= 0:
+        return f"{model.loo_rmse:.2f} points (the leave-one-out RMSE; no seed noise known)"
+    return (f"{model.residual:.2f} points: the leave-one-out RMSE without the design rows' "
+            f"own seed noise (the set's {model.target_noise:.2f} points per run, over each "
+            "row's seeds), i.e. the error predicting an architecture's mean accuracy")
 
 
 def _baselines(table: pd.DataFrame, model: EstimateModel) -> pd.DataFrame:

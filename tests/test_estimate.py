@@ -44,6 +44,28 @@ def test_fit_finds_the_informative_features_and_predicts_unseen_rows():
     assert all(math.isfinite(s) and s >= model.loo_rmse for s in se)
 
 
+def test_the_targets_seed_noise_is_taken_out_of_the_stated_error():
+    # Targets are means of 1 or 2 noisy runs (std 0.5) of a linear truth: the leave-one-out
+    # error is mostly that noise; told of it, the model states the error of the true mean.
+    rows = _rows(40, 0.0)
+    rng = np.random.default_rng(3)
+    for i, r in enumerate(rows):
+        r["n_seeds"] = 1 + i % 2
+        r["reference"] += 0.5 * float(rng.normal()) / math.sqrt(r["n_seeds"])
+    kw = dict(dataset="d", budget=Budget(), seed=0, protocol="p", source="s")
+    told, blind = fit(rows, target_noise=0.5, **kw), fit(rows, **kw)
+    assert blind.residual == pytest.approx(blind.loo_rmse)
+    assert told.loo_rmse == blind.loo_rmse and told.residual < 0.7 * told.loo_rmse
+    assert told.residual ** 2 == pytest.approx(
+        max(told.loo_rmse ** 2 - 0.25 * np.mean([1, 0.5]), 0.0))
+    test = _rows(20, 0.0, seed=1)
+    truth = np.array([r["reference"] for r in test])
+    err = np.sqrt(np.mean((np.array([told.predict(r)[0] for r in test]) - truth) ** 2))
+    assert err < told.loo_rmse  # the true error is below the noisy leave-one-out one
+    assert told.predict(test[0])[1] < blind.predict(test[0])[1]
+    assert "without the reference's seed noise" in told.provenance
+
+
 def test_pure_noise_gives_a_large_stated_error():
     rows = _rows(20, 0.0)
     rng = np.random.default_rng(5)
