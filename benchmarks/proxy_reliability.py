@@ -47,7 +47,7 @@ from scipy import stats  # noqa: E402
 
 from optimize.report import markdown_table  # noqa: E402
 from proxies import Budget  # noqa: E402
-from proxies.estimate import FEATURES, features  # noqa: E402
+from proxies.estimate import FEATURES, EstimateModel, features  # noqa: E402
 from proxies.estimate_fit import design_rows  # noqa: E402
 from proxies.reference import ReferenceSet, folder_of  # noqa: E402
 from proxies.validate import _machine  # noqa: E402
@@ -155,7 +155,7 @@ def _loo(frame: pd.DataFrame, feats: tuple[str, ...], alpha: float) -> tuple[flo
 
 
 def report(runs: pd.DataFrame, archs: pd.DataFrame, protocol: str, sets: list[str],
-           out: Path, command: str) -> Path:
+           out: Path, command: str, dataset: str) -> Path:
     gt = ground_truth(sets, protocol)
     where = out.resolve()
     where = where.relative_to(ROOT) if where.is_relative_to(ROOT) else where
@@ -171,14 +171,23 @@ def report(runs: pd.DataFrame, archs: pd.DataFrame, protocol: str, sets: list[st
         f"`{protocol}` over the seeds trained ({', '.join(Path(s).name for s in sets)}). "
         f"Features on the CPU, one thread: {_machine()}.", ""]
     runs = runs[runs["reason"].isna() | (runs["reason"] == "")]
+    # Design decisions read the design rows only; the front set is reported apart (it is
+    # the out-of-fit check of benchmarks/front_check.py).
+    scopes = {"design rows": set(info.index[info["in_design"]]),
+              "front set": set(info.index[~info["in_design"]])}
     for spec, part in runs.groupby("budget", sort=False):
         seeds = sorted(part["seed"].unique())
         lines += [f"## Budget `{spec}` = {Budget.parse(spec)}", "",
                   f"Seeds {', '.join(map(str, seeds))}; runs per seed: "
                   + ", ".join(f"{s}: {int((part['seed'] == s).sum())}" for s in seeds)
                   + f"; mean {part['seconds'].mean():.1f} s per run.", ""]
+        model = EstimateModel.load(dataset)
+        noisy = list(NOISY)
+        if Budget.parse(spec) == Budget(**model.budget):  # the committed estimate applies
+            part = part.assign(estimate=[model.predict(r)[0] for r in part.to_dict("records")])
+            noisy.insert(0, "estimate")
         rows = []
-        for feat in NOISY:
+        for feat in noisy:
             wide = part.pivot_table(index="arch_id", columns="seed", values=feat)
             pair = [_tau(wide[a], wide[b]) for a, b in itertools.combinations(wide.columns, 2)]
             pair_txt = "; ".join(f"{a}/{b}: {t:.2f} (N={n})" for (a, b), (t, n) in zip(
@@ -187,16 +196,24 @@ def report(runs: pd.DataFrame, archs: pd.DataFrame, protocol: str, sets: list[st
             mean = wide.mean(axis=1)
             g = gt["gt"].reindex(wide.index)
             s0 = wide[seeds[0]] if seeds[0] in wide else pd.Series(dtype=float)
-            rows.append({
-                "feature": feat, "seed vs seed tau": pair_txt,
-                "ICC(1)": icc1(wide), "seed noise": noise,
-                "spread over archs": float(s0.std()),
-                f"tau vs GT, seed {seeds[0]}": "{:.2f} (N={})".format(*_tau(s0, g)),
-                "tau vs GT, seed mean": "{:.2f} (N={})".format(*_tau(mean, g))})
+            row = {"feature": feat, "seed vs seed tau": pair_txt, "ICC(1)": icc1(wide),
+                   "seed noise": noise, "spread over archs": float(s0.std())}
+            for scope, ids in scopes.items():
+                keep = wide.index.isin(ids)
+                row[f"tau vs GT, {scope}, seed {seeds[0]}"] = "{:.2f} (N={})".format(
+                    *_tau(s0[keep], g[keep]))
+                row[f"tau vs GT, {scope}, seed mean"] = "{:.2f} (N={})".format(
+                    *_tau(mean[keep], g[keep]))
+            rows.append(row)
         lines += [markdown_table(pd.DataFrame(rows).round(3)), "",
-                  "Seed noise: root mean within-architecture variance over seeds (the "
-                  "feature's unit: % for quick_acc, log loss for the losses). Tau vs GT over "
-                  "every architecture here with a ground truth.", ""]
+                  "`estimate`: the committed accuracy estimate (`proxies/estimates/`) applied to "
+                  "each seed's features (where its budget is this one; on the design rows its tau is "
+                  "in-sample, it was fitted on their seed-0 features). Seed noise: root mean "
+                  "within-architecture variance over seeds (the feature's unit: % for "
+                  "quick_acc and the estimate, cross-entropy or log loss for the losses). Tau vs GT over "
+                  "the design rows (what the estimate may be designed on) and, apart, over the "
+                  "front set (the estimate's out-of-fit check in `benchmarks/front_check.py`).",
+                  ""]
         # The estimate's family on one seed vs the seed mean, on its own design rows.
         wide = {f: part.pivot_table(index="arch_id", columns="seed", values=f)
                 for f in FEATURES}
@@ -248,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     if "report" in a.phase and not runs.empty:
         sets = [str(folder_of(s)) for s in [FRONT_SET, a.dataset, *with_sets]]
         cmd = "python benchmarks/proxy_reliability.py " + " ".join(argv or sys.argv[1:])
-        print(report(runs, archs, pid, sets, a.out, cmd.strip()))
+        print(report(runs, archs, pid, sets, a.out, cmd.strip(), a.dataset))
     return 0
 
 
