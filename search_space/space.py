@@ -280,10 +280,12 @@ class SearchSpace:
         raise ConstraintInfeasible(f"{self.source}: constraint infeasible: no architecture in "
                                    f"{max_tries} samples met the constraints (last: {last})")
 
-    def contains(self, arch: ArchConfig) -> bool:
-        """Whether `arch` is one of this space's architectures (constraints included)."""
+    def values(self, arch: ArchConfig) -> dict[str, Any] | None:
+        """The assignment of `params()` names that gives `arch` (what `suggest` would have
+        drawn), or None if `arch` is not one of this space's architectures (constraints
+        included)."""
         if arch.num_stages != self.num_stages:
-            return False
+            return None
         values: dict[str, Any] = {}
         for name, choices, field, stage in self._knobs():
             if len(choices) < 2:
@@ -292,13 +294,17 @@ class SearchSpace:
             if name == "embed_dim":
                 value = value / self.width_scale[0]
             if value not in choices:
-                return False
-            values[name] = value
+                return None
+            values[name] = choices[list(choices).index(value)]  # the choice itself (48, not 48.0)
         try:
             rebuilt = self.to_arch(values)
         except ArchError:
-            return False
-        return rebuilt == arch and self.violation(arch) is None
+            return None
+        return values if rebuilt == arch and self.violation(arch) is None else None
+
+    def contains(self, arch: ArchConfig) -> bool:
+        """Whether `arch` is one of this space's architectures (constraints included)."""
+        return self.values(arch) is not None
 
     def __str__(self) -> str:
         return f"SearchSpace({self.source}: {len(self.params())} knobs, {self.size():.3g} architectures)"

@@ -100,6 +100,16 @@ def test_shipped_spaces_contain_the_presets_their_yaml_allows(shipped, preset):
     assert space.contains(PRESETS[preset]) == yaml_allows(data, PRESETS[preset])
 
 
+def test_values_give_back_the_architecture(default_space):
+    rng = np.random.default_rng(0)
+    for arch in [default_space.sample(rng) for _ in range(20)] + [PRESETS["fasternet_t1"]]:
+        values = default_space.values(arch)
+        assert set(values) == set(default_space.params())
+        assert all(v in default_space.params()[k] for k, v in values.items())
+        assert default_space.to_arch(values) == arch
+    assert default_space.values(PRESETS["fasternet_t0"].replace(feature_dim=512)) is None
+
+
 def test_contains_rejects_archs_outside(default_space):
     t0 = PRESETS["fasternet_t0"]
     for outside in (t0.replace(widths=(40, 80, 160, 336)), t0.replace(kernel_sizes=(7, 3, 3, 3)),
