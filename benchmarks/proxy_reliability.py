@@ -173,6 +173,7 @@ def report(runs: pd.DataFrame, archs: pd.DataFrame, protocol: str, sets: list[st
     runs = runs[runs["reason"].isna() | (runs["reason"] == "")]
     # Design decisions read the design rows only; the front set is reported apart (it is
     # the out-of-fit check of benchmarks/front_check.py).
+    summary: dict[str, dict[str, dict[str, float]]] = {}
     scopes = {"design rows": set(info.index[info["in_design"]]),
               "front set": set(info.index[~info["in_design"]])}
     for spec, part in runs.groupby("budget", sort=False):
@@ -205,6 +206,10 @@ def report(runs: pd.DataFrame, archs: pd.DataFrame, protocol: str, sets: list[st
                 row[f"tau vs GT, {scope}, seed mean"] = "{:.2f} (N={})".format(
                     *_tau(mean[keep], g[keep]))
             rows.append(row)
+            pairs = [t for t, _ in pair if t == t]
+            summary.setdefault(spec, {})[feat] = {
+                "seed_vs_seed_tau": float(np.mean(pairs)) if pairs else math.nan,
+                "icc": icc1(wide), "n": int(len(wide.dropna()))}
         lines += [markdown_table(pd.DataFrame(rows).round(3)), "",
                   "`estimate`: the committed accuracy estimate (`proxies/estimates/`) applied to "
                   "each seed's features (where its budget is this one; on the design rows its tau is "
@@ -239,6 +244,7 @@ def report(runs: pd.DataFrame, archs: pd.DataFrame, protocol: str, sets: list[st
                   "their mean over seeds:", "", markdown_table(pd.DataFrame(fit_rows).round(3)), ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return path
 
 
