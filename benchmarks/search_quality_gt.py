@@ -7,8 +7,8 @@ to architectures in the set" option).
 
 Pool: every architecture of the default search space with a finished run of the reference
 protocol in the sets (`--sets`: the fashion-mnist set, both halves; the front re-check set;
-the pilot). Each has, computed once and cached in ``pool.csv``: the default proxy's accuracy
-(the committed estimate, `proxies.estimate`, from its quick run at seed 0; features stored by
+the pilot). Each has the default proxy's accuracy (the committed estimate, `proxies.estimate`,
+from the features of its quick run at seed 0, cached in ``pool.csv``; features stored by
 `benchmarks/proxy_reliability.py` are reused, the same run) and its latency on every device's
 table.
 
@@ -47,7 +47,7 @@ from latency_tables import LatencyTable  # noqa: E402
 from optimize import hypervolume, make_sampler  # noqa: E402
 from optimize.report import markdown_table, pareto_mask  # noqa: E402
 from proxies import Budget  # noqa: E402
-from proxies.estimate import EstimateModel, features  # noqa: E402
+from proxies.estimate import FEATURES, EstimateModel, features  # noqa: E402
 from proxies.reference import ReferenceSet, folder_of  # noqa: E402
 from proxies.validate import _machine  # noqa: E402
 from search_space import ArchConfig, SearchSpace  # noqa: E402
@@ -65,16 +65,20 @@ GOAL = 1.15  # the issue's goal: the search's hypervolume >= random search + 15 
 def pool(space: SearchSpace, sets: list[str], devices: list[str], dataset: str,
          out: Path) -> tuple[pd.DataFrame, str]:
     """arch_id, arch, gt, seeds, estimate, estimate_se, latency_<device> for every space
-    member with a ground truth; cached in ``out/pool.csv`` (estimates only: the rest is
-    joined afresh)."""
+    member with a ground truth; the estimate's features are cached in ``out/pool.csv`` (the
+    rest is joined afresh)."""
     model = EstimateModel.load(dataset)
     archs: dict[str, ArchConfig] = {}
     for name in sets:
         archs.update({m.arch_id: m.arch for m in ReferenceSet.load(folder_of(name)).members})
     gt = ground_truth([str(folder_of(s)) for s in sets], model.protocol)
     ids = [a for a in gt.index if a in archs and space.contains(archs[a])]
+    # Cached: each architecture's features (deterministic on the CPU); the prediction is made
+    # afresh from them, so a refitted estimate needs no new runs.
     cache_path = out / "pool.csv"
     cache = pd.read_csv(cache_path).set_index("arch_id") if cache_path.is_file() else None
+    if cache is not None and not set(FEATURES) <= set(cache.columns):
+        cache = None  # an older cache without the features
     stored = pd.DataFrame()
     if RELIABILITY.is_file():  # the same quick run (budget, seed 0): reuse its features
         runs = pd.read_csv(RELIABILITY)
@@ -84,19 +88,20 @@ def pool(space: SearchSpace, sets: list[str], devices: list[str], dataset: str,
     rows = []
     for a in ids:
         if cache is not None and a in cache.index:
-            est, se = cache.loc[a, "estimate"], cache.loc[a, "estimate_se"]
+            feats = cache.loc[a, list(FEATURES)].to_dict()
+        elif a in stored.index:
+            feats = stored.loc[a, list(FEATURES)].to_dict()
         else:
-            if a in stored.index:
-                feats = stored.loc[a].to_dict()
-            else:
-                feats, _ = features(archs[a], dataset=dataset, budget=Budget(**model.budget),
-                                    seed=model.seed, device="cpu")
-                print(f"estimate features of {a} computed", flush=True)
-            est, se = model.predict(feats)
-        rows.append({"arch_id": a, "estimate": est, "estimate_se": se})
+            feats, _ = features(archs[a], dataset=dataset, budget=Budget(**model.budget),
+                                seed=model.seed, device="cpu")
+            print(f"estimate features of {a} computed", flush=True)
+        rows.append({"arch_id": a, **{f: feats[f] for f in FEATURES}})
         out.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_csv(cache_path, index=False)
     df = pd.DataFrame(rows).set_index("arch_id")
+    pred = [model.predict(r) for r in df[list(FEATURES)].to_dict("records")]
+    df = df.drop(columns=list(FEATURES)).assign(estimate=[p[0] for p in pred],
+                                               estimate_se=[p[1] for p in pred])
     df["arch"] = [archs[a] for a in df.index]
     df["gt"] = gt["gt"].reindex(df.index)
     df["seeds"] = gt["seeds"].reindex(df.index)
