@@ -195,7 +195,8 @@ def report(runs: pd.DataFrame, archs: pd.DataFrame, protocol: str, sets: list[st
         lines += [f"## Budget `{spec}` = {Budget.parse(spec)}", "",
                   f"Seeds {', '.join(map(str, seeds))}; runs per seed: "
                   + ", ".join(f"{s}: {int((part['seed'] == s).sum())}" for s in seeds)
-                  + f"; mean {part['seconds'].mean():.1f} s per run.", ""]
+                  + f"; median {part['seconds'].median():.1f} s per run (beside other jobs: a "
+                  "cost for comparison within this report, not a benchmark).", ""]
         model = EstimateModel.load(dataset)
         noisy = list(NOISY)
         if Budget.parse(spec) == Budget(**model.budget):  # the committed estimate applies
