@@ -105,8 +105,10 @@ def accuracy() -> list[str]:
         lines += [f"The learned estimate (`--proxy estimate`, the search's default where it "
                   f"applies) for `{m.dataset}`: ridge over {', '.join(m.features)}, fitted on "
                   f"{len(m.fitted_on)} design architectures ({m.source}); leave-one-out on them: "
-                  f"Kendall tau {m.loo_tau:.2f}, error {m.loo_rmse:.2f} points "
-                  f"([fit report]({path.relative_to(ROOT).with_suffix('.md')})). The holdout "
+                  f"Kendall tau {m.loo_tau:.2f}, error {m.loo_rmse:.2f} points"
+                  + (f" ({m.residual:.2f} without the set's seed noise: the residual it states) "
+                     if m.residual is not None and m.target_noise > 0 else " ")
+                  + f"([fit report]({path.relative_to(ROOT).with_suffix('.md')})). The holdout "
                   "half judges it in the `holdout` table where one is shown." + _retest(), ""]
     # One table, a column per committed validation against ground truth (pilot, tune, holdout).
     cols, taus, secs, protocols = [], {}, {}, set()

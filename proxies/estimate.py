@@ -7,8 +7,9 @@ al., NeurIPS 2022: predictors over all zero-cost proxies gain up to 42 %). This 
 the smallest such predictor that states its uncertainty:
 
 - **Features** (`FEATURES`), all from one `quick` short-training run, two zero-cost scores
-  on one batch and the closed-form size: quick accuracy, log mean training loss of the run
-  (TSE per step, Ru et al. 2021), log params, log MFLOPs, NASWOT, log synflow.
+  on one batch and the closed-form size: quick accuracy, its validation cross-entropy, log
+  mean training loss of the run (TSE per step, Ru et al. 2021), log params, log MFLOPs,
+  NASWOT, log synflow.
 - **Model**: ridge regression on standardized features, predicting the mean accuracy (%) of
   a reference set's protocol (`proxies.reference`). It is fitted on the set's *tune* half
   only (plus design-only architectures such as the pilot's, never one of the holdout half):
@@ -243,6 +244,12 @@ def _kendall(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.kendalltau(a, b).statistic) if len(a) >= 2 else math.nan
 
 
+def _seeds(row: Mapping[str, Any]) -> float:
+    """How many reference seeds a design row's target averages (1 where unsaid)."""
+    n = float(row.get("n_seeds", 1) or 1)
+    return n if math.isfinite(n) and n >= 1 else 1.0
+
+
 def fit(rows: Sequence[Mapping[str, Any]], *, target: str = "reference", dataset: str,
         budget: Budget, seed: int, protocol: str, source: str,
         candidates: Sequence[Sequence[str]] = CANDIDATES,
@@ -295,8 +302,7 @@ def fit(rows: Sequence[Mapping[str, Any]], *, target: str = "reference", dataset
         c, bb = _ridge(z[idx], yk[idx], best["alpha"])
         boot_c.append(tuple(float(v) for v in c))
         boot_b.append(float(bb))
-    seeds = np.array([float(r.get("n_seeds", 1) or 1) for r, k in zip(usable, ok, strict=True)
-                      if k])
+    seeds = np.array([_seeds(r) for r, k in zip(usable, ok, strict=True) if k])
     noise_var = float(np.mean(target_noise ** 2 / seeds))
     residual = math.sqrt(max(best["loo_rmse"] ** 2 - noise_var, 0.0))
     return EstimateModel(

@@ -286,7 +286,8 @@ class _Run:
         val_loss = None if failed else self.val_loss
         return ProxyResult(
             proxy=self.proxy.name, arch_id=self.arch.arch_id, score=score, accuracy=acc,
-            tse=self.tse if not failed else None, val_loss=val_loss, seconds=time.perf_counter() - start,
+            tse=self.tse if not failed else None, val_loss=val_loss,
+            seconds=time.perf_counter() - start,
             failed=bool(failed), reason=failed, steps=self.steps,
             checkpoints=tuple(self.checkpoints), stopped_early=stopped,
             budget=self.budget, seed=self.proxy.seed, train_losses=tuple(self.train_losses),
