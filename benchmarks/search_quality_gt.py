@@ -112,14 +112,9 @@ def pool(space: SearchSpace, sets: list[str], devices: list[str], dataset: str,
     return df.reset_index(), model.provenance
 
 
-def _index_vectors(space: SearchSpace, archs: list[ArchConfig]) -> np.ndarray:
-    """Each architecture's parameters as choice indices scaled to [0, 1]."""
-    params = space.params()
-    rows = []
-    for a in archs:
-        values = space.values(a)
-        rows.append([list(c).index(values[k]) / (len(c) - 1) for k, c in params.items()])
-    return np.array(rows)
+def _index_vector(space: SearchSpace, values: dict) -> np.ndarray:
+    """A parameter assignment as choice indices scaled to [0, 1]."""
+    return np.array([list(c).index(values[k]) / (len(c) - 1) for k, c in space.params().items()])
 
 
 def run_search(method: str, pool_df: pd.DataFrame, space: SearchSpace, device: str, k: int,
@@ -131,7 +126,7 @@ def run_search(method: str, pool_df: pd.DataFrame, space: SearchSpace, device: s
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = make_sampler("random" if method == "random-snapped" else method, seed, k)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    vec = _index_vectors(space, list(pool_df["arch"]))
+    vec = np.array([_index_vector(space, space.values(a)) for a in pool_df["arch"]])
     dists = {name: optuna.distributions.CategoricalDistribution(list(c))
              for name, c in space.params().items()}
     left = np.ones(len(pool_df), dtype=bool)
@@ -139,7 +134,7 @@ def run_search(method: str, pool_df: pd.DataFrame, space: SearchSpace, device: s
     chosen = []
     for _ in range(k):
         trial = study.ask(dists)
-        want = _index_vectors(space, [space.to_arch(trial.params)])[0]
+        want = _index_vector(space, trial.params)  # a proposal may break a constraint
         d = np.abs(vec - want).sum(axis=1) + 1e-9 * tie_rng.random(len(vec))
         d[~left] = np.inf
         i = int(np.argmin(d))
