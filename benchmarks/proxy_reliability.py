@@ -158,10 +158,12 @@ def _loo(frame: pd.DataFrame, feats: tuple[str, ...]) -> dict[str, float]:
         return {"N": len(f)}
     y = f["gt"].to_numpy(float)
     best = None
+    x = f[list(feats)].to_numpy(float)
     for alpha in ALPHAS:
-        sq = (loo(f[list(feats)].to_numpy(float), y, alpha) - y) ** 2
+        pred = loo(x, y, alpha)
+        sq = (pred - y) ** 2
         if best is None or sq.mean() < best[1].mean():
-            best = (alpha, sq, loo(f[list(feats)].to_numpy(float), y, alpha))
+            best = (alpha, sq, pred)
     alpha, sq, pred = best
     return {"N": len(f), "alpha": alpha, "LOO RMSE": float(np.sqrt(sq.mean())),
             "MSE se": float(sq.std(ddof=1) / np.sqrt(len(sq))),

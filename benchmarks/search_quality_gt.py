@@ -95,9 +95,13 @@ def pool(space: SearchSpace, sets: list[str], devices: list[str], dataset: str,
             feats, _ = features(archs[a], dataset=dataset, budget=Budget(**model.budget),
                                 seed=model.seed, device="cpu")
             print(f"estimate features of {a} computed", flush=True)
+            rows.append({"arch_id": a, **{f: feats[f] for f in FEATURES}})
+            out.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(rows).to_csv(cache_path, index=False)  # a training run: keep it now
+            continue
         rows.append({"arch_id": a, **{f: feats[f] for f in FEATURES}})
-        out.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows).to_csv(cache_path, index=False)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(cache_path, index=False)
     df = pd.DataFrame(rows).set_index("arch_id")
     pred = [model.predict(r) for r in df[list(FEATURES)].to_dict("records")]
     df = df.drop(columns=list(FEATURES)).assign(estimate=[p[0] for p in pred],
