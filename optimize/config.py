@@ -22,7 +22,7 @@ from .runner import SAMPLERS, STUDY_NAME
 from .storage import GRACE_HEARTBEATS, redact
 
 __all__ = ["SearchConfig", "SearchConfigError", "Promotion", "option", "search_parser",
-           "from_namespace", "flag_of", "options_markdown", "HEARTBEAT_S", "WHERE"]
+           "from_namespace", "flag_of", "check_options", "options_markdown", "HEARTBEAT_S", "WHERE"]
 
 # Seconds between heartbeats of a running trial: one small write each; a killed worker's
 # trial is re-queued after 4 missed ones (`optimize.storage.GRACE_HEARTBEATS`), i.e. 40 s.
@@ -152,20 +152,7 @@ class SearchConfig:
     seed: int = option(0, help="seed of the sampler and the proxy")
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not _has_type(value, hints[f.name]):
-                raise SearchConfigError(f"{flag_of(f)}: {value!r} must be {_type_name(hints[f.name])}")
-            if value is None:
-                continue
-            choices = f.metadata.get("choices")
-            if choices and value not in choices:
-                raise SearchConfigError(f"{flag_of(f)}: {value!r} must be one of {', '.join(choices)}")
-            check = f.metadata.get("check")
-            why = check(value) if check else None
-            if why:
-                raise SearchConfigError(f"{flag_of(f)}: {value} {why}")
+        check_options(self, SearchConfigError)
         self._check_together()
 
     def _check_together(self) -> None:
@@ -293,6 +280,25 @@ class SearchConfig:
 
 
 # ---------------------------------------------------------------------------- derived forms
+def check_options(config: Any, error: type[Exception]) -> None:
+    """Each field of a dataclass declared with `option` against its type, choices and rule;
+    the first one broken raises `error` with one line naming the flag, the value and the rule."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not _has_type(value, hints[f.name]):
+            raise error(f"{flag_of(f)}: {value!r} must be {_type_name(hints[f.name])}")
+        if value is None:
+            continue
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise error(f"{flag_of(f)}: {value!r} must be one of {', '.join(choices)}")
+        check = f.metadata.get("check")
+        why = check(value) if check else None
+        if why:
+            raise error(f"{flag_of(f)}: {value} {why}")
+
+
 def flag_of(f: dataclasses.Field) -> str:
     """The command-line flag of a `SearchConfig` field."""
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
