@@ -4,6 +4,7 @@
     python search.py devices                          # the latency tables
     python search.py show results/<run>               # regenerate a run's files from study.db
     python search.py export results/<run> --pick knee --out arch.yaml [--onnx model.onnx]
+    python search.py train arch.yaml --epochs 10       # train it; a checkpoint timm loads
 
 This file only parses arguments, calls into the packages and prints. Bad input exits
 with code 2 and a one-line error.
@@ -18,7 +19,8 @@ from optimize import cli
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"devices": cli.cmd_devices, "show": cli.cmd_show, "export": cli.cmd_export}
+    commands = {"devices": cli.cmd_devices, "show": cli.cmd_show, "export": cli.cmd_export,
+                "train": cli.cmd_train}
     try:
         if argv and argv[0] in commands:
             parser = cli.subcommand_parser(argv[0])

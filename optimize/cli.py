@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import secrets
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from .objective import Objective
 
 __all__ = ["UsageError", "search_parser", "subcommand_parser", "cmd_search", "cmd_devices",
-           "cmd_show", "cmd_export"]
+           "cmd_show", "cmd_export", "cmd_train"]
 
 RESULTS = Path("results")
 PRESET_NAMES = ("fasternet_t0", "fasternet_t1", "fasternet_t2")
@@ -58,6 +59,10 @@ def subcommand_parser(name: str) -> argparse.ArgumentParser:
     if name == "devices":
         return argparse.ArgumentParser(prog="search.py devices",
                                        description="List the latency tables (measured or derived).")
+    if name == "train":
+        from train import train_parser
+
+        return train_parser()
     if name == "show":
         p = argparse.ArgumentParser(prog="search.py show", description="Regenerate a run's "
                                     "files from its study.db and print the report.")
@@ -610,24 +615,36 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from search_space import ArchError
-
-    from .export import export_onnx, select
+def _front_member(run_dir: Path, *, device: str | None, pick: str | None,
+                  max_latency: float | None, storage: str | None = None,
+                  study_name: str | None = None) -> tuple[Any, str]:
+    """(the chosen `Candidate`, its front's device): a run's front member by `pick` or
+    `max_latency` (`optimize.export.select`), on `device` (default: the run's first)."""
+    from .export import select
     from .report import collect, fronts, presets_of
+    from .runner import STUDY_NAME
 
-    run_dir = Path(args.run)
-    study = _open_run_study(run_dir, args.storage, args.study_name)
+    study = _open_run_study(run_dir, storage, study_name or STUDY_NAME)
     run = study.user_attrs.get("run") or {}
     sources = run.get("sources") or {}
-    device = args.device or next(iter(sources), None)
+    device = device or next(iter(sources), None)
     if device not in sources:
         raise UsageError(f"--device {device!r}: this run searched {', '.join(sources) or 'nothing'}")
     front = next(f for f in fronts(collect(study), presets_of(study), sources) if f.device == device)
     try:
-        chosen = select(front, pick=args.pick, max_latency_ms=args.max_latency)
+        return select(front, pick=pick, max_latency_ms=max_latency), device
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from search_space import ArchError
+
+    from .export import export_onnx
+
+    chosen, device = _front_member(Path(args.run), device=args.device, pick=args.pick,
+                                   max_latency=args.max_latency, storage=args.storage,
+                                   study_name=args.study_name)
     out = Path(args.out)
     try:
         chosen.arch.save(out)
@@ -642,3 +659,65 @@ def cmd_export(args: argparse.Namespace) -> int:
         diff = export_onnx(chosen.arch, Path(args.onnx))
         print(f"  onnx: {args.onnx} (onnxruntime matches PyTorch, max |diff| {diff:.1e})")
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """`search.py train RUN|ARCH.yaml`: `train.train` on one architecture (run folder members
+    picked as `cmd_export` picks them); `args` holds only the options given (`train_parser`)."""
+    from train import TrainConfig, TrainError, TrainingDiverged, stored_config, train
+    from train.config import WHERE
+
+    arch, origin = _train_arch(args.source, getattr(args, "pick", None))
+    given = {k: v for k, v in vars(args).items() if k not in ("source", "pick")}
+    out = Path(given.get("out") or RESULTS / "train" / arch.arch_id)
+    try:
+        stored = (stored_config(out) or {}) if given.get("resume") else {}
+        kept = {k: v for k, v in stored.items() if k not in WHERE}
+        config = TrainConfig.from_dict({**kept, **given, "out": str(out)})
+    except TrainError as e:
+        raise UsageError(str(e)) from None
+    main = int(os.environ.get("RANK", 0)) == 0  # under torchrun, rank 0 prints
+    if main:
+        print(f"training {origin}: {arch}", flush=True)
+    try:
+        result = train(arch, config, progress=True, log=print)
+    except TrainError as e:
+        raise UsageError(str(e)) from None
+    except TrainingDiverged as e:
+        print(f"error: {e}; the last finished epoch is in {out}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the last finished epoch is in {out}/checkpoint.pth.tar; continue "
+              "with --resume", file=sys.stderr)
+        return 130
+    if not main:
+        return 0
+    print(f"test accuracy {100 * result.accuracy:.2f} % on {result.heldout}, after "
+          f"{len(result.history)} epochs on {result.n_train} training images ({result.device}, "
+          f"{result.precision}, {result.world_size} process(es), {result.seconds:.0f} s)")
+    if result.accuracy_ema is not None:
+        print(f"EMA weights {100 * result.accuracy_ema:.2f} % (timm's loader takes them; "
+              "load_checkpoint(..., use_ema=False) the trained ones)")
+    print(f"wrote {out}/: checkpoint.pth.tar epochs.csv arch.yaml train.json\n"
+          f"  load: timm.create_model('pconv_fasternet', arch='{out / 'arch.yaml'}', "
+          f"num_classes={result.num_classes}, in_chans={result.in_chans}, "
+          f"checkpoint_path='{out / 'checkpoint.pth.tar'}')")
+    return 0
+
+
+def _train_arch(source: str, pick: str | None) -> tuple[ArchConfig, str]:
+    """The architecture `search.py train` trains, and where it comes from (one line)."""
+    from search_space import ArchError, resolve_arch
+
+    path = Path(source)
+    if path.is_dir():
+        chosen, device = _front_member(path, device=None, pick=pick or "knee", max_latency=None)
+        return chosen.arch, f"{chosen.name} {chosen.arch_id} of {path} (--pick {pick or 'knee'} " \
+                            f"on {device})"
+    if pick is not None:
+        raise UsageError(f"--pick selects a front member of a run folder; {source} is not a folder")
+    try:
+        arch = resolve_arch(source)
+    except ArchError as e:
+        raise UsageError(str(e)) from None
+    return arch, f"{arch.arch_id} ({source})"

@@ -247,6 +247,20 @@ def test_export_pick(finished_run, tmp_path, capsys, pick):
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
+def test_train_picks_a_front_member_as_export_does(finished_run, tmp_path, capsys):
+    run_dir, _ = finished_run
+    fastest = front_of(run_dir)["arch_id"].iloc[0]
+    out = tmp_path / "trained"
+    rc = search.main(["train", str(run_dir), "--pick", "fastest", "--limit-train", "256",
+                      "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert f"{fastest} of {run_dir}" in capsys.readouterr().out
+    assert ArchConfig.from_file(out / "arch.yaml").arch_id == fastest
+    rc = search.main(["train", str(run_dir), "--pick", "nope", "--out", str(tmp_path / "x")])
+    assert_one_line_error(rc, capsys.readouterr().err, "--pick 'nope'")
+    assert not (tmp_path / "x").exists()
+
+
 def test_export_max_latency(finished_run, tmp_path, capsys):
     run_dir, _ = finished_run
     front = front_of(run_dir)
