@@ -41,8 +41,7 @@ import torch
 from search_space import PRESETS, ArchConfig, SearchSpace, params_and_flops
 
 from ..data import Dataset, load_dataset
-from ..device import resolve_device
-from ..short_train import ShortTrain
+from ..device import determinism, device_name, precision_name, resolve_device, resolve_precision
 from .protocol import Protocol
 
 __all__ = ["ReferenceSet", "Member", "design_set", "pilot_members", "run_missing", "read_runs",
@@ -251,28 +250,39 @@ def _heldout_dataset(name: str, device: str) -> Dataset:
 
 def train_one(plan_dict: dict[str, Any], dataset: str, device: str,
               threads: int = 1, workers: int = 1) -> dict[str, Any]:
-    """One reference training (runs in a worker process) -> its run record."""
+    """One reference training (runs in a worker process) -> its run record. It trains
+    through `search.py train`'s loop (`train.train`, with `TrainConfig.from_protocol`: the
+    protocol's recipe, bit-exact with the `ShortTrain` runs the committed rows came from)."""
+    # Imported here: the train package builds on proxies (data, devices, this protocol).
+    from train import TrainConfig, TrainingDiverged, train
+
     protocol = Protocol.from_dict(plan_dict["protocol"])
     arch = ArchConfig.from_dict(plan_dict["arch"])
     data = _heldout_dataset(dataset, device)
-    budget = protocol.budget(len(data.train_y), len(data.val_y))
-    epochs: list[tuple[int, float]] = []
-    proxy = ShortTrain(dataset=data, budget=budget, seed=plan_dict["seed"], device=device,
-                       threads=threads)
-    result = proxy(arch, callback=lambda step, acc: epochs.append((step, acc)) and False)
-    spe = protocol.steps_per_epoch(len(data.train_y))
-    losses = dict(result.train_losses)
+    dev = resolve_device(device)
+    config = TrainConfig.from_protocol(protocol, seed=int(plan_dict["seed"]), device=device)
+    start = time.perf_counter()
+    reason, history = "", ()
+    try:
+        history = train(arch, config, dataset=data, threads=threads).history
+    except torch.OutOfMemoryError:
+        reason = f"out of memory on {device_name(dev)}"
+    except TrainingDiverged as e:
+        reason = str(e)
+    except (RuntimeError, ValueError) as e:  # a network that cannot run at this resolution
+        text = str(e).strip().splitlines()
+        reason = f"cannot build or run the network: {type(e).__name__}: {text[0] if text else ''}"
     return {
         "protocol_id": protocol.protocol_id, "arch_id": arch.arch_id,
-        "seed": int(plan_dict["seed"]), "status": "failed" if result.failed else "ok",
-        "reason": result.reason, "accuracy": result.accuracy,
-        "epochs": [{"epoch": step // spe, "accuracy": acc, "train_loss": losses.get(step)}
-                   for step, acc in result.checkpoints],
-        "seconds": round(result.seconds, 2), "device": result.device,
-        "precision": result.precision, "determinism": result.determinism,
-        "threads": threads if result.device == "cpu" else None, "workers": workers,
-        "heldout": data.heldout, "n_train": len(data.train_y), "n_heldout": len(data.val_y),
-        "protocol": protocol.to_dict(), "role": plan_dict["role"],
+        "seed": int(plan_dict["seed"]), "status": "failed" if reason else "ok",
+        "reason": reason, "accuracy": None if reason else history[-1].test_acc,
+        "epochs": [{"epoch": r.epoch, "accuracy": r.test_acc, "train_loss": r.train_loss}
+                   for r in history],
+        "seconds": round(time.perf_counter() - start, 2), "device": device_name(dev),
+        "precision": precision_name(resolve_precision("auto", dev)),
+        "determinism": determinism(dev), "threads": threads if dev.type == "cpu" else None,
+        "workers": workers, "heldout": data.heldout, "n_train": len(data.train_y),
+        "n_heldout": len(data.val_y), "protocol": protocol.to_dict(), "role": plan_dict["role"],
         "machine": _machine(), "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
