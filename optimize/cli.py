@@ -692,9 +692,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     if not main:
         return 0
-    print(f"test accuracy {100 * result.accuracy:.2f} % on {result.heldout}, after "
-          f"{len(result.history)} epochs on {result.n_train} training images ({result.device}, "
-          f"{result.precision}, {result.world_size} process(es), {result.seconds:.0f} s)")
+    epochs, procs = len(result.history), result.world_size
+    print(f"test accuracy {100 * result.accuracy:.2f} % on {result.heldout}, after {epochs} "
+          f"epoch{'s' * (epochs != 1)} on {result.n_train} training images ({result.device}, "
+          f"{result.precision}, {procs} process{'es' * (procs != 1)}, {result.seconds:.0f} s)")
     if result.accuracy_ema is not None:
         print(f"EMA weights {100 * result.accuracy_ema:.2f} % (timm's loader takes them; "
               "load_checkpoint(..., use_ema=False) the trained ones)")
