@@ -17,12 +17,14 @@ from search_space import ArchError, SearchSpace
 
 from ._derive_cli import cmd_calibrate_derived, is_derived_device
 from ._device import default_device_name, last_level_cache_bytes
-from .build import build_table
+from .budget import budget_note
+from .build import build_table, check_budget
 from .devices import DEVICES, derivable_devices
+from .layers import space_layers
 from .measure import Protocol
 from .operators import compare_operators, time_operators
 from .table import SHIPPED_DIR, LatencyTable, TableNotFoundError
-from .validate import calibrate, plot_validation, validate
+from .validate import calibrate, calibration_archs, measure_networks, plot_validation, validate
 
 REPORTS = Path(__file__).with_name("reports")
 
@@ -59,20 +61,39 @@ def cmd_build(args: argparse.Namespace) -> None:
     proto = _protocol(args)
     space = SearchSpace.from_file(args.space) if args.space else SearchSpace.default()
     name = args.device or default_device_name(proto.target)
+    if args.budget_minutes < 0:
+        raise ValueError(f"--budget-minutes: {args.budget_minutes} must be >= 0 (0: every layer)")
+    t0 = time.monotonic()
+    budget_s, timed = None, None
+    if args.budget_minutes:  # the calibration networks are part of the budget: measured first
+        budget_s = args.budget_minutes * 60
+        sigs = space_layers(space, args.resolution)
+        check_budget(budget_s, sigs, proto, networks=2 * args.calibrate)  # 2 rounds each
+        bar, update = _bar("calibration networks", "net")
+        archs = calibration_archs(space, args.calibrate, args.calib_seed) if args.calibrate else []
+        ms = measure_networks(archs, proto, args.resolution, progress=update)
+        bar.close()
+        timed = {a.arch_id: m for a, m in zip(archs, ms)}
+        budget_s -= time.monotonic() - t0
     bar, update = _bar(f"build {name}")
-    t0 = time.time()
-    path = build_table(name, space, resolution=args.resolution, proto=proto, sweeps=args.sweeps,
-                       out_dir=args.out, progress=update)
+    path = build_table(name, space, resolution=args.resolution, proto=proto,
+                       sweeps=args.sweeps if budget_s is None else 1, out_dir=args.out,
+                       progress=update, budget_s=budget_s, seed=args.sample_seed)
     bar.close()
-    print(f"wrote {path} and {path.with_suffix('.json').name} in {(time.time() - t0) / 60:.1f} min")
+    table = LatencyTable.load(path)
+    print(f"wrote {path} and {path.with_suffix('.json').name} in {(time.monotonic() - t0) / 60:.1f} min")
+    note = budget_note(table.meta)
+    if note:
+        print(note)
     if args.calibrate:
-        _calibrate(LatencyTable.load(path), args.calibrate, args.calib_seed, space)
+        _calibrate(table, args.calibrate, args.calib_seed, space, timed)
 
 
-def _calibrate(table: LatencyTable, n: int, seed: int, space: SearchSpace | None) -> None:
+def _calibrate(table: LatencyTable, n: int, seed: int, space: SearchSpace | None,
+               timed: dict[str, float] | None = None) -> None:
     """Fit and store a measured table's correction, with a progress bar; print it."""
     bar, update = _bar("calibrate", "net")
-    corr = calibrate(table, n=n, seed=seed, space=space, progress=update)
+    corr = calibrate(table, n=n, seed=seed, space=space, progress=update, timed=timed)
     bar.close()
     print(f"correction: ms = {corr['scale']:.4f} x sum + {corr['offset_ms']:.3f} ms "
           f"(fitted on {corr['n']} networks, seed {corr['seed']})")
@@ -140,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default=str(SHIPPED_DIR), help="output folder")
     b.add_argument("--calibrate", type=int, default=10, help="calibration networks (0: none)")
     b.add_argument("--calib-seed", type=int, default=1000)
+    b.add_argument("--budget-minutes", type=float, default=0,
+                   help="measure a space-filling sample of the layers within M minutes (calibration "
+                        "networks included, one sweep) and predict the rest; again: measures more "
+                        "and refits (default 0: measure every layer)")
+    b.add_argument("--sample-seed", type=int, default=0, help="seed of the budgeted sample's ties")
     proto_args(b)
     b.set_defaults(func=cmd_build)
 

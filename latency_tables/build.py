@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,16 @@ from search_space import SearchSpace
 
 from ._device import describe_device
 from .layers import LAYER_KEY_VERSION, LayerSig, make_layer, space_layers
-from .measure import Protocol, time_layer
+from .measure import Protocol, Timing, time_layer
+from .sample import required_head, sample_order
 
-__all__ = ["build_table", "aggregate_sweeps", "merge_builds", "TABLE_COLUMNS"]
+__all__ = ["build_table", "aggregate_sweeps", "merge_builds", "TABLE_COLUMNS", "BudgetTooSmall",
+           "check_budget"]
 
 _SIG_COLUMNS = ["key", "kind", "res", "cin", "cout", "stride", "n_div", "mlp_ratio",
                 "kernel_size", "act", "num_classes"]
-_PARTIAL_COLUMNS = _SIG_COLUMNS + ["sweep", "median_ms", "iqr_ms", "p10_ms", "repeats", "copies"]
+_PARTIAL_COLUMNS = _SIG_COLUMNS + ["sweep", "median_ms", "iqr_ms", "p10_ms", "repeats", "copies",
+                                   "seconds"]
 #: Columns of a table CSV; `ms` is the statistic prediction uses (ms per batch).
 TABLE_COLUMNS = _SIG_COLUMNS + ["ms", "iqr_ms", "p10_ms", "sweep_spread_pct", "repeats", "copies"]
 
@@ -76,6 +80,21 @@ def merge_builds(paths: list[str | Path], out: str | Path) -> Path:
     return out
 
 
+class BudgetTooSmall(ValueError):
+    """A budget that cannot measure the rows every kind's regressor needs."""
+
+
+def check_budget(budget_s: float, sigs: list[LayerSig], proto: Protocol, networks: int = 0) -> None:
+    """Raise `BudgetTooSmall` where `budget_s` (seconds) is below the protocol's least time for
+    the layers every kind's regressor needs (`min_time_s` each) and `networks` network timings."""
+    layers = sum(required_head(sigs).values())
+    floor = (layers + networks) * max(proto.min_time_s, 0.01)  # 10 ms: a layer's least setup
+    if budget_s < floor:
+        raise BudgetTooSmall(f"--budget-minutes: {budget_s / 60:.2f} min cannot measure the {layers} "
+                             f"layers every kind's regressor needs and {networks} calibration "
+                             f"timings (at least {floor / 60:.1f} min with this protocol)")
+
+
 def _read_partial(path: Path) -> set[tuple[str, int]]:
     if not path.exists():
         return set()
@@ -83,11 +102,27 @@ def _read_partial(path: Path) -> set[tuple[str, int]]:
     return set(zip(df["key"], df["sweep"].astype(int)))
 
 
+def _measure(sig: LayerSig, proto: Protocol) -> Timing:
+    module, x = make_layer(sig, proto.batch)
+    return time_layer(module, x, proto, chain=sig.kind == "block")
+
+
 def build_table(name: str, space: SearchSpace | None = None, *, resolution: int = 224,
                 proto: Protocol | None = None, sweeps: int = 2, out_dir: str | Path,
                 layers: list[LayerSig] | None = None, in_chans: int = 3, num_classes: int = 1000,
-                progress: Callable[[int, int, str], None] | None = None) -> Path:
+                progress: Callable[[int, int, str], None] | None = None,
+                budget_s: float | None = None, seed: int = 0,
+                clock: Callable[[], float] = time.monotonic,
+                timer: Callable[[LayerSig, Protocol], Timing] = _measure) -> Path:
     """Measure every layer of `space` (or the given `layers`) and write `<out_dir>/<name>.csv`.
+
+    With `budget_s` (seconds), the build measures layers in the space-filling order of
+    `sample.sample_order` (seeded by `seed`) and stops before a layer would end past the
+    budget (the mean time per layer so far is its estimate); the layers it did not measure are
+    predicted by per-kind regressors (`budget.write_budgeted_table`). The measured rows stay
+    in `<name>.partial.csv`, so the same command again measures more and refits. Raises
+    `BudgetTooSmall` (naming the minimum) when the budget cannot measure the rows every kind's
+    regressor needs. `clock` and `timer` are seams for tests (a fake clock, a fake layer).
 
     Args:
         name: table name (file stem).
@@ -118,8 +153,12 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
     else:
         partial_meta.write_text(json.dumps(meta, indent=2) + "\n")
     done = _read_partial(partial)
-    todo = [(s, sweep) for sweep in range(sweeps) for s in sigs if (s.key, sweep) not in done]
+    order = sample_order(sigs, seed) if budget_s is not None else sigs
+    todo = [(s, sweep) for sweep in range(sweeps) for s in order if (s.key, sweep) not in done]
     total, count = len(sigs) * sweeps, len(sigs) * sweeps - len(todo)
+    start, spent, timed = clock(), 0.0, 0
+    if budget_s is not None:
+        check_budget(budget_s, sigs, proto)
     if proto.target == "cpu":
         torch.set_num_threads(proto.threads)
     new_file = not partial.exists()
@@ -128,11 +167,15 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
         if new_file:
             writer.writeheader()
         for sig, sweep in todo:
-            module, x = make_layer(sig, proto.batch)
-            t = time_layer(module, x, proto, chain=sig.kind == "block")
+            if budget_s is not None and timed and (clock() - start) + spent / timed > budget_s:
+                break
+            t0 = clock()
+            t = timer(sig, proto)
+            seconds = clock() - t0
+            spent, timed = spent + seconds, timed + 1
             writer.writerow({**sig.to_row(), "sweep": sweep, "median_ms": t.median_ms,
                              "iqr_ms": t.iqr_ms, "p10_ms": t.p10_ms, "repeats": t.repeats,
-                             "copies": t.copies})
+                             "copies": t.copies, "seconds": round(seconds, 4)})
             f.flush()
             count += 1
             if progress:
@@ -140,7 +183,9 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
     table = aggregate_sweeps(pd.read_csv(partial))
     table = table[table["key"].isin({s.key for s in sigs})]
     csv_path = out_dir / f"{name}.csv"
-    table.to_csv(csv_path, index=False, float_format="%.5g")
+    complete = len(table) == len(sigs)
+    if complete:
+        table.to_csv(csv_path, index=False, float_format="%.5g")
     sidecar = {
         "layer_key_version": LAYER_KEY_VERSION,
         "name": name, "source": "measured", "device": describe_device(proto.target),
@@ -154,6 +199,11 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "correction": None,
     }
+    if not complete:  # a budgeted build: predict the rest, keep the partial files to extend
+        from .budget import write_budgeted_table
+
+        return write_budgeted_table(csv_path, table, sigs, sidecar, budget_s=budget_s,
+                                    seconds=spent, elapsed_s=clock() - start)
     (out_dir / f"{name}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
     partial.unlink()
     partial_meta.unlink()

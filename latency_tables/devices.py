@@ -278,6 +278,9 @@ def provenance_note(table: LatencyTable) -> str:
                 "replaces this one.")
     dev = meta.get("device", {})
     hw = dev.get("gpu_name") or dev.get("cpu_model") or "unknown device"
+    from .budget import budget_note
+
+    mixed = budget_note(meta)
     return (f"latency table {table.name!r} is {table.source} on {hw} "
             f"({meta.get('date', 'date unknown')}, batch {table.batch}, "
-            f"{meta.get('threads', '?')} thread(s)).")
+            f"{meta.get('threads', '?')} thread(s))" + (f"; {mixed}." if mixed else "."))

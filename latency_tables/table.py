@@ -29,6 +29,7 @@ import torch
 from search_space import ArchConfig, SearchSpace
 
 from ._device import default_device_name
+from .budget import budget_note
 from .devices import resolve_alias
 from .layers import LAYER_KEY_VERSION, arch_layers, space_layers
 
@@ -211,7 +212,8 @@ class LatencyTable:
         return (f"{self.name}: {self.source} table, {hw}, {self.meta.get('target', 'cpu')}, "
                 f"batch {self.batch}, {self.meta.get('threads', '?')} thread(s), "
                 f"{self.resolution}x{self.resolution}, {len(self._ms)} layers, torch "
-                f"{dev.get('torch', '?')}, {self.meta.get('date', '?')}, {corr}")
+                f"{dev.get('torch', '?')}, {self.meta.get('date', '?')}, {corr}"
+                + (f"; {budget_note(self.meta)}" if self.meta.get("budget") else ""))
 
     # ------------------------------------------------------------------ lookup
     def _lookup(self, arch: ArchConfig, resolution: int | None) -> list[tuple[str, str, float]]:

@@ -35,7 +35,7 @@ from .measure import Protocol, time_network
 from .table import LatencyTable
 
 __all__ = ["Accuracy", "Validation", "accuracy", "fit_correction", "measure_networks",
-           "sample_archs", "calibrate", "validate", "plot_validation"]
+           "sample_archs", "calibration_archs", "calibrate", "validate", "plot_validation"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +105,11 @@ def sample_archs(space: SearchSpace, n: int, seed: int,
                      f"{len(set(exclude))} excluded ones (space too small?)")
 
 
+def calibration_archs(space: SearchSpace, n: int = 10, seed: int = 1000) -> list[ArchConfig]:
+    """The calibration networks of a table (`calibrate`'s sample; `validate` excludes them)."""
+    return sample_archs(space, n, seed)
+
+
 def measure_networks(archs: list[ArchConfig], proto: Protocol, resolution: int, rounds: int = 2,
                      progress: Callable[[int, int], None] | None = None,
                      num_classes: int = 1000) -> list[float]:
@@ -148,12 +153,20 @@ def _table_proto(table: LatencyTable) -> Protocol:
 
 def calibrate(table: LatencyTable, *, n: int = 10, seed: int = 1000, rounds: int = 2,
               space: SearchSpace | None = None, write: bool = True,
-              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Fit the table's `correction` on `n` calibration networks; store it in the sidecar."""
+              progress: Callable[[int, int], None] | None = None,
+              timed: dict[str, float] | None = None) -> dict[str, Any]:
+    """Fit the table's `correction` on `n` calibration networks; store it in the sidecar.
+
+    `timed` ({arch_id: ms per batch}, from `calibration_archs` + `measure_networks` with the
+    table's protocol) reuses networks measured earlier in the same session (a budgeted build
+    measures them first, inside its budget)."""
     _check_measurable(table)
-    archs = sample_archs(_space_of(table, space), n, seed)
+    archs = calibration_archs(_space_of(table, space), n, seed)
     archs = [a for a in archs if table.covers(a)]
-    measured = measure_networks(archs, _table_proto(table), table.resolution, rounds, progress)
+    if timed is None:
+        measured = measure_networks(archs, _table_proto(table), table.resolution, rounds, progress)
+    else:
+        measured = [timed[a.arch_id] for a in archs]
     raw = [table.raw_ms(a) for a in archs]
     scale, offset = fit_correction(measured, raw)
     corr = {"scale": scale, "offset_ms": offset, "n": len(archs), "seed": seed,
