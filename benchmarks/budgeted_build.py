@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from latency_tables import LatencyTable, Protocol, accuracy, arch_layers  # noqa: E402
+from latency_tables import LatencyTable, Protocol, accuracy  # noqa: E402
 from latency_tables.__main__ import main as lt_main  # noqa: E402
 from latency_tables._device import describe_device, last_level_cache_bytes  # noqa: E402
 from latency_tables.validate import calibration_archs, measure_networks, sample_archs  # noqa: E402
@@ -87,10 +87,7 @@ def _judge(table_csv: str, space: SearchSpace, nets: dict) -> dict:
     measured = dict(zip(nets["arch_id"], nets["measured_ms"]))
     m = np.array([measured[i] for i in ids])
     pred = np.array([table.predict(by_id[i]) for i in ids])
-    rows = table.rows.set_index("key")
-    is_meas = rows["measured"] if "measured" in rows else pd.Series(1, index=rows.index)
-    share = np.array([sum(rows.at[s.key, "ms"] * is_meas[s.key] for _, s in arch_layers(by_id[i]))
-                      / table.raw_ms(by_id[i]) for i in ids])
+    share = np.array([table.measured_share(by_id[i]) for i in ids])
     out = {"all": accuracy(m, pred).__dict__,
            "measured_share_mean_pct": round(float(share.mean() * 100), 1),
            "errors_pct": [round(float(e), 2) for e in (pred / m - 1) * 100]}

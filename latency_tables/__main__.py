@@ -24,7 +24,14 @@ from .layers import space_layers
 from .measure import Protocol
 from .operators import compare_operators, time_operators
 from .table import SHIPPED_DIR, LatencyTable, TableNotFoundError
-from .validate import calibrate, calibration_archs, measure_networks, plot_validation, validate
+from .validate import (
+    calibrate,
+    calibration_archs,
+    measure_networks,
+    plot_validation,
+    split_by_measured_share,
+    validate,
+)
 
 REPORTS = Path(__file__).with_name("reports")
 
@@ -124,6 +131,10 @@ def cmd_validate(args: argparse.Namespace) -> None:
     print(table.describe())
     print(f"raw sum of layers   : {v.raw}")
     print(f"stored correction   : {v.corrected}")
+    if table.predicted_keys:
+        note = budget_note(table.meta)
+        for label, acc in split_by_measured_share(v).items():
+            print(f"  {label:17s}: {acc if acc else 'fewer than 2 networks'}  ({note})")
     sc, so = v.session_correction
     print(f"session correction  : {v.session}  (ms = {sc:.3f} x sum + {so:.2f}, fitted on "
           f"{args.calib_n} calibration networks measured in the same rounds)")

@@ -107,6 +107,9 @@ class LatencyTable:
         self.meta = meta
         self.rows = rows
         self._ms: dict[str, float] = dict(zip(rows["key"], rows["ms"].astype(float)))
+        #: Keys of rows predicted by a budgeted build's regressors (`budget.py`), not measured.
+        self.predicted_keys: frozenset[str] = frozenset(
+            rows.loc[rows["measured"] == 0, "key"] if "measured" in rows.columns else ())
         self._memo: dict[tuple[ArchConfig, int], list[tuple[str, str, float]]] = {}
         corr = meta.get("correction") or {}
         self.scale = float(corr.get("scale", 1.0))
@@ -256,6 +259,12 @@ class LatencyTable:
     def predict_throughput(self, arch: ArchConfig, resolution: int | None = None) -> float:
         """Predicted throughput of `arch`, images/s (meaningful for batch > 1 tables)."""
         return 1000.0 / self.predict(arch, resolution)
+
+    def measured_share(self, arch: ArchConfig, resolution: int | None = None) -> float:
+        """Share (0..1) of `arch`'s summed layer time that comes from measured rows."""
+        rows = self._lookup(arch, resolution)
+        return sum(ms for _, key, ms in rows if key not in self.predicted_keys) / sum(
+            ms for *_, ms in rows)
 
     def breakdown(self, arch: ArchConfig, resolution: int | None = None) -> pd.DataFrame:
         """Per-layer rows: module name, signature key, ms per batch (uncorrected), share."""

@@ -35,7 +35,8 @@ from .measure import Protocol, time_network
 from .table import LatencyTable
 
 __all__ = ["Accuracy", "Validation", "accuracy", "fit_correction", "measure_networks",
-           "sample_archs", "calibration_archs", "calibrate", "validate", "plot_validation"]
+           "sample_archs", "calibration_archs", "calibrate", "validate", "plot_validation",
+           "split_by_measured_share"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,12 +221,24 @@ def validate(table: LatencyTable, *, n: int = 50, seed: int = 0, rounds: int = 2
         "raw_ms": [table.raw_ms(a) / b for a in archs],
         "predicted_ms": [table.predict(a) for a in archs]})
     rows["session_ms"] = [(scale * table.raw_ms(a) + offset) / b for a in archs]
+    rows["measured_share"] = [table.measured_share(a) for a in archs]
     for col in ("raw", "predicted", "session"):
         rows[f"{col}_error_pct"] = (rows[f"{col}_ms"] / rows["measured_ms"] - 1) * 100
     acc = {col: accuracy(rows["measured_ms"], rows[f"{col}_ms"])
            for col in ("raw", "predicted", "session")}
     return Validation(rows, acc["raw"], acc["predicted"], acc["session"], (scale, offset),
                       table.name, seed)
+
+
+def split_by_measured_share(v: Validation) -> dict[str, Accuracy | None]:
+    """The stored correction's accuracy on networks whose summed time comes mostly (>= 50 %)
+    from measured rows, and on the others (a budgeted table; None where fewer than 2)."""
+    out: dict[str, Accuracy | None] = {}
+    for label, mask in (("mostly measured", v.rows["measured_share"] >= 0.5),
+                        ("mostly predicted", v.rows["measured_share"] < 0.5)):
+        r = v.rows[mask]
+        out[label] = accuracy(r["measured_ms"], r["predicted_ms"]) if len(r) >= 2 else None
+    return out
 
 
 def plot_validation(v: Validation, path: str | Path) -> Path:

@@ -14,6 +14,7 @@ from latency_tables.__main__ import main as lt_main
 from latency_tables.build import BudgetTooSmall
 from latency_tables.regress import TERMS, fit_kind
 from latency_tables.sample import required_head, sample_order
+from latency_tables.validate import sample_archs
 from search_space import SearchSpace
 
 #: A known cost law: microseconds per unit of each work term (block, strided, head).
@@ -110,6 +111,9 @@ def test_budget_honoured_on_a_fake_clock(tmp_path):
     assert np.abs(err).max() < 0.02
     # provenance says it everywhere a latency is printed
     table = LatencyTable.load(path)
+    assert len(table.predicted_keys) == 1526 - 120
+    share = [table.measured_share(a) for a in sample_archs(SearchSpace.default(), 20, 1)]
+    assert all(0 <= x <= 1 for x in share) and 0 < np.mean(share) < 1
     for text in (table.describe(), table.provenance_note()):
         assert "8 % of layers measured (120 of 1526)" in text and "cross-validated error" in text
     # the same command again measures more (the sample's next layers) and refits
