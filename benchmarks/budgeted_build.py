@@ -140,9 +140,10 @@ def render(steps: dict) -> str:
                      f"of {j['layers']} | {cv} | {_fmt(j['all'])} | "
                      f"{mm['n']} / {mm.get('mape_pct', float('nan')):.2f} % | "
                      f"{mp['n']} / {mp.get('mape_pct', float('nan')):.2f} % |")
-    if "pi" in steps:
+    if steps.get("pi", {}).get("minutes"):
         p = steps["pi"]
-        lines += ["", f"Raspberry Pi 4 estimate of the {p['build']} build: {p['minutes']:.0f} min "
+        builds = ", ".join(f"{k}: {m:.0f} min" for k, m in p["minutes"].items())
+        lines += ["", f"Raspberry Pi 4 estimate of the budgeted builds ({builds}) "
                   f"(slowdown {p['slowdown']:.1f}x = FasterNet-T0 on the derived `arm` table, "
                   f"{p['arm_t0_ms']:.0f} ms, over T0 measured here, {p['t0_here_ms']:.1f} ms; each "
                   "measured layer's passes scaled by it, repeats re-derived from the protocol's minimum "
@@ -180,6 +181,7 @@ def main() -> None:
         (out / "report.md").write_text(render(steps))
 
     if args.report_only:
+        _pi(steps, work)
         return save()
     default, wide = SearchSpace.default(), SearchSpace.from_file(WIDE)
     plan = ([("networks", None)] + [(f"budget-{b:g}", b) for b in args.budgets[:1]]
@@ -204,15 +206,24 @@ def main() -> None:
             built = _build(name, work, budget, WIDE if is_wide else None)
             steps[key] = {**built, "space": "wide" if is_wide else "default",
                           "judge": _judge(built["table"], space, nets)}
-            if key == f"budget-{args.budgets[0]:g}" and (work / f"{name}.partial.csv").exists():
-                t0_here = steps["networks"]["measured_ms"][-1]
-                arm_t0 = LatencyTable.load("arm").predict(PRESETS["fasternet_t0"])
-                slow = arm_t0 / t0_here
-                steps["pi"] = {"build": key, "slowdown": slow, "arm_t0_ms": arm_t0,
-                               "t0_here_ms": t0_here,
-                               "minutes": _pi_minutes(work, name, built["wall_s"], slow, _proto())}
         save()
         print(render(steps), flush=True)
+    _pi(steps, work)
+    save()
+
+
+def _pi(steps: dict, work: Path) -> None:
+    """The Pi estimate of each budgeted default-space build that kept its measured rows."""
+    if "networks" not in steps:
+        return
+    t0_here = steps["networks"]["measured_ms"][-1]
+    arm_t0 = LatencyTable.load("arm").predict(PRESETS["fasternet_t0"])
+    slow = arm_t0 / t0_here
+    steps["pi"] = {"slowdown": slow, "arm_t0_ms": arm_t0, "t0_here_ms": t0_here, "minutes": {}}
+    for key, s in steps.items():
+        partial = work / f"bb-{key}.partial.csv"
+        if key.startswith("budget-") and partial.exists():
+            steps["pi"]["minutes"][key] = _pi_minutes(work, f"bb-{key}", s["wall_s"], slow, _proto())
 
 
 if __name__ == "__main__":

@@ -165,6 +165,7 @@ def latency() -> list[str]:
                      f"{(err <= 10).mean() * 100:.0f} % | "
                      f"{_tau(d['measured_ms'], d['predicted_ms']):.2f} | "
                      f"[csv](latency_tables/reports/{path.name}) |")
+    lines += _budgeted()
     for path in sorted(reports.glob("derived_*.csv")):
         device = path.stem.removeprefix("derived_")
         if device.startswith("this_machine"):
@@ -176,6 +177,22 @@ def latency() -> list[str]:
                      f"{_tau(d['measured_ms_per_batch'], d['loo_ms_per_batch']):.2f} | "
                      f"[report](latency_tables/reports/{path.stem}.md) |")
     return lines + [""]
+
+
+def _budgeted() -> list[str]:
+    """One row: the 6-minute budgeted table next to the exhaustive one (`budgeted_build.py`)."""
+    path = ROOT / "benchmarks/reports/budgeted_build/steps.json"
+    steps = json.loads(path.read_text()) if path.exists() else {}
+    b, e = steps.get("budget-6", {}).get("judge"), steps.get("exhaustive", {}).get("judge")
+    if not b:
+        return []
+    a = b["all"]
+    versus = (f"; exhaustive table: {e['all']['mape_pct']:.1f} %, {e['all']['within_10_pct']:.0f} %"
+              if e else "")
+    return [f"| budgeted, 6 min ({b['measured_pct']:.0f} % of layers measured, "
+            f"{steps['device']['cpu_model']}) | {a['n']} unseen networks{versus} | {a['n']} | "
+            f"{a['mape_pct']:.1f} % | {a['within_10_pct']:.0f} % | {a['kendall_tau']:.2f} | "
+            "[report](benchmarks/reports/budgeted_build/report.md) |"]
 
 
 def search() -> list[str]:
