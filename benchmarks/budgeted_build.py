@@ -17,7 +17,8 @@ resume; `--report-only` re-renders the report):
 4. `wide-M`: the same budgeted build on `search_space/wide.yaml` (9x the signatures), judged
    on N networks of that space measured whole.
 
-The Raspberry Pi estimate: for the budget-6 build, each measured layer's time as it would be
+The Raspberry Pi estimate: for each budgeted build that kept its measured rows (one that did
+not measure every layer), each measured layer's time as it would be
 on a device `slowdown` times slower (T0 on `arm`, the derived Cortex-A72 table, over T0
 measured here): warm-up and timed passes scale, the repeats follow the protocol's minimum
 time, and everything else (building the layers, the calibration networks) is scaled too.

@@ -53,7 +53,8 @@ def write_budgeted_table(csv_path: Path, measured: pd.DataFrame, sigs: list[Laye
          if k in need},
         {k: sorted({s.res for s in sigs if s.kind == k}) for k in need})
     rows = measured.assign(measured=1, error_pct=0.0)
-    todo = [s for s in sigs if s.key not in set(measured["key"])]
+    done = set(measured["key"])
+    todo = [s for s in sigs if s.key not in done]
     predicted = []
     for kind, model in models.items():
         ks = [s for s in todo if s.kind == kind]
@@ -91,7 +92,8 @@ def _weighted_error(models: dict, todo: list[LayerSig]) -> float:
 
 
 def budget_note(meta: dict[str, Any]) -> str:
-    """'31 % of layers measured, the rest predicted: cross-validated error 2.1 %' (or '')."""
+    """'31 % of layers measured (473 of 1526), the rest predicted by per-kind regressors:
+    cross-validated error 6.1 % per predicted layer' for a budgeted table, else ''."""
     b = meta.get("budget")
     if not b:
         return ""

@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .budget import budget_note
 from .cost_model import COMPUTE_KINDS, DeviceProfile
 
 if TYPE_CHECKING:
@@ -278,8 +279,6 @@ def provenance_note(table: LatencyTable) -> str:
                 "replaces this one.")
     dev = meta.get("device", {})
     hw = dev.get("gpu_name") or dev.get("cpu_model") or "unknown device"
-    from .budget import budget_note
-
     mixed = budget_note(meta)
     return (f"latency table {table.name!r} is {table.source} on {hw} "
             f"({meta.get('date', 'date unknown')}, batch {table.batch}, "

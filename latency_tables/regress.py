@@ -107,10 +107,11 @@ def _fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return coef / scale
 
 
-def min_rows(kind: str, n_res: int = 1) -> int:
-    """Measured rows a kind needs before its simplest model can be fitted and cross-validated."""
+def min_rows(kind: str) -> int:
+    """Measured rows a kind needs before its simplest model (never per resolution) can be
+    fitted and cross-validated: one per constant, and two more."""
     simplest = CANDIDATES[kind][0]
-    return len(simplest.terms or TERMS[kind](_probe(kind)))*(n_res if simplest.per_res else 1) + 2
+    return len(simplest.terms or TERMS[kind](_probe(kind))) + 2
 
 
 def _probe(kind: str) -> LayerSig:
