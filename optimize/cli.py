@@ -369,6 +369,8 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         if n:
             print(f"resume: {n} interrupted trial(s) marked FAIL and re-queued")
     stored = dict(study.user_attrs.get("run") or {})
+    if not owner and "devices" not in stored and not study.trials:  # joined between its creation
+        stored = _await_run_settings(study, JOIN_WAIT_S)                 # and its settings
     run = dict(stored)
     if promotion is not None and config.resume and args.promote is None:
         print(f"resume: promotion {','.join(promotion.rungs)} (eta {promotion.eta}) as started")
@@ -389,8 +391,11 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
                storage=redact(storage), study_name=config.study_name, config=config.to_dict())
     run["runs"] = [*run.get("runs", []), dt.datetime.now().isoformat(timespec="seconds")]
     run = json.loads(json.dumps(run, default=str))
-    if not owner and "devices" in stored:  # joining: the study's settings, not this command's
-        _check_join(stored, run, config.study_name)
+    if not owner:  # joining: the study's settings, not this command's
+        if "devices" in stored:
+            _check_join(stored, run, config.study_name)
+        else:  # its creator never published them (it stopped before): this worker does
+            study.set_user_attr("run", run)
         print(f"joined study {config.study_name!r}: {len(study.trials)} trial(s) so far; the worker "
               f"that created it scores the presets", flush=True)
     else:
@@ -449,6 +454,23 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
           f"({time.perf_counter() - start:.0f} s); pick one with `python search.py export "
           f"{run_dir} --pick knee --out arch.yaml`")
     return 0
+
+
+JOIN_WAIT_S = 30.0  # how long a joining worker waits for the creator to publish the run settings
+
+
+def _await_run_settings(study: optuna.Study, timeout_s: float,
+                        clock: Callable[[], float] = time.monotonic,
+                        sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """The run settings the study's creator stores just after creating it (a worker that joins
+    in between waits for them, so it checks against them instead of overwriting them); {} if
+    they do not appear within `timeout_s`."""
+    deadline = clock() + timeout_s
+    while True:
+        stored = dict(study.user_attrs.get("run") or {})
+        if "devices" in stored or clock() >= deadline:
+            return stored
+        sleep(0.5)
 
 
 def _check_join(stored: Mapping[str, Any], mine: Mapping[str, Any], study_name: str) -> None:

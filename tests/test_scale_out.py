@@ -201,6 +201,25 @@ def test_study_with_other_directions_is_refused(url):
     assert not created
 
 
+def test_a_worker_joining_before_the_settings_waits_for_them():
+    """A worker that joins between the study's creation and its run settings waits for them
+    (it would otherwise publish its own over them); a fake clock, no real waiting."""
+    from optimize.cli import _await_run_settings
+
+    study = optuna.create_study()
+    now = [0.0]
+
+    def sleep(s):
+        now[0] += s
+        if now[0] >= 2:
+            study.set_user_attr("run", {"devices": ["arm"]})
+
+    assert _await_run_settings(study, 30, lambda: now[0], sleep) == {"devices": ["arm"]}
+    assert now[0] == 2
+    assert _await_run_settings(optuna.create_study(), 30, lambda: now[0], sleep) == {}
+    assert now[0] >= 32  # gave up after its timeout
+
+
 def test_redact_hides_the_password():
     assert redact("postgresql://nas:s3cr:et@db:5432/x") == "postgresql://nas:***@db:5432/x"
     assert redact("sqlite:///a.db") == "sqlite:///a.db"
