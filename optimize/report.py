@@ -17,6 +17,12 @@ lower bound, since seed-to-seed training noise adds to it). Front members whose 
 within 1.96 standard errors of the difference from the front's most accurate member are
 marked `tie` in `pareto.csv` and `report.md` (`ties_with_best`): the data cannot tell them
 apart, and the fastest of them is as accurate as the estimate can say.
+
+The plot says the same (`plot_data` computes what `pareto.png` draws): each member and preset
+with its ± (95 %) as an error bar, the members that tie with the best hollow, and where a
+committed reference set (`proxies.reference`) trained a member or preset under the protocol
+the run's estimate predicts, its ground truth (`reference_truth`: the mean over its seeds) as
+a star above or below the estimate.
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+import statistics
 import textwrap
-from collections import Counter
+import warnings
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -49,9 +58,10 @@ from .objective import (
     SURPLUS,
 )
 
-__all__ = ["Candidate", "Front", "RungCost", "collect", "presets_of", "fronts", "rung_costs",
-           "pareto_mask", "dominates", "hypervolume", "write_outputs", "accuracy_error",
-           "ties_with_best", "tie_note"]
+__all__ = ["Candidate", "Front", "GroundTruth", "PlotData", "PlotPoint", "RungCost", "collect",
+           "presets_of", "fronts", "rung_costs", "pareto_mask", "dominates", "hypervolume",
+           "write_outputs", "accuracy_error", "ties_with_best", "tie_note", "plot_data",
+           "reference_truth", "estimated_protocol"]
 
 #: Two accuracies whose difference is within this many standard errors are a tie (95 %).
 TIE_Z = 1.96
@@ -84,6 +94,15 @@ class Candidate:
         return self.arch.arch_id if self.arch else ""
 
 
+class GroundTruth(NamedTuple):
+    """An architecture's accuracy under a reference protocol (`proxies.reference`)."""
+
+    accuracy: float                # mean over its seeds (fraction)
+    seeds: int                     # trainings averaged
+    protocol: str                  # protocol id, e.g. e10-b256-lr0.0005-r32
+    sets: tuple[str, ...]          # the reference sets holding them
+
+
 @dataclasses.dataclass(frozen=True)
 class Front:
     """The accuracy/latency front on one device."""
@@ -93,6 +112,8 @@ class Front:
     members: list[Candidate]       # sorted by latency
     others: list[Candidate]        # evaluated but dominated
     presets: list[Candidate]
+    accuracy_source: str = ""      # what the accuracy is (run.json's accuracy_source)
+    truth: Mapping[str, GroundTruth] = dataclasses.field(default_factory=dict)  # by arch_id
 
 
 def _state(t: optuna.trial.FrozenTrial) -> str:
@@ -189,9 +210,11 @@ def _highest(candidates: Iterable[Candidate]) -> Iterator[Candidate]:
 
 
 def fronts(candidates: Sequence[Candidate], presets: Sequence[Candidate],
-           sources: Mapping[str, str]) -> list[Front]:
+           sources: Mapping[str, str], *, accuracy_source: str = "",
+           truth: Mapping[str, GroundTruth] | None = None) -> list[Front]:
     """One front per device over the fully trained architectures, each once, with the result
-    of the highest rung it reached (`_highest`)."""
+    of the highest rung it reached (`_highest`); each front carries what its accuracy is and
+    the ground truth known of its architectures (`truth`, by arch_id)."""
     done = list(_highest(candidates))
     out = []
     for device, source in sources.items():
@@ -200,7 +223,8 @@ def fronts(candidates: Sequence[Candidate], presets: Sequence[Candidate],
         members = sorted((c for c, m in zip(pts, mask) if m), key=lambda c: c.latency_ms[device])
         others = [c for c, m in zip(pts, mask) if not m]
         out.append(Front(device=device, source=source, members=members, others=others,
-                         presets=[p for p in presets if device in p.latency_ms]))
+                         presets=[p for p in presets if device in p.latency_ms],
+                         accuracy_source=accuracy_source, truth=dict(truth or {})))
     return out
 
 
@@ -264,13 +288,73 @@ def ties_with_best(front: Front) -> dict[str, bool]:
     """arch_id -> whether the member's accuracy is within `TIE_Z` standard errors of the
     difference from the front's most accurate member (the best ties with itself). Empty
     where the accuracies carry no sampling error (a zero-cost score, say)."""
+    best, margins = _tie_margins(front)
+    return {c.arch_id: best - c.accuracy <= margins[c.arch_id]
+            for c in front.members if c.arch_id in margins}
+
+
+def _tie_margins(front: Front) -> tuple[float, dict[str, float]]:
+    """The best accuracy among the members with an error, and per member (arch_id) the gap
+    below it that still ties: `TIE_Z` standard errors of the difference."""
     scored = [c for c in front.members if accuracy_error(c) is not None]
     if not scored:
-        return {}
+        return math.nan, {}
     best = max(scored, key=lambda c: c.accuracy)
     se_best = accuracy_error(best)
-    return {c.arch_id: (best.accuracy - c.accuracy)
-            <= TIE_Z * math.hypot(se_best, accuracy_error(c)) for c in scored}
+    return best.accuracy, {c.arch_id: TIE_Z * math.hypot(se_best, accuracy_error(c))
+                           for c in scored}
+
+
+#: What `proxies.estimate` writes as its provenance: "predicted PROTOCOL accuracy on DATASET".
+_ESTIMATED = re.compile(r"predicted (\S+) accuracy on ")
+
+
+def estimated_protocol(accuracy_source: str) -> str | None:
+    """The reference protocol id a run's accuracy estimates (its `accuracy_source`), or None
+    where the accuracy is a proxy's own (a short training, a zero-cost score)."""
+    found = _ESTIMATED.search(accuracy_source)
+    return found.group(1) if found else None
+
+
+def reference_truth(dataset: str, protocol: str,
+                    folders: Iterable[Path] | None = None) -> dict[str, GroundTruth]:
+    """arch_id -> its accuracy under `protocol`: the mean over the seeds trained in the
+    reference sets of `dataset` among `folders` (default: the committed sets,
+    `proxies/reference/*/`). A seed trained in two sets counts once, from the set first by
+    folder name; a set that does not read is skipped with a warning."""
+    from proxies.reference import HERE, SET_FILE, ReferenceSet, read_runs
+
+    if folders is None:
+        folders = (p.parent for p in HERE.glob(f"*/{SET_FILE}"))
+    seeds: dict[tuple[str, int], tuple[float, str]] = {}
+    for folder in sorted(folders, key=lambda p: p.name):
+        try:
+            if ReferenceSet.load(folder).dataset != dataset:
+                continue
+            runs = read_runs(folder)
+        except ValueError as e:  # a malformed set must not stop a run's outputs
+            warnings.warn(f"ground truth: {folder} skipped ({e})", stacklevel=2)
+            continue
+        if runs.empty:
+            continue
+        done = runs[(runs["status"] == "ok") & (runs["protocol_id"] == protocol)]
+        for r in done.itertuples():
+            seeds.setdefault((r.arch_id, int(r.seed)), (float(r.accuracy), folder.name))
+    by_arch: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for (arch_id, _), run in seeds.items():
+        by_arch[arch_id].append(run)
+    return {a: GroundTruth(accuracy=statistics.fmean(acc for acc, _ in runs), seeds=len(runs),
+                           protocol=protocol, sets=tuple(sorted({s for _, s in runs})))
+            for a, runs in by_arch.items()}
+
+
+def _run_truth(run: Mapping[str, Any]) -> dict[str, GroundTruth]:
+    """The ground truth of a run's architectures: where its accuracy estimates a reference
+    protocol, the committed reference sets' trainings of it (else none)."""
+    protocol = estimated_protocol(str(run.get("accuracy_source") or ""))
+    if protocol is None or not run.get("dataset"):
+        return {}
+    return reference_truth(str(run["dataset"]), protocol)
 
 
 class RungCost(NamedTuple):
@@ -318,53 +402,174 @@ def _rows(candidates: Sequence[Candidate], devices: Sequence[str]) -> pd.DataFra
 _MARKERS = ("o", "s", "D", "^", "v", "P", "X")
 
 
+class PlotPoint(NamedTuple):
+    """One point of pareto.png: where it sits, its uncertainty and what is known of it."""
+
+    name: str                      # "trial 12" or the preset name
+    kind: str                      # "member", "preset" or "dominated"
+    label: str                     # the short text beside it ("T0", "x3"; "" for none)
+    latency_ms: float
+    accuracy: float
+    error: float | None            # ± (95 %): the report's column; None: the proxy states none
+    tie: bool | None               # member: ties with the best (`ties_with_best`); else None
+    rung: int
+    fidelity: str
+    truth: GroundTruth | None      # its accuracy under the reference protocol, if trained
+
+
+class PlotData(NamedTuple):
+    """What one panel of pareto.png draws (`plot_data`); `_plot` only renders it."""
+
+    device: str
+    latency_label: str             # the x axis: device and where the latencies come from
+    accuracy_label: str            # the y axis: what the accuracy is, at which budget
+    points: list[PlotPoint]        # dominated, then front members by latency, then presets
+    tie_margin: tuple[float, float] | None  # smallest and largest gap that still ties (95 %)
+    notes: list[str]               # what the legend says beyond the markers
+
+
+def _first_clause(text: str) -> str:
+    """A provenance line up to its first '; ' or sentence end (what it is, not its caveats)."""
+    return re.split(r"; |\.\s|\.$", text.strip(), maxsplit=1)[0]
+
+
+def plot_data(front: Front) -> PlotData:
+    """The points, labels and notes of `front`'s panel of pareto.png: every member and
+    preset with its ± (95 %, `TIE_Z` times `accuracy_error`, as in the report), the members'
+    tie flags as `ties_with_best` gives them to the report's tie sentence, and the ground
+    truth the front carries for its architectures."""
+    ties = ties_with_best(front)
+    _, margins = _tie_margins(front)
+
+    def point(c: Candidate, kind: str, label: str) -> PlotPoint:
+        err = accuracy_error(c)
+        return PlotPoint(name=c.name, kind=kind, label=label, latency_ms=c.latency_ms[front.device],
+                         accuracy=c.accuracy, error=None if err is None else TIE_Z * err,
+                         tie=ties.get(c.arch_id) if kind == "member" else None, rung=c.rung,
+                         fidelity=c.fidelity,
+                         truth=None if kind == "dominated" else front.truth.get(c.arch_id))
+
+    points = [point(c, "dominated", "") for c in front.others]
+    points += [point(c, "member", f"x{c.proposed}" if c.proposed > 1 else "") for c in front.members]
+    points += [point(p, "preset", p.name.replace("fasternet_", "").upper())
+               for p in front.presets if p.accuracy is not None]
+    promoted = len({c.rung for c in [*front.members, *front.others]}) > 1
+    if front.accuracy_source:
+        what = _first_clause(front.accuracy_source).split(" (")[0]  # what, not how it was fitted
+        fidelities = sorted({c.fidelity for c in front.members if c.fidelity})
+        if "budget" not in what and fidelities:
+            what += f", from the {'/'.join(fidelities)} budget"
+    else:
+        what = ("predicted accuracy" if any(c.accuracy_se is not None for c in front.members)
+                else "proxy accuracy")
+    if promoted:
+        what += " (highest fidelity reached)"
+    shown = [p for p in points if p.kind != "dominated"]
+    bare = [p for p in shown if p.error is None]
+    notes = [f"no bar on {len(bare)} point(s): the proxy states no uncertainty"] if bare else []
+    tied = [margins[c.arch_id] for c in front.members if ties.get(c.arch_id)]
+    return PlotData(
+        device=front.device,
+        latency_label=f"latency, ms/image on {front.device}: {_first_clause(front.source)}",
+        accuracy_label=textwrap.fill(what, 60) + ("\nbars: ± 95 %" if len(bare) < len(shown) else ""),
+        points=points, tie_margin=(min(tied), max(tied)) if tied else None, notes=notes)
+
+
 def _plot(fr: list[Front], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(fr), figsize=(6.5 * len(fr), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(fr), figsize=(8.0 * len(fr), 6.0), squeeze=False)
     for ax, f in zip(axes[0], fr):
-        rungs = sorted({c.rung for c in [*f.members, *f.others]})
-        promoted = len(rungs) > 1  # one marker per fidelity, named in the legend
-        for r in rungs:
-            pts = [c for c in f.others if c.rung == r]
-            if pts:
-                ax.scatter([c.latency_ms[f.device] for c in pts], [c.accuracy for c in pts], s=18,
-                           c="0.65", marker=_MARKERS[r % len(_MARKERS)],
-                           label="dominated" + (f" ({pts[0].fidelity})" if promoted else ""))
-        xs = [c.latency_ms[f.device] for c in f.members]
-        ys = [c.accuracy for c in f.members]
-        ax.step(xs, ys, where="post", c="tab:red", lw=1.2)
-        repeated = any(c.proposed > 1 for c in f.members)
-        for r in rungs:
-            pts = [c for c in f.members if c.rung == r]
-            if pts:
-                ax.scatter([c.latency_ms[f.device] for c in pts], [c.accuracy for c in pts], s=30,
-                           c="tab:red", zorder=3, marker=_MARKERS[r % len(_MARKERS)],
-                           label="Pareto front" + (f" ({pts[0].fidelity})" if promoted else "")
-                           + (" (xN: proposed N times)" if repeated else ""))
-        for c, x, y in zip(f.members, xs, ys):
-            if c.proposed > 1:  # proposed several times, evaluated once
-                ax.annotate(f"x{c.proposed}", (x, y), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7, color="tab:red")
-        for p in f.presets:
-            if p.accuracy is None:
-                continue
-            ax.scatter(p.latency_ms[f.device], p.accuracy, marker="*", s=140, c="k", zorder=4)
-            ax.annotate(p.name.replace("fasternet_", "").upper(),
-                        (p.latency_ms[f.device], p.accuracy), textcoords="offset points",
-                        xytext=(5, -10))
-        source = textwrap.shorten(f.source.split(". ")[0], 150)
-        ax.set_xlabel(f"latency, ms/image on {f.device}\n" + textwrap.fill(source, 95), fontsize=8)
-        ax.set_ylabel(("predicted accuracy" if any(c.accuracy_se is not None for c in f.members)
-                       else "proxy accuracy") + (" (highest fidelity reached)" if promoted else ""))
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        _draw(ax, plot_data(f))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _draw(ax: Any, d: PlotData) -> None:
+    """Render one `PlotData` on a matplotlib axis."""
+    import matplotlib.ticker
+
+    dominated = [p for p in d.points if p.kind == "dominated"]
+    members = [p for p in d.points if p.kind == "member"]
+    presets = [p for p in d.points if p.kind == "preset"]
+    promoted = len({p.rung for p in [*dominated, *members]}) > 1  # a marker per fidelity
+
+    def fidelity(p: PlotPoint) -> str:
+        return f" ({p.fidelity})" if promoted and p.fidelity else ""
+
+    for r in sorted({p.rung for p in dominated}):
+        pts = [p for p in dominated if p.rung == r]
+        ax.scatter([p.latency_ms for p in pts], [p.accuracy for p in pts], s=16, c="0.7",
+                   marker=_MARKERS[r % len(_MARKERS)], label="dominated" + fidelity(pts[0]))
+    ax.step([p.latency_ms for p in members], [p.accuracy for p in members], where="post",
+            c="tab:red", lw=1.0, alpha=0.45)
+    for pts, colour in ((members, "tab:red"), (presets, "k")):
+        barred = [p for p in pts if p.error is not None]
+        if barred:
+            ax.errorbar([p.latency_ms for p in barred], [p.accuracy for p in barred],
+                        yerr=[p.error for p in barred], fmt="none", ecolor=colour, elinewidth=0.8,
+                        capsize=2, alpha=0.55, zorder=2)
+    margin = ""
+    if d.tie_margin:
+        lo, hi = (f"{m:.3g}" for m in d.tie_margin)
+        margin = f" (gap within {lo}" + (f"-{hi}" if hi != lo else "") + " at 95 %)"
+    looks = {True: ("white", "front: ties with the best" + margin),  # hollow: not told apart
+             False: ("tab:red", "front: below the best by more than the ±"),
+             None: ("tab:red", "Pareto front")}
+    repeated = " (xN: proposed N times)" if any(p.label for p in members) else ""
+    for r in sorted({p.rung for p in members}):
+        for tie in (True, False, None):
+            pts = [p for p in members if p.rung == r and p.tie is tie]
+            if not pts:
+                continue
+            face, name = looks[tie]
+            ax.scatter([p.latency_ms for p in pts], [p.accuracy for p in pts], s=34, zorder=3,
+                       marker=_MARKERS[r % len(_MARKERS)], facecolors=face, edgecolors="tab:red",
+                       linewidths=1.3, label=name + fidelity(pts[0]) + repeated)
+            repeated = ""
+    for p in members:
+        if p.label:
+            ax.annotate(p.label, (p.latency_ms, p.accuracy), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color="tab:red")
+    if presets:
+        ax.scatter([p.latency_ms for p in presets], [p.accuracy for p in presets], marker="D",
+                   s=30, c="k", zorder=4, label="FasterNet preset, same proxy and table")
+    for p in presets:
+        ax.annotate(p.label, (p.latency_ms, p.accuracy), textcoords="offset points",
+                    xytext=(5, -11), fontsize=8)
+    known = [p for p in d.points if p.truth is not None]
+    if known:
+        usual = Counter(p.truth.seeds for p in known).most_common(1)[0][0]
+        for p in known:
+            ax.plot([p.latency_ms] * 2, [p.accuracy, p.truth.accuracy], ls=":", lw=0.9,
+                    c="tab:blue", zorder=2)
+            if p.truth.seeds != usual:
+                ax.annotate(f"{p.truth.seeds} seed{'s' if p.truth.seeds > 1 else ''}",
+                            (p.latency_ms, p.truth.accuracy), textcoords="offset points",
+                            xytext=(-6, -3), ha="right", fontsize=7, color="tab:blue")
+        ax.scatter([p.latency_ms for p in known], [p.truth.accuracy for p in known], marker="*",
+                   s=80, c="gold", edgecolors="tab:blue", linewidths=0.8, zorder=5,
+                   label=f"ground truth {known[0].truth.protocol}: mean of {usual} "
+                         f"seed{'s' if usual > 1 else ''}" + (" unless marked" if any(
+                             p.truth.seeds != usual for p in known) else "")
+                         + f" ({len(known)} networks)")
+    for note in d.notes:
+        ax.plot([], [], " ", label=note)
+    xs = [p.latency_ms for p in d.points if p.latency_ms > 0]
+    if xs and max(xs) > 4 * min(xs):  # past 4x, a linear axis crowds the fast end into a corner
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel(textwrap.fill(d.latency_label + (" (log scale)" if ax.get_xscale() == "log"
+                                                   else ""), 100), fontsize=8)
+    ax.set_ylabel(d.accuracy_label, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -383,7 +588,8 @@ def write_outputs(run_dir: Path, study: optuna.Study) -> list[Front]:
     devices = list(sources)
     cands = collect(study)
     presets = presets_of(study)
-    fr = fronts(cands, presets, sources)
+    fr = fronts(cands, presets, sources, accuracy_source=str(run.get("accuracy_source") or ""),
+                truth=_run_truth(run))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     _rows(cands, devices).to_csv(run_dir / "trials.csv", index=False)
