@@ -84,7 +84,7 @@ def cmd_build(args: argparse.Namespace) -> None:
         budget_s -= time.monotonic() - t0
     bar, update = _bar(f"build {name}")
     path = build_table(name, space, resolution=args.resolution, proto=proto,
-                       sweeps=args.sweeps if budget_s is None else 1, out_dir=args.out,
+                       sweeps=args.sweeps, out_dir=args.out,
                        progress=update, budget_s=budget_s, seed=args.sample_seed)
     bar.close()
     table = LatencyTable.load(path)
@@ -174,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--calib-seed", type=int, default=1000)
     b.add_argument("--budget-minutes", type=float, default=0,
                    help="measure a space-filling sample of the layers within M minutes (calibration "
-                        "networks included, one sweep) and predict the rest; again: measures more "
-                        "and refits (default 0: measure every layer)")
+                        "networks included) and predict the rest; a budget that measures every "
+                        "layer spends what is left on the slowest ones again; again: measures "
+                        "more and refits (default 0: measure every layer, --sweeps times)")
     b.add_argument("--sample-seed", type=int, default=0, help="seed of the budgeted sample's ties")
     proto_args(b)
     b.set_defaults(func=cmd_build)
