@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import functools
 import json
+import math
 import os
 import platform
 import secrets
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from proxies import Proxy
     from search_space import ArchConfig, SearchSpace
 
+    from .budget import RunBudget
+    from .cache import ProxyCache
     from .config import SearchConfig
     from .objective import Objective
 
@@ -35,6 +38,9 @@ __all__ = ["UsageError", "search_parser", "subcommand_parser", "cmd_search", "cm
 
 RESULTS = Path("results")
 PRESET_NAMES = ("fasternet_t0", "fasternet_t1", "fasternet_t2")
+#: The clock of the run's time budget, seconds since the epoch (shared with worker processes;
+#: a test swaps in a fake).
+_clock: Callable[[], float] = time.time
 #: Settings that decide what a trial's result means: a worker joining a study on a shared
 #: --storage must match the study's on each (sampler, --trials and --workers may differ).
 JOIN_KEYS = ("devices", "space_yaml", "proxy", "dataset", "budget", "seed", "objective",
@@ -247,10 +253,12 @@ def _versions() -> dict[str, str]:
 # ---------------------------------------------------------------------------- search
 def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     """`search.py [OPTIONS]`: `args` and `argv` are the command line (`search_parser`)."""
+    started = _clock()  # --timeout counts from here (`optimize.budget`)
     from latency_tables import MissingLayerError
     from proxies import DatasetError, DeviceError
     from search_space import DEFAULT_SPACE_PATH, ArchError, SearchSpace
 
+    from .budget import RunBudget
     from .early_stop import ParetoEarlyStopping
     from .objective import Constraints, rung_of
     from .processes import run_processes
@@ -263,6 +271,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         make_sampler,
         recover_zombies,
         run_optuna,
+        tally,
     )
     from .storage import StorageError, StorageSpec, redact
 
@@ -402,15 +411,23 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         study.set_user_attr("run", run)
     print(f"run folder: {run_dir}  (study: {redact(storage)}, {config.study_name})")
 
+    rungs = promotion.rungs if promotion else (config.budget,)
+    cache = _preset_cache(config, objective.proxy, device)
+    pending = _presets_to_score(study, rungs[0], cache) if owner else None
+    budget = RunBudget(seconds=config.timeout if 0 < config.timeout < math.inf else None,
+                       start=started, presets=len(pending or ()), clock=_clock)
+    print(_budget_line(budget, pending, cache), flush=True)
     start = time.perf_counter()
     progress = _Progress(config.trials, devices, start)
+    exhausted = False
     try:
         if config.backend == "ray":
             from .ray_backend import ClusterError, run_ray
 
-            try:
+            try:  # Ray Tune ends its trials at its own time budget: the time left for them
                 run_ray(study=study, storage=storage, objective=objective, n_trials=config.trials,
-                        timeout=config.timeout, workers=config.workers, address=config.ray_address,
+                        timeout=max(budget.for_trials(), 1.0) if budget.limited else None,
+                        workers=config.workers, address=config.ray_address,
                         seed=config.seed, gpus_per_trial=config.gpus_per_trial, on_trial=progress,
                         run_dir=run_dir)
             except ClusterError as e:
@@ -420,15 +437,23 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
                           make_sampler=functools.partial(make_sampler, config.sampler,
                                                          n_trials=config.trials),
                           seed=seed, n_trials=config.trials, workers=config.workers,
-                          timeout=config.timeout, on_trial=progress)
+                          budget=budget, on_trial=progress)
         else:
-            run_optuna(study, objective, config.trials, timeout=config.timeout, workers=config.workers,
+            run_optuna(study, objective, config.trials, budget=budget, workers=config.workers,
                        on_trial=progress)
     except SearchExhausted as e:  # what was found is valid: say why it is less, and report it
         print(e, flush=True)
+        exhausted = True
     except (MissingLayerError, InfeasibleSearch) as e:
         raise UsageError(str(e)) from None
-    rungs = promotion.rungs if promotion else (config.budget,)
+    done = tally(study.get_trials(deepcopy=False)).evaluated
+    short = budget.limited and not exhausted and done < config.trials  # the budget ended them
+    if short:
+        print(budget.shortfall(done, config.trials), flush=True)
+    if owner:  # run.json and report.md say what the budget allowed
+        run["time_budget"] = {"seconds": budget.seconds, "evaluated": done, "trials": config.trials,
+                              "note": budget.shortfall(done, config.trials) if short else None}
+        study.set_user_attr("run", run)
     proxy_at = functools.cache(lambda k: make_objective.proxy_at(rungs[k]) if k else objective.proxy)
     if not owner:
         write_outputs(run_dir, study)
@@ -446,7 +471,8 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
                 on_trial=progress)
     top = min(len(rungs) - 1, max((rung_of(t) for t in study.get_trials(deepcopy=False)
                                    if t.state == optuna.trial.TrialState.COMPLETE), default=0))
-    _score_presets(study, objective.describe, proxy_at(top), rungs[top])
+    _score_presets(study, objective.describe, proxy_at(top), rungs[top],
+                   cache=_preset_cache(config, proxy_at(top), device))
     _print_costs(study)
     fronts = write_outputs(run_dir, study)
     _print_fronts(fronts)
@@ -544,18 +570,61 @@ def _resolve_proxy(config: SearchConfig) -> tuple[str, str]:
     return "estimate", f"estimate: {model.provenance}"
 
 
+def _preset_cache(config: SearchConfig, proxy: Proxy, device: Any) -> ProxyCache | None:
+    """The disk cache of `proxy`'s results on the presets (`optimize.cache`); None with
+    --no-cache."""
+    from .cache import ProxyCache
+
+    if not config.cache:
+        return None
+    trains = _trains_on(proxy, device)
+    where = (f"{trains['name']}, {trains['precision']}, {trains['determinism']} determinism, "
+             f"{getattr(proxy, 'threads', 1)} thread(s)")
+    return ProxyCache(proxy, dataset=config.dataset, device=where)
+
+
+def _stored_presets(study: optuna.Study, fidelity: str) -> dict[str, dict[str, Any]]:
+    """The presets already scored on the study at `fidelity` (a resumed run), by name."""
+    base = (study.user_attrs.get("run") or {}).get("fidelity", fidelity)
+    return {name: rec for name, rec in (study.user_attrs.get("presets") or {}).items()
+            if rec.get("fidelity", base) == fidelity}
+
+
+def _presets_to_score(study: optuna.Study, fidelity: str, cache: ProxyCache | None) -> list[str]:
+    """The presets `_score_presets` will train at `fidelity`: neither on the study nor cached."""
+    from search_space import PRESETS
+
+    stored = _stored_presets(study, fidelity)
+    return [name for name in PRESET_NAMES if name not in stored
+            and (cache is None or cache.get(PRESETS[name]) is None)]
+
+
+def _budget_line(budget: RunBudget, pending: list[str] | None, cache: ProxyCache | None) -> str:
+    """The line before the trials: the time budget and what it keeps for the presets
+    (`pending`: the presets to train after the trials; None: this worker scores none)."""
+    line = (f"time budget: {budget.seconds:g} s for the whole run (--timeout; 0: none)"
+            if budget.limited else "time budget: none (--timeout 0)")
+    if pending is None:
+        return line
+    where = f"{cache.root}" if cache is not None else "--no-cache"
+    if not pending:
+        return f"{line}; presets: cached ({where})"
+    return f"{line}; presets: {len(pending)} to score after the trials ({where})"
+
+
 def _score_presets(study: optuna.Study, describe: Callable[[ArchConfig], dict[str, Any]],
-                   proxy: Proxy, fidelity: str) -> None:
+                   proxy: Proxy, fidelity: str, cache: ProxyCache | None = None) -> None:
     """Score T0/T1/T2 with the run's tables (`describe`) and `proxy`, the fidelity of the
     highest rung the search reached, so that they compare with the front (once per study
-    and fidelity; stored on it)."""
+    and fidelity; stored on it). With a `cache`, a result stored by an earlier run with the
+    same proxy, dataset, budget, seed and code is reused, and a new one stored."""
     from latency_tables import MissingLayerError
     from search_space import PRESETS
 
-    base = (study.user_attrs.get("run") or {}).get("fidelity", fidelity)
     scored = dict(study.user_attrs.get("presets") or {})
+    stored = _stored_presets(study, fidelity)
     for name in PRESET_NAMES:
-        if name in scored and scored[name].get("fidelity", base) == fidelity:
+        if name in stored:
             continue
         arch = PRESETS[name]
         try:
@@ -563,15 +632,21 @@ def _score_presets(study: optuna.Study, describe: Callable[[ArchConfig], dict[st
         except MissingLayerError as e:  # a table that lacks a preset's layers: say so, keep going
             scored[name] = {"arch": arch.to_dict(), "latency_ms": {}, "reason": str(e)}
             continue
-        result = proxy(arch)
+        hit = cache.get(arch) if cache is not None else None
+        result = hit.result if hit is not None else proxy(arch)
+        if cache is not None and hit is None and not result.failed and not cache.put(arch, result):
+            print(f"note: cannot write the preset cache {cache.root}; the next run scores "
+                  f"{name} again", flush=True)
         scored[name] = {"arch": arch.to_dict(), "latency_ms": info["latency_ms"],
                         "params_m": info["params_m"], "proxy_seconds": result.seconds,
                         "accuracy": None if result.failed else float(
                             result.score if result.accuracy is None else result.accuracy),
                         "reason": result.reason, "fidelity": fidelity,
-                        "accuracy_se": result.uncertainty}
+                        "accuracy_se": result.uncertainty,
+                        "cached_from": None if hit is None else hit.stored.isoformat()}
         print(f"preset {name} ({fidelity}): acc={scored[name]['accuracy']} "
-              + " ".join(f"{d}={ms:.2f}ms" for d, ms in info["latency_ms"].items()), flush=True)
+              + " ".join(f"{d}={ms:.2f}ms" for d, ms in info["latency_ms"].items())
+              + ("" if hit is None else f" [cached from {hit.stored:%Y-%m-%d %H:%M}]"), flush=True)
         study.set_user_attr("presets", scored)
 
 

@@ -89,9 +89,12 @@ class SearchConfig:
     trials: int = option(40, check=_at_least(1), help="distinct architectures to evaluate "
                          "(default 40; infeasible candidates and repeated proposals, never "
                          "trained, do not count)")
-    timeout: float = option(780.0, check=_positive(" seconds"), help="stop starting trials after "
-                            "this many seconds (default 780, so the default run stays within 15 "
-                            "minutes)")
+    timeout: float = option(600.0, check=_at_least(0, " seconds (0: no budget)"),
+                            metavar="SECONDS", help="wall-clock budget of the whole run in "
+                            "seconds, from the command's start to its last report (default 600); "
+                            "a trial is started only if the trials measured so far say it ends in "
+                            "time, keeping time for the presets (none when cached) and the "
+                            "reports; 0: no budget")
     space: str | None = option(None, help="search space YAML (default: search_space/default.yaml)")
     proxy: str = option("auto", help="accuracy proxy (proxies.PROXIES) or auto (default): the "
                         "learned estimate where one is fitted for --dataset and --budget "
@@ -150,6 +153,11 @@ class SearchConfig:
                                   negative="--no-early-stopping",
                                   negative_help="train every candidate to the end (the default)")
     seed: int = option(0, help="seed of the sampler and the proxy")
+    cache: bool = option(True, help="reuse the presets' proxy results stored on disk by earlier "
+                         "runs with the same proxy, dataset, budget, seed and code "
+                         "($PCONV_NAS_CACHE/presets, by default ~/.cache/pconv-nas/presets)",
+                         negative="--no-cache", negative_help="score the presets again, neither "
+                         "reading nor writing the cache")
 
     def __post_init__(self) -> None:
         check_options(self, SearchConfigError)

@@ -42,6 +42,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from .budget import RunBudget
 from .objective import Objective
 from .runner import (
     InfeasibleSearch,
@@ -76,7 +77,7 @@ class _Work:
     pruner: optuna.pruners.BasePruner | None
     seed: int
     n_trials: int
-    deadline: float | None  # time.time() after which no trial starts
+    budget: RunBudget | None  # on time.time(): shared by the processes
 
 
 def _work(work: _Work, rank: int, parent: int, stop: Any) -> None:
@@ -97,8 +98,7 @@ def _work(work: _Work, rank: int, parent: int, stop: Any) -> None:
         study = optuna.load_study(study_name=work.study_name, storage=work.storage.open(),
                                   sampler=work.make_sampler(work.seed + rank), pruner=work.pruner)
         objective = work.make_objective()
-        timeout = None if work.deadline is None else max(work.deadline - time.time(), 0.0)
-        run_optuna(study, objective, work.n_trials, timeout=timeout, on_trial=orphaned)
+        run_optuna(study, objective, work.n_trials, budget=work.budget, on_trial=orphaned)
     except KeyboardInterrupt:
         return  # a running trial is marked interrupted and re-queued (`Objective.__call__`)
     except (InfeasibleSearch, SearchExhausted):
@@ -109,20 +109,24 @@ def run_processes(study: optuna.Study, *, storage: StorageSpec | str,
                   make_objective: Callable[[], Objective],
                   make_sampler: Callable[[int], optuna.samplers.BaseSampler], seed: int,
                   n_trials: int, workers: int, timeout: float | None = None,
-                  on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> None:
+                  on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+                  budget: RunBudget | None = None) -> None:
     """`run_optuna` in `workers` processes on `storage` (a `StorageSpec`, or a URL without
     heartbeats; the module docstring says what holds). `study` is this process's view of
     the same storage, read for progress; `make_objective()` and `make_sampler(seed)` must be
-    picklable. Raises what `run_optuna` raises, KeyboardInterrupt after Ctrl-C (once the
-    workers have stopped), and `WorkerFailed` when a worker died."""
+    picklable, and so must `budget` (its default clock is). `budget` and `timeout` bound the
+    trials as in `run_optuna`: each worker stops starting trials by the costs of the trials
+    every worker finished. Raises what `run_optuna` raises, KeyboardInterrupt after Ctrl-C
+    (once the workers have stopped), and `WorkerFailed` when a worker died."""
     if tally(study.get_trials(deepcopy=False)).evaluated >= n_trials:
         return
     if isinstance(storage, str):  # a URL alone: no heartbeats
         storage = StorageSpec(storage)
+    if budget is None and timeout is not None:
+        budget = RunBudget(seconds=timeout, start=time.time(), after_s=0.0)
     work = _Work(storage=storage, study_name=study.study_name, make_objective=make_objective,
                  make_sampler=make_sampler,
-                 pruner=study.pruner, seed=seed, n_trials=n_trials,
-                 deadline=None if timeout is None else time.time() + timeout)
+                 pruner=study.pruner, seed=seed, n_trials=n_trials, budget=budget)
     seen = {t.number for t in study.get_trials(deepcopy=False, states=_FINISHED)}
 
     def report_new() -> None:

@@ -621,6 +621,9 @@ def _report(run: Mapping[str, Any], cands: Sequence[Candidate], fr: Sequence[Fro
     out = [f"# pconv-nas run: {run.get('name', '')}", "",
            f"`{' '.join(run.get('argv', []))}`", "",
            f"Trials by state: {', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}.", ""]
+    stopped = (run.get("time_budget") or {}).get("note")
+    if stopped:  # the time budget ended the trials before --trials (`optimize.budget`)
+        out += [f"Time budget: {stopped}.", ""]
     if run.get("accuracy_source"):
         out += [f"Accuracy: {run['accuracy_source']}.", ""]
     repeats = sum(c.duplicate_of is not None for c in cands)

@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search_space import ConstraintInfeasible
 
+from .budget import RunBudget
 from .objective import (
     DUPLICATE,
     FIDELITY,
@@ -42,7 +43,8 @@ from .objective import (
 )
 
 __all__ = ["SAMPLERS", "make_sampler", "open_study", "evaluated", "Tally", "tally", "SearchExhausted",
-           "InfeasibleSearch", "run_optuna", "recover_zombies", "StudyMismatch", "create_or_join"]
+           "InfeasibleSearch", "run_optuna", "recover_zombies", "StudyMismatch", "create_or_join",
+           "trial_cost", "measured_costs"]
 
 _log = logging.getLogger(__name__)
 
@@ -205,23 +207,54 @@ def recover_zombies(study: optuna.Study) -> int:
     return len(zombies)
 
 
+def trial_cost(trial: FrozenTrial) -> float:
+    """What a finished trial cost, seconds: its span in the storage (sampler, latency lookup,
+    proxy, storage writes), never less than the proxy's own measurement (`proxy_seconds`)."""
+    span = 0.0
+    if trial.datetime_start is not None and trial.datetime_complete is not None:
+        span = (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return max(span, float(trial.user_attrs.get("proxy_seconds") or 0.0))
+
+
+def measured_costs(trials: Sequence[FrozenTrial], since: float) -> list[float]:
+    """The costs (`trial_cost`) of the trials that trained a candidate and started at or after
+    `since` (seconds since the epoch: this run's), in the order they finished. A repeat, an
+    infeasible or a surplus candidate trains nothing; `RunBudget.fits` judges by these."""
+    done = [t for t in trials if evaluated(t) and DUPLICATE not in t.user_attrs
+            and t.datetime_complete is not None and t.datetime_start is not None
+            and t.datetime_start.timestamp() >= since]
+    return [trial_cost(t) for t in sorted(done, key=lambda t: t.datetime_complete)]
+
+
 def run_optuna(study: optuna.Study, objective: Objective, n_trials: int,
                timeout: float | None = None, workers: int = 1,
-               on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> None:
-    """Optimize until `n_trials` distinct architectures are evaluated (or `timeout` seconds
-    pass), in this process: `workers` threads share the study (see `optimize.processes` for
-    worker processes). Raises `SearchExhausted` when the sampler only repeats itself, and
-    `InfeasibleSearch` when it only draws candidates that break the constraints."""
+               on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+               budget: RunBudget | None = None) -> None:
+    """Optimize until `n_trials` distinct architectures are evaluated, in this process:
+    `workers` threads share the study (see `optimize.processes` for worker processes). With
+    a `budget` (or `timeout`: a budget of that many seconds from now, with nothing reserved
+    after the trials) no trial is started that the trials measured so far say would not end
+    within it (`optimize.budget`): the study is stopped instead. Raises `SearchExhausted`
+    when the sampler only repeats itself, and `InfeasibleSearch` when it only draws
+    candidates that break the constraints."""
     if tally(study.get_trials(deepcopy=False)).evaluated >= n_trials:
         return
+    if budget is None and timeout is not None:
+        budget = RunBudget(seconds=timeout, start=time.time(), after_s=0.0)
     ended: list[Exception] = []
+
+    def in_budget(trials: Sequence[FrozenTrial]) -> bool:
+        return budget is None or budget.fits(measured_costs(trials, budget.start))
 
     def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
         if on_trial is not None:
             on_trial(study, trial)
-        stop, why = verdict(study.get_trials(deepcopy=False), n_trials)
+        trials = study.get_trials(deepcopy=False)
+        stop, why = verdict(trials, n_trials)
         if stop:
             ended.extend([why] if why else [])
+            study.stop()
+        elif not in_budget(trials):  # the next trial would not end in time
             study.stop()
 
     quiet_optuna()
@@ -229,12 +262,10 @@ def run_optuna(study: optuna.Study, objective: Objective, n_trials: int,
     # the objective runs in threads that SIGINT cannot reach selectively; left as it was.
     guard = objective.ctrl_c if workers == 1 else None
     callbacks = [stop_when_done] + ([guard.check] if guard else [])
-    deadline = None if timeout is None else time.monotonic() + timeout
     with guard.installed() if guard else contextlib.nullcontext():
-        while True:
-            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        while in_budget(study.get_trials(deepcopy=False)):
             try:
-                study.optimize(objective, n_trials=None, timeout=left, n_jobs=workers,
+                study.optimize(objective, n_trials=None, n_jobs=workers,
                                callbacks=callbacks, catch=(CandidateFailed,), gc_after_trial=False)
                 break
             except (UpdateFinishedTrialError, ValueError):

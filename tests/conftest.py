@@ -138,3 +138,19 @@ def toy_estimate():
                    protocol="toy", source="synthetic rows")
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_preset_cache(tmp_path_factory):
+    """The preset cache (`optimize.cache`) of searches started by module-wide fixtures: a
+    temporary folder, never the user's ~/.cache (inherited by the subprocesses)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PCONV_NAS_CACHE", str(tmp_path_factory.mktemp("preset-cache")))
+    yield
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def _preset_cache(tmp_path_factory, monkeypatch):
+    """Each test its own empty preset cache: test proxies of one name score differently."""
+    monkeypatch.setenv("PCONV_NAS_CACHE", str(tmp_path_factory.mktemp("preset-cache")))

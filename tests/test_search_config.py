@@ -27,15 +27,16 @@ from optimize.config import (
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = dataclasses.fields(SearchConfig)
 #: The flags search.py had before its parser was generated: none may disappear or change
-#: (--workers changed on purpose: its default is now one per usable core, `cli._workers`).
-FLAGS = {"--device": "auto", "--trials": 40, "--timeout": 780.0, "--space": None,
+#: (--workers changed on purpose: its default is now one per usable core, `cli._workers`;
+#: --timeout too: it is now the whole run's wall-clock budget, 600 s, `optimize.budget`).
+FLAGS = {"--device": "auto", "--trials": 40, "--timeout": 600.0, "--space": None,
          "--proxy": "auto", "--dataset": "fashion-mnist", "--budget": "quick",
          "--promote": None, "--eta": None, "--objective": "pareto", "--target-latency": None,
          "--max-latency": None, "--max-params": None, "--sampler": "tpe", "--backend": "optuna",
          "--workers": None, "--proxy-device": "auto", "--parallel": None, "--ray-address": None,
          "--gpus-per-trial": None, "--storage": None, "--study-name": "pconv-nas",
          "--heartbeat": 10, "--run-dir": None, "--resume": False, "--early-stopping": False,
-         "--no-early-stopping": False, "--seed": 0}
+         "--no-early-stopping": False, "--seed": 0, "--cache": True, "--no-cache": True}
 #: A value for every field other than its default (and valid together).
 OTHER = {"device": "arm,gpu", "trials": 7, "timeout": 60.0, "space": "my.yaml", "proxy": "synflow",
          "dataset": "cifar10", "budget": "smoke", "promote": "smoke,quick", "eta": 2,
@@ -43,7 +44,8 @@ OTHER = {"device": "arm,gpu", "trials": 7, "timeout": 60.0, "space": "my.yaml", 
          "sampler": "nsga2", "backend": "optuna", "workers": 2, "proxy_device": "cpu",
          "parallel": "processes", "ray_address": None, "gpus_per_trial": None,
          "storage": "journal:/tmp/study.log", "study_name": "other", "heartbeat": 5,
-         "run_dir": "results/x", "resume": True, "early_stopping": True, "seed": 3}
+         "run_dir": "results/x", "resume": True, "early_stopping": True, "seed": 3,
+         "cache": False}
 
 
 def test_every_flag_and_default_of_the_old_parser_is_kept():
@@ -64,7 +66,7 @@ def test_every_field_parses_and_round_trips_through_run_json():
     for f in FIELDS:
         value = OTHER[f.name]
         if isinstance(value, bool):
-            argv += [flag_of(f)] if value else []
+            argv += [flag_of(f) if value else f.metadata["negative"]] if value != f.default else []
         elif value is not None:
             argv += [flag_of(f), str(value)]
     config = from_namespace(search_parser().parse_args(argv))
@@ -91,7 +93,7 @@ def test_a_new_option_is_one_declaration():
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"trials": 0}, "--trials: 0 must be >= 1"),
-    ({"timeout": -1.0}, "--timeout: -1.0 must be > 0 seconds"),
+    ({"timeout": -1.0}, "--timeout: -1.0 must be >= 0 seconds (0: no budget)"),
     ({"heartbeat": 0}, "--heartbeat: 0 must be >= 1 second"),
     ({"trials": "3"}, "--trials: '3' must be an integer"),
     ({"early_stopping": 1}, "--early-stopping: 1 must be true or false"),
