@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--budget-minutes", type=float, default=0,
                    help="measure a space-filling sample of the layers within M minutes (calibration "
                         "networks included) and predict the rest; a budget that measures every "
-                        "layer spends what is left on the slowest ones again; again: measures "
+                        "layer spends what is left on the noisiest ones again; again: measures "
                         "more and refits (default 0: measure every layer, --sweeps times)")
     b.add_argument("--sample-seed", type=int, default=0, help="seed of the budgeted sample's ties")
     proto_args(b)

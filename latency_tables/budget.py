@@ -94,14 +94,14 @@ def _weighted_error(models: dict, todo: list[LayerSig]) -> float:
 def budget_note(meta: dict[str, Any]) -> str:
     """'31 % of layers measured (473 of 1526), the rest predicted by per-kind regressors:
     cross-validated error 6.1 % per predicted layer' for a budgeted table ('every layer
-    measured within the 6-min budget (212 of 1526 twice, slowest first)' where the budget
+    measured within the 6-min budget (212 of 1526 twice, largest spread first)' where the budget
     covered them all), else ''."""
     b = meta.get("budget")
     if not b:
         return ""
     if b["measured_pct"] >= 100:  # the budget measured every layer once, some of them again
         return (f"every layer measured within the {b['budget_s'] / 60:.3g}-min budget "
-                f"({b.get('repeated', 0)} of {b['layers']} twice, slowest first)")
+                f"({b.get('repeated', 0)} of {b['layers']} twice, largest spread first)")
     return (f"{b['measured_pct']:.0f} % of layers measured ({b['measured']} of {b['layers']}), "
             f"the rest predicted by per-kind regressors: cross-validated error "
             f"{b['error_pct']:.1f} % per predicted layer")
