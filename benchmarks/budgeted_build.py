@@ -118,6 +118,7 @@ def _judge(table_csv: str, space: SearchSpace, nets: dict) -> dict:
         out[label] = accuracy(m[mask], session[mask]).__dict__ if mask.sum() >= 2 else {"n": int(mask.sum())}
     b = table.meta.get("budget") or {}
     out.update(measured_pct=b.get("measured_pct", 100.0), layers=len(table.rows),
+               repeated=b.get("repeated"),
                cv_error_pct=b.get("error_pct"), models={k: v["form"] for k, v in b.get("models", {}).items()},
                correction=table.meta.get("correction", {}).get("scale"))
     return out
@@ -184,14 +185,18 @@ def render(steps: dict) -> str:
              "| Kendall tau | mostly measured: N / MAPE | mostly predicted: N / MAPE "
              "| stored correction: MAPE / mean error | predicted rows measured: N / MAPE / mean error |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for key, s in steps.items():
-        if not isinstance(s, dict) or "judge" not in s:
-            continue
+    def order(key: str) -> tuple[int, float]:
+        kind, _, minutes = key.partition("-")
+        return ({"exhaustive": 0, "budget": 1, "wide": 2}.get(kind, 3), float(minutes or 0))
+
+    judged = {k: s for k, s in steps.items() if isinstance(s, dict) and "judge" in s}
+    for key, s in sorted(judged.items(), key=lambda kv: order(kv[0])):
         j = s["judge"]
+        twice = f" ({j['repeated']} twice)" if j.get("repeated") else ""
         mm, mp = j["mostly_measured"], j["mostly_predicted"]
         cv = f"{j['cv_error_pct']:.1f} %" if j.get("cv_error_pct") is not None else "–"
         lines.append(f"| {key} | {s['space']} | {s['wall_s'] / 60:.1f} min | {j['measured_pct']:.0f} % "
-                     f"of {j['layers']} | {cv} | {_fmt(j['all'])} | "
+                     f"of {j['layers']}{twice} | {cv} | {_fmt(j['all'])} | "
                      f"{mm['n']} / {mm.get('mape_pct', float('nan')):.2f} % | "
                      f"{mp['n']} / {mp.get('mape_pct', float('nan')):.2f} % | "
                      f"{j['stored']['mape_pct']:.2f} % / {j['stored']['mean_error_pct']:+.1f} % | "
