@@ -7,6 +7,10 @@ over the whole layer list: on a shared machine a burst of load hits one sweep of
 not all of them, and the table keeps the least disturbed sweep (the minimum over sweeps of
 the per-sweep median). When done, `<name>.csv` (one row per layer) and `<name>.json` (the
 device and protocol) are written and the partial files removed.
+
+The sidecar records the runtime the layers ran in (`runtime`, `runtime_version`: eager PyTorch
+and the torch version by default) and the deployment form they were built in (`form`, and with
+`form_choice` the measurement that chose it: `deploy.choose_form`).
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import pandas as pd
 import torch
 
 from search_space import SearchSpace
+from search_space.forms import deploy_form
 
 from ._device import describe_device
 from .layers import LAYER_KEY_VERSION, LayerSig, make_layer, space_layers
 from .measure import Protocol, Timing, time_layer
+from .runtimes import get_runtime
 from .sample import required_head, sample_order
 
 __all__ = ["build_table", "aggregate_sweeps", "merge_builds", "TABLE_COLUMNS", "BudgetTooSmall",
@@ -103,7 +109,7 @@ def _read_partial(path: Path) -> set[tuple[str, int]]:
 
 
 def _measure(sig: LayerSig, proto: Protocol) -> Timing:
-    module, x = make_layer(sig, proto.batch)
+    module, x = make_layer(sig, proto.batch, proto.form)
     return time_layer(module, x, proto, chain=sig.kind == "block")
 
 
@@ -113,7 +119,8 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
                 progress: Callable[[int, int, str], None] | None = None,
                 budget_s: float | None = None, seed: int = 0,
                 clock: Callable[[], float] = time.monotonic,
-                timer: Callable[[LayerSig, Protocol], Timing] = _measure) -> Path:
+                timer: Callable[[LayerSig, Protocol], Timing] = _measure,
+                form_choice: dict[str, Any] | None = None) -> Path:
     """Measure every layer of `space` (or the given `layers`) and write `<out_dir>/<name>.csv`.
 
     With `budget_s` (seconds), the build measures layers in the space-filling order of
@@ -132,10 +139,13 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
         sweeps: passes over the layer list (>= 1); see the module docstring.
         out_dir: directory of the table files.
         progress: called as `progress(done, total, key)` after each measurement.
+        form_choice: how `proto.form` was chosen (`deploy.FormChoice.to_dict()`), for the sidecar.
 
     Returns the path of the CSV.
     """
     proto = proto or Protocol()
+    get_runtime(proto.runtime).require()  # one line naming the pip command, before any timing
+    deploy_form(proto.form)
     if sweeps < 1:
         raise ValueError(f"sweeps: {sweeps} must be >= 1")
     space = space or SearchSpace.default()
@@ -147,11 +157,16 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
                             "space": space.source}
     if partial_meta.exists():
         old = json.loads(partial_meta.read_text())
+        # a partial written before the protocol had a field compares with that field's default
+        old["protocol"] = Protocol.from_dict(old.get("protocol", {})).to_dict()
+        stored_choice = old.pop("form_choice", None)
+        form_choice = form_choice or stored_choice
         if old != meta:
             raise ValueError(f"{partial}: an interrupted build with another protocol exists "
                              f"({old}); delete {partial} and {partial_meta} or pick another name")
-    else:
-        partial_meta.write_text(json.dumps(meta, indent=2) + "\n")
+    else:  # the form's measurement is kept with it, for the table of a resumed build
+        partial_meta.write_text(json.dumps({**meta, **({"form_choice": form_choice} if form_choice
+                                                       else {})}, indent=2) + "\n")
     done = _read_partial(partial)
     order = sample_order(sigs, seed) if budget_s is not None else sigs
     todo = [(s, sweep) for sweep in range(sweeps) for s in order if (s.key, sweep) not in done]
@@ -186,6 +201,7 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
     complete = len(table) == len(sigs)
     if complete:
         table.to_csv(csv_path, index=False, float_format="%.5g")
+    runtime = get_runtime(proto.runtime)
     sidecar = {
         "layer_key_version": LAYER_KEY_VERSION,
         "name": name, "source": "measured", "device": describe_device(proto.target),
@@ -198,7 +214,10 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
         "space": space.source, "layers": len(table),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "correction": None,
+        "runtime": runtime.name, "runtime_version": runtime.version(), "form": proto.form,
     }
+    if form_choice:
+        sidecar["form_choice"] = form_choice
     if not complete:  # a budgeted build: predict the rest, keep the partial files to extend
         from .budget import write_budgeted_table
 
