@@ -80,6 +80,7 @@ class Compiled:
     artifact: bytes | None = None
     outside: tuple[str, ...] = ()
     export_s: float = 0.0
+    keep: Any = None  # what the runtime's objects read in place (ExecuTorch: buffer, program)
 
     def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
         return self.to_tensor(self.run(self.prepare(*tensors)))
@@ -242,23 +243,27 @@ def _et_load(artifact: bytes | None, module: nn.Module | None, threads: int) -> 
     # XNNPACK runs on ExecuTorch's CPU thread pool (default: one thread per core); with one
     # thread the work runs on the calling thread, which the thread CPU clock measures.
     portable_lib._unsafe_reset_threadpool(threads)
-    method = EtRuntime.get().load_program(artifact).load_method("forward")
+    program = EtRuntime.get().load_program(artifact)
+    method = program.load_method("forward")
+    # The program reads the buffer in place: the bytes and the program must live as long as the
+    # method (a freed buffer crashes the next execute).
     return Compiled(prepare=lambda *xs: [x.contiguous() for x in xs], run=method.execute,
-                    to_tensor=_first)
+                    to_tensor=_first, keep=(artifact, program))
 
 
-#: name -> runtime, in the order `--runtime` lists them.
+#: name -> runtime, in the order `--runtime` lists them. Default forms: what `deploy.choose_form`
+#: chose on this machine (AMD EPYC, 1 thread; latency_tables/README.md, "Runtimes").
 RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
     Runtime(name="eager", package="torch", distribution="torch", pin="torch==2.14.1",
             label="eager PyTorch {version}", suffix=None, default_form="fused",
             exporter=_eager_export, loader=_eager_load),
     Runtime(name="onnxruntime", package="onnxruntime", distribution="onnxruntime",
             pin="onnxruntime==1.32.0", label="onnxruntime {version} CPU", suffix=".onnx",
-            default_form="fused", exporter=_onnx_export, loader=_onnx_load),
+            default_form="sliced", exporter=_onnx_export, loader=_onnx_load),
     Runtime(name="executorch", package="executorch", distribution="executorch",
             pin="executorch==1.5.1", label="executorch {version} XNNPACK", suffix=".pte",
             # timm's form leaves PConv's split (split_with_sizes_copy) outside XNNPACK
-            default_form="narrow", exporter=_et_export, loader=_et_load),
+            default_form="sliced", exporter=_et_export, loader=_et_load),
 )}
 
 

@@ -85,7 +85,9 @@ def subcommand_parser(name: str) -> argparse.ArgumentParser:
     p.add_argument("--onnx", help="also export the deployment form to ONNX, checked with onnxruntime")
     p.add_argument("--runtime", help="executorch|onnxruntime: write the runtime's file in its "
                    "deployment form, check its logits against PyTorch and time it here")
-    p.add_argument("--form", default="auto", help="auto|timm|fused|narrow: auto is the form a "
+    from search_space.forms import FORMS
+
+    p.add_argument("--form", default="auto", help=f"auto|{'|'.join(FORMS)}: auto is the form a "
                    "table of the runtime recorded (--table, else one measured here), else the "
                    "runtime's default")
     p.add_argument("--table", help="the latency table of --runtime whose form to write and whose "

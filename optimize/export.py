@@ -146,7 +146,8 @@ def export_form(runtime: str, table: str | None = None) -> tuple[str, str, Laten
 def export_runtime(arch: ArchConfig, path: Path, *, runtime: str, form: str, threads: int = 1,
                    num_classes: int = 1000, in_chans: int = 3, resolution: int = 224,
                    checkpoint: str | Path | None = None, seed: int = 0) -> RuntimeExport:
-    """Write `arch` (random weights, or `checkpoint`'s) in `form` as `runtime`'s file `path`.
+    """Write `arch` (random weights of `deploy.check_weights`, or `checkpoint`'s) in `form` as
+    `runtime`'s file `path`.
 
     The file must lower fully (`NotFullyLowered` names the ops outside the delegate), its
     logits, loaded back from `path`, must match the training form in eager PyTorch within
@@ -157,7 +158,7 @@ def export_runtime(arch: ArchConfig, path: Path, *, runtime: str, form: str, thr
 
     from latency_tables import Protocol
     from latency_tables._device import cpu_model
-    from latency_tables.deploy import logits_tolerance
+    from latency_tables.deploy import check_weights, logits_tolerance
     from latency_tables.measure import time_compiled
     from latency_tables.runtimes import get_runtime
     from search_space import build_model
@@ -175,6 +176,8 @@ def export_runtime(arch: ArchConfig, path: Path, *, runtime: str, form: str, thr
         from timm.models import load_checkpoint
 
         load_checkpoint(model, str(checkpoint), strict=True)
+    else:  # random weights whose logits are of order 1, so the check below means something
+        check_weights(model, seed)
     x = torch.randn(1, in_chans, resolution, resolution)
     with torch.inference_mode():
         ref = model(x)

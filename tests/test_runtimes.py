@@ -120,7 +120,7 @@ def test_tiny_network_round_trip(runtime, randomize):
     x = torch.randn(1, 3, RES, RES)
     with torch.no_grad():
         ref = model(x)
-    for form in ("narrow", "timm"):
+    for form in ("narrow", "sliced", "timm"):
         c = get_runtime(runtime).compile(to_form(model, form), (x,), strict=False)
         assert float((c(x) - ref).abs().max()) <= logits_tolerance(ref), form
         assert c.artifact and (c.outside == () or runtime == "executorch")
