@@ -65,9 +65,10 @@ def merge_builds(paths: list[str | Path], out: str | Path) -> Path:
     if len(paths) < 2:
         raise ValueError("merge_builds: needs at least two builds")
     metas = [json.loads(Path(p).with_suffix(".json").read_text()) for p in paths]
+    defaults = {"runtime": "eager", "form": "fused"}  # builds from before the two fields
     for m in metas[1:]:
-        a = {k: v for k, v in metas[0]["protocol"].items() if k != "sweeps"}
-        b = {k: v for k, v in m["protocol"].items() if k != "sweeps"}
+        a = {**defaults, **{k: v for k, v in metas[0]["protocol"].items() if k != "sweeps"}}
+        b = {**defaults, **{k: v for k, v in m["protocol"].items() if k != "sweeps"}}
         if a != b or m["resolution"] != metas[0]["resolution"]:
             raise ValueError("merge_builds: builds differ in protocol or resolution")
     rows = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
@@ -92,9 +93,11 @@ class BudgetTooSmall(ValueError):
 
 def check_budget(budget_s: float, sigs: list[LayerSig], proto: Protocol, networks: int = 0) -> None:
     """Raise `BudgetTooSmall` where `budget_s` (seconds) is below the protocol's least time for
-    the layers every kind's regressor needs (`min_time_s` each) and `networks` network timings."""
+    the layers every kind's regressor needs (`min_time_s` each, plus the runtime's least export
+    time per row) and `networks` network timings."""
     layers = sum(required_head(sigs).values())
-    floor = (layers + networks) * max(proto.min_time_s, 0.01)  # 10 ms: a layer's least setup
+    floor = ((layers + networks) * max(proto.min_time_s, 0.01)  # 10 ms: a layer's least setup
+             + layers * get_runtime(proto.runtime).row_export_s)
     if budget_s < floor:
         raise BudgetTooSmall(f"--budget-minutes: {budget_s / 60:.2f} min cannot measure the {layers} "
                              f"layers every kind's regressor needs and {networks} calibration "

@@ -185,8 +185,11 @@ def test_choose_form_picks_a_fully_lowered_match(runtime):
     record = choice.to_dict()
     assert set(record["forms"]) == set(FORMS) and record["chosen"] == choice.chosen
     assert record["forms"][choice.chosen]["eligible"]
-    best = min((r for r in choice.results if r.eligible), key=lambda r: r.total_ms())
-    assert best.form == choice.chosen and choice.chosen in choice.summary()
+    best = min(r.total_ms() for r in choice.results if r.eligible)
+    chosen = next(r for r in choice.results if r.form == choice.chosen)
+    assert chosen.total_ms() <= best * 1.02 and choice.chosen in choice.summary()
+    ties = [r.form for r in choice.results if r.eligible and r.total_ms() <= best * 1.02]
+    assert choice.chosen == ties[0]  # ties go to the first form in FORMS order
     if runtime == "executorch":
         assert not record["forms"]["fused"]["eligible"]
         assert any("addmm" in op for op in record["forms"]["fused"]["outside_delegate"])
