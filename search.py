@@ -4,6 +4,7 @@
     python search.py devices                          # the latency tables
     python search.py show results/<run>               # regenerate a run's files from study.db
     python search.py export results/<run> --pick knee --out arch.yaml [--onnx model.onnx]
+    python search.py export arch.yaml --runtime executorch --out model.pte   # deployment file
     python search.py train arch.yaml --epochs 10       # train it; a checkpoint timm loads
 
 This file only parses arguments, calls into the packages and prints. Bad input exits

@@ -2,7 +2,9 @@
 
 Kernel-level latency prediction after nn-Meter (Zhang et al., MobiSys 2021) for the fused
 FasterNet layers of `search_space` (Chen et al., CVPR 2023). `python -m latency_tables
-build|calibrate|validate|operators`; see README.md in this folder.
+build|calibrate|validate|operators`; see README.md in this folder. Tables can be measured in
+eager PyTorch, ONNX Runtime or ExecuTorch (`runtimes.py`), each in its deployment form
+(`deploy.py`).
 """
 
 from .build import TABLE_COLUMNS, build_table
@@ -41,4 +43,17 @@ __all__ = ["Accuracy", "DERIVED_DEVICES", "DEVICES", "DeviceProfile", "DeviceSpe
            "predict_ms", "provenance_note", "register_device", "resolve_alias", "space_layers",
            "time_layer", "time_network", "time_operators", "trace", "user_dir", "validate"]
 __all__ += ["LatencyPredictor", "load_predictor"]  # the search's seam (`predictor.py`)
+from .deploy import FormChoice, choose_form  # noqa: E402  (after .validate: deploy imports it lazily)
+from .runtimes import (  # noqa: E402
+    RUNTIMES,
+    NotFullyLowered,
+    Runtime,
+    RuntimeMismatch,
+    RuntimeNotInstalled,
+    UnknownRuntime,
+    get_runtime,
+)
+
+__all__ += ["FormChoice", "NotFullyLowered", "RUNTIMES", "Runtime", "RuntimeMismatch",
+            "RuntimeNotInstalled", "UnknownRuntime", "choose_form", "get_runtime"]
 

@@ -6,6 +6,8 @@ Bad input gives a one-line error on stderr and exit code 2 (no traceback).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -14,15 +16,18 @@ import torch
 from tqdm import tqdm
 
 from search_space import ArchError, SearchSpace
+from search_space.forms import FORMS, deploy_form
 
 from ._derive_cli import cmd_calibrate_derived, is_derived_device
 from ._device import default_device_name, last_level_cache_bytes
 from .budget import budget_note
 from .build import build_table, check_budget
+from .deploy import choose_form, form_networks
 from .devices import DEVICES, derivable_devices
 from .layers import space_layers
 from .measure import Protocol
 from .operators import compare_operators, time_operators
+from .runtimes import RUNTIMES, get_runtime
 from .table import SHIPPED_DIR, LatencyTable, TableNotFoundError
 from .validate import (
     calibrate,
@@ -37,6 +42,12 @@ REPORTS = Path(__file__).with_name("reports")
 
 
 def _protocol(args: argparse.Namespace) -> Protocol:
+    runtime = getattr(args, "runtime", "eager")
+    get_runtime(runtime).require()
+    if runtime != "eager":  # runtimes other than eager run here on the CPU
+        if args.target == "cuda":
+            raise ValueError(f"--runtime {runtime}: times on the CPU only (--target cpu)")
+        args.target = "cpu"
     target = args.target or ("cuda" if torch.cuda.is_available() else "cpu")
     if target == "cuda" and not torch.cuda.is_available():
         raise ValueError("--target cuda: no CUDA device visible to torch")
@@ -46,7 +57,7 @@ def _protocol(args: argparse.Namespace) -> Protocol:
         if value < 1:
             raise ValueError(f"--{name}: {value} must be >= 1")
     context = last_level_cache_bytes() if target == "cpu" else 0
-    kw = dict(target=target, batch=batch, threads=args.threads, context_bytes=context)
+    kw = dict(target=target, batch=batch, threads=args.threads, context_bytes=context, runtime=runtime)
     if args.repeats:
         kw.update(min_repeats=args.repeats, max_repeats=max(args.repeats, 4 * args.repeats),
                   min_time_s=args.min_time)
@@ -64,10 +75,36 @@ def _bar(desc: str, unit: str = "layer"):
     return bar, update
 
 
+def _build_form(args: argparse.Namespace, proto: Protocol, name: str,
+                space: SearchSpace) -> tuple[Protocol, dict | None]:
+    """The protocol with its deployment form: `--form NAME`, the form of an interrupted build
+    of the same table, or (auto) the one `deploy.choose_form` measures fastest here."""
+    form = args.form or ("fused" if proto.runtime == "eager" else "auto")
+    if form != "auto":
+        deploy_form(form)
+        return dataclasses.replace(proto, form=form), None
+    partial = Path(args.out) / f"{name}.partial.json"
+    if partial.exists():  # resume: keep the form the interrupted build measured in
+        old = json.loads(partial.read_text())
+        stored = old.get("protocol", {})
+        if stored.get("runtime", "eager") == proto.runtime and old.get("form_choice"):
+            print(f"form {stored['form']}: the form of the interrupted build in {partial}")
+            return dataclasses.replace(proto, form=stored["form"]), old["form_choice"]
+    nets = form_networks(space)
+    print(f"choosing the deployment form for {proto.runtime}: every form on "
+          f"{', '.join(n for n, _ in nets)} ...", flush=True)
+    choice = choose_form(proto.runtime, proto, resolution=args.resolution, networks=nets,
+                         progress=lambda line: print(f"  {line}", flush=True))
+    print(choice.summary())
+    return dataclasses.replace(proto, form=choice.chosen), choice.to_dict()
+
+
 def cmd_build(args: argparse.Namespace) -> None:
     proto = _protocol(args)
     space = SearchSpace.from_file(args.space) if args.space else SearchSpace.default()
-    name = args.device or default_device_name(proto.target)
+    name = args.device or default_device_name(proto.target) + (
+        "" if proto.runtime == "eager" else f"-{proto.runtime}")
+    proto, choice = _build_form(args, proto, name, space)
     if args.budget_minutes < 0:
         raise ValueError(f"--budget-minutes: {args.budget_minutes} must be >= 0 (0: every layer)")
     t0 = time.monotonic()
@@ -85,7 +122,8 @@ def cmd_build(args: argparse.Namespace) -> None:
     bar, update = _bar(f"build {name}")
     path = build_table(name, space, resolution=args.resolution, proto=proto,
                        sweeps=args.sweeps, out_dir=args.out,
-                       progress=update, budget_s=budget_s, seed=args.sample_seed)
+                       progress=update, budget_s=budget_s, seed=args.sample_seed,
+                       form_choice=choice)
     bar.close()
     table = LatencyTable.load(path)
     print(f"wrote {path} and {path.with_suffix('.json').name} in {(time.monotonic() - t0) / 60:.1f} min")
@@ -109,6 +147,8 @@ def _calibrate(table: LatencyTable, n: int, seed: int, space: SearchSpace | None
 def cmd_calibrate(args: argparse.Namespace) -> None:
     if is_derived_device(args.device):  # a device with published figures: fit on them
         return cmd_calibrate_derived(args)
+    if args.runtime:
+        LatencyTable.load(args.device).check_runtime(args.runtime)
     if args.resolution is not None:
         raise ValueError(f"--resolution: {args.device!r} is a measured table; it keeps the resolution "
                          "it was measured at (measure another with `build --resolution`)")
@@ -118,6 +158,8 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> None:
     table = LatencyTable.load(args.device)
+    if args.runtime:
+        table.check_runtime(args.runtime)
     space = SearchSpace.from_file(args.space) if args.space else None
     bar, update = _bar("validate", "net")
     v = validate(table, n=args.n, seed=args.seed, rounds=args.rounds, calib_n=args.calib_n,
@@ -178,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
                         "layer spends what is left on the noisiest ones again; again: measures "
                         "more and refits (default 0: measure every layer, --sweeps times)")
     b.add_argument("--sample-seed", type=int, default=0, help="seed of the budgeted sample's ties")
+    b.add_argument("--runtime", default="eager", help=f"{'|'.join(RUNTIMES)}: where layers run "
+                   "(threads pinned to --threads; default eager); the table records it")
+    b.add_argument("--form", help=f"auto|{'|'.join(FORMS)}: the deployment form layers are built "
+                   "in; auto times each on 3 networks and takes the fastest that matches "
+                   "(default: fused for eager, auto otherwise)")
     proto_args(b)
     b.set_defaults(func=cmd_build)
 
@@ -194,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "table: draw its calibration networks from it")
     c.add_argument("--resolution", type=int,
                    help=f"{derivable}: derive the table at this image size (default 224)")
+    c.add_argument("--runtime", help="the runtime the table must have been measured in")
     c.set_defaults(func=cmd_calibrate)
 
     v = sub.add_parser("validate", help="compare predictions with whole-network measurements")
@@ -204,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--calib-n", type=int, default=10, help="calibration networks measured alongside")
     v.add_argument("--space")
     v.add_argument("--out", default=str(REPORTS))
+    v.add_argument("--runtime", help="the runtime the table must have been measured in (networks "
+                   "are timed in the table's runtime and form)")
     v.set_defaults(func=cmd_validate)
 
     o = sub.add_parser("operators", help="the paper's operator table on this device")

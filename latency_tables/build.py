@@ -7,6 +7,10 @@ over the whole layer list: on a shared machine a burst of load hits one sweep of
 not all of them, and the table keeps the least disturbed sweep (the minimum over sweeps of
 the per-sweep median). When done, `<name>.csv` (one row per layer) and `<name>.json` (the
 device and protocol) are written and the partial files removed.
+
+The sidecar records the runtime the layers ran in (`runtime`, `runtime_version`: eager PyTorch
+and the torch version by default) and the deployment form they were built in (`form`, and with
+`form_choice` the measurement that chose it: `deploy.choose_form`).
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import pandas as pd
 import torch
 
 from search_space import SearchSpace
+from search_space.forms import deploy_form
 
 from ._device import describe_device
 from .layers import LAYER_KEY_VERSION, LayerSig, make_layer, space_layers
 from .measure import Protocol, Timing, time_layer
+from .runtimes import get_runtime
 from .sample import required_head, sample_order
 
 __all__ = ["build_table", "aggregate_sweeps", "merge_builds", "TABLE_COLUMNS", "BudgetTooSmall",
@@ -59,9 +65,10 @@ def merge_builds(paths: list[str | Path], out: str | Path) -> Path:
     if len(paths) < 2:
         raise ValueError("merge_builds: needs at least two builds")
     metas = [json.loads(Path(p).with_suffix(".json").read_text()) for p in paths]
+    defaults = {"runtime": "eager", "form": "fused"}  # builds from before the two fields
     for m in metas[1:]:
-        a = {k: v for k, v in metas[0]["protocol"].items() if k != "sweeps"}
-        b = {k: v for k, v in m["protocol"].items() if k != "sweeps"}
+        a = {**defaults, **{k: v for k, v in metas[0]["protocol"].items() if k != "sweeps"}}
+        b = {**defaults, **{k: v for k, v in m["protocol"].items() if k != "sweeps"}}
         if a != b or m["resolution"] != metas[0]["resolution"]:
             raise ValueError("merge_builds: builds differ in protocol or resolution")
     rows = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
@@ -86,9 +93,11 @@ class BudgetTooSmall(ValueError):
 
 def check_budget(budget_s: float, sigs: list[LayerSig], proto: Protocol, networks: int = 0) -> None:
     """Raise `BudgetTooSmall` where `budget_s` (seconds) is below the protocol's least time for
-    the layers every kind's regressor needs (`min_time_s` each) and `networks` network timings."""
+    the layers every kind's regressor needs (`min_time_s` each, plus the runtime's least export
+    time per row) and `networks` network timings."""
     layers = sum(required_head(sigs).values())
-    floor = (layers + networks) * max(proto.min_time_s, 0.01)  # 10 ms: a layer's least setup
+    floor = ((layers + networks) * max(proto.min_time_s, 0.01)  # 10 ms: a layer's least setup
+             + layers * get_runtime(proto.runtime).row_export_s)
     if budget_s < floor:
         raise BudgetTooSmall(f"--budget-minutes: {budget_s / 60:.2f} min cannot measure the {layers} "
                              f"layers every kind's regressor needs and {networks} calibration "
@@ -103,7 +112,7 @@ def _read_partial(path: Path) -> set[tuple[str, int]]:
 
 
 def _measure(sig: LayerSig, proto: Protocol) -> Timing:
-    module, x = make_layer(sig, proto.batch)
+    module, x = make_layer(sig, proto.batch, proto.form)
     return time_layer(module, x, proto, chain=sig.kind == "block")
 
 
@@ -122,7 +131,8 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
                 progress: Callable[[int, int, str], None] | None = None,
                 budget_s: float | None = None, seed: int = 0,
                 clock: Callable[[], float] = time.monotonic,
-                timer: Callable[[LayerSig, Protocol], Timing] = _measure) -> Path:
+                timer: Callable[[LayerSig, Protocol], Timing] = _measure,
+                form_choice: dict[str, Any] | None = None) -> Path:
     """Measure every layer of `space` (or the given `layers`) and write `<out_dir>/<name>.csv`.
 
     With `budget_s` (seconds), the build measures layers in the space-filling order of
@@ -141,10 +151,13 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
         sweeps: passes over the layer list (>= 1); see the module docstring.
         out_dir: directory of the table files.
         progress: called as `progress(done, total, key)` after each measurement.
+        form_choice: how `proto.form` was chosen (`deploy.FormChoice.to_dict()`), for the sidecar.
 
     Returns the path of the CSV.
     """
     proto = proto or Protocol()
+    get_runtime(proto.runtime).require()  # one line naming the pip command, before any timing
+    deploy_form(proto.form)
     if sweeps < 1:
         raise ValueError(f"sweeps: {sweeps} must be >= 1")
     space = space or SearchSpace.default()
@@ -156,11 +169,16 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
                             "space": space.source}
     if partial_meta.exists():
         old = json.loads(partial_meta.read_text())
+        # a partial written before the protocol had a field compares with that field's default
+        old["protocol"] = Protocol.from_dict(old.get("protocol", {})).to_dict()
+        stored_choice = old.pop("form_choice", None)
+        form_choice = form_choice or stored_choice
         if old != meta:
             raise ValueError(f"{partial}: an interrupted build with another protocol exists "
                              f"({old}); delete {partial} and {partial_meta} or pick another name")
-    else:
-        partial_meta.write_text(json.dumps(meta, indent=2) + "\n")
+    else:  # the form's measurement is kept with it, for the table of a resumed build
+        partial_meta.write_text(json.dumps({**meta, **({"form_choice": form_choice} if form_choice
+                                                       else {})}, indent=2) + "\n")
     done = _read_partial(partial)
     order = sample_order(sigs, seed) if budget_s is not None else sigs
     total = len(sigs) * sweeps
@@ -205,6 +223,7 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
     complete = len(table) == len(sigs)
     if complete:
         table.to_csv(csv_path, index=False, float_format="%.5g")
+    runtime = get_runtime(proto.runtime)
     sidecar = {
         "layer_key_version": LAYER_KEY_VERSION,
         "name": name, "source": "measured", "device": describe_device(proto.target),
@@ -217,7 +236,10 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
         "space": space.source, "layers": len(table),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "correction": None,
+        "runtime": runtime.name, "runtime_version": runtime.version(), "form": proto.form,
     }
+    if form_choice:
+        sidecar["form_choice"] = form_choice
     if not complete:  # a budgeted build: predict the rest, keep the partial files to extend
         from .budget import write_budgeted_table
 

@@ -282,4 +282,5 @@ def provenance_note(table: LatencyTable) -> str:
     mixed = budget_note(meta)
     return (f"latency table {table.name!r} is {table.source} on {hw} "
             f"({meta.get('date', 'date unknown')}, batch {table.batch}, "
-            f"{meta.get('threads', '?')} thread(s))" + (f"; {mixed}." if mixed else "."))
+            f"{meta.get('threads', '?')} thread(s), {table.runtime_label()})"
+            + (f"; {mixed}." if mixed else "."))

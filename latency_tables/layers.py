@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from search_space import ArchConfig, SearchSpace, build_model, fuse
+from search_space.forms import DeployForm, deploy_form
 from search_space.fuse import FusedBlock
 from search_space.knobs import KNOBS, Knob
 from search_space.model import MLPBlock
@@ -177,13 +178,17 @@ def space_layers(space: SearchSpace, resolution: int = 224, in_chans: int = 3,
 
 
 @torch.no_grad()
-def make_layer(sig: LayerSig, batch: int = 1) -> tuple[nn.Module, torch.Tensor]:
-    """The deployment-form module of `sig` and a random input for it.
+def make_layer(sig: LayerSig, batch: int = 1, form: str = "fused") -> tuple[nn.Module, torch.Tensor]:
+    """The module of `sig` in deployment form `form` (`search_space.forms.FORMS`) and a random
+    input for it.
 
-    Stem, merge and head are taken from `fuse(build_model(...))` of a minimal network that
-    contains the layer, so they are exactly what the fused network runs; a block is fused
-    directly, as `FusedFasterNet` does, to skip the slow weight init of a whole model.
+    Stem, merge and head are taken from `fuse(build_model(...))` (or `to_form(..., form)`) of a
+    minimal network that contains the layer, so they are exactly what the whole network runs in
+    that form; a block is converted directly, as the whole network's conversion does, to skip
+    the slow weight init of a whole model.
     """
+    if form != "fused":
+        return _make_layer_in(sig, batch, deploy_form(form))
     x = torch.randn(batch, sig.cin, sig.res, sig.res)
     if sig.kind == "stem":
         arch = ArchConfig(widths=(sig.cout,), depths=(1,), n_divs=(1,), mlp_ratios=(1,),
@@ -202,3 +207,32 @@ def make_layer(sig: LayerSig, batch: int = 1) -> tuple[nn.Module, torch.Tensor]:
                           kernel_sizes=(1,), act=sig.act, feature_dim=sig.cout)
         return fuse(build_model(arch, num_classes=sig.num_classes)).head, x
     raise ValueError(f"kind: unknown layer kind {sig.kind!r}; choose one of {KINDS}")
+
+
+def _minimal_arch(sig: LayerSig) -> tuple[ArchConfig, dict[str, int]]:
+    """A smallest network containing the stem, merge or head `sig`, and its build arguments."""
+    one = dict(n_divs=(1,), mlp_ratios=(1,), kernel_sizes=(1,), feature_dim=1)
+    if sig.kind == "stem":
+        return ArchConfig(widths=(sig.cout,), depths=(1,), patch_size=sig.stride, **one), dict(
+            num_classes=0, in_chans=sig.cin)
+    if sig.kind == "merge":
+        return ArchConfig(widths=(sig.cin, sig.cout), depths=(1, 1), n_divs=(1, 1), mlp_ratios=(1, 1),
+                          kernel_sizes=(1, 1), feature_dim=1, merge_size=sig.stride), dict(num_classes=0)
+    return ArchConfig(widths=(sig.cin,), depths=(1,), n_divs=(1,), mlp_ratios=(1,), kernel_sizes=(1,),
+                      act=sig.act, feature_dim=sig.cout), dict(num_classes=sig.num_classes)
+
+
+def _make_layer_in(sig: LayerSig, batch: int, form: DeployForm) -> tuple[nn.Module, torch.Tensor]:
+    x = torch.randn(batch, sig.cin, sig.res, sig.res)
+    if sig.kind == "block":
+        block = MLPBlock(sig.cin, sig.n_div, sig.mlp_ratio, sig.kernel_size, sig.act).eval()
+        return form.block(block, sig.act).eval(), x
+    if sig.kind not in KINDS:
+        raise ValueError(f"kind: unknown layer kind {sig.kind!r}; choose one of {KINDS}")
+    arch, kw = _minimal_arch(sig)
+    net = form.network(build_model(arch, **kw).eval())
+    if sig.kind == "stem":
+        return net.patch_embed.eval(), x
+    if sig.kind == "merge":
+        return net.stages[1].downsample.eval(), x
+    return form.head(net).eval(), x

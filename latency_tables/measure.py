@@ -23,6 +23,12 @@ Noise. Machines may be shared: every layer is warmed up, then timed over many pa
 least `min_repeats` and `min_time_s`), and the statistic is the median with the interquartile
 range as spread. CPU timing uses `time.perf_counter`; CUDA timing uses CUDA events around
 the pass and a synchronize, at a large batch (throughput protocol of the FasterNet paper).
+
+Runtimes. `Protocol.runtime` names where the layer runs (`runtimes.RUNTIMES`: eager PyTorch,
+ONNX Runtime, ExecuTorch + XNNPACK) and `Protocol.form` the deployment form it is built in
+(`search_space.forms.FORMS`). Outside eager, the copies are exported together as one program
+(the chain as a sequence, the rotation as one program taking every copy's input), compiled
+once, and timed as above; a layer's time in the build (`seconds`) includes that export.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["Protocol", "Timing", "time_layer", "time_network", "time_callable"]
+__all__ = ["Protocol", "Timing", "time_layer", "time_network", "time_callable", "time_compiled"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +62,9 @@ class Protocol:
         clock: "thread" (CPU time of the calling thread, `time.thread_time`; CPU with one
             thread only), "wall" (`time.perf_counter`) or "cuda" (CUDA events). "auto"
             picks "cuda" on CUDA, "thread" for one CPU thread and "wall" otherwise.
+        runtime: where layers and networks run (`runtimes.RUNTIMES`: "eager", "onnxruntime",
+            "executorch"); every runtime there runs on the calling thread with one thread.
+        form: the deployment form layers and networks are built in (`search_space.FORMS`).
     """
 
     target: str = "cpu"
@@ -68,6 +77,8 @@ class Protocol:
     context_bytes: int = 32 << 20
     max_copies: int = 8
     clock: str = "auto"
+    runtime: str = "eager"
+    form: str = "fused"
 
     @property
     def resolved_clock(self) -> str:
@@ -132,17 +143,28 @@ def time_callable(fn: Callable[[], Any], proto: Protocol, per_pass: int = 1) -> 
     return Timing(statistics.median(samples), q75 - q25, q[1], len(samples))
 
 
-@torch.inference_mode()
 def time_layer(module: nn.Module, x: torch.Tensor, proto: Protocol, chain: bool) -> Timing:
     """Latency of one layer (ms per batch) in the cache context described in the module doc.
 
     `chain=True` for shape-preserving layers (blocks): copies run one after another on each
-    other's outputs; otherwise copies rotate over distinct inputs.
+    other's outputs; otherwise copies rotate over distinct inputs. Outside eager PyTorch
+    (`proto.runtime`), the copies are compiled as one program in that runtime.
     """
+    if proto.runtime != "eager":
+        return _time_layer_compiled(module, x, proto, chain)
+    return _time_layer_eager(module, x, proto, chain)
+
+
+def _copies(module: nn.Module, x: torch.Tensor, proto: Protocol, chain: bool) -> int:
+    per_copy = _footprint(module, None if chain else x)
+    return min(proto.max_copies, max(2, -(-proto.context_bytes // max(per_copy, 1))))
+
+
+@torch.inference_mode()
+def _time_layer_eager(module: nn.Module, x: torch.Tensor, proto: Protocol, chain: bool) -> Timing:
     device = torch.device(proto.target)
     module, x = module.to(device).eval(), x.to(device)
-    per_copy = _footprint(module, None if chain else x)
-    copies = min(proto.max_copies, max(2, -(-proto.context_bytes // max(per_copy, 1))))
+    copies = _copies(module, x, proto, chain)
     mods = [module] + [copy.deepcopy(module) for _ in range(copies - 1)]
     if chain:
         def run() -> None:
@@ -159,10 +181,47 @@ def time_layer(module: nn.Module, x: torch.Tensor, proto: Protocol, chain: bool)
     return dataclasses.replace(t, copies=copies)
 
 
+class _Rotation(nn.Module):
+    """Distinct copies of a layer, each on its own input, as one program."""
+
+    def __init__(self, mods: list[nn.Module]) -> None:
+        super().__init__()
+        self.copies = nn.ModuleList(mods)
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(m(x) for m, x in zip(self.copies, xs))
+
+
+def _time_layer_compiled(module: nn.Module, x: torch.Tensor, proto: Protocol, chain: bool) -> Timing:
+    from .runtimes import get_runtime
+
+    if proto.target != "cpu":
+        raise ValueError(f"--runtime {proto.runtime}: times on the CPU only (--target cpu)")
+    module = module.eval()
+    copies = _copies(module, x, proto, chain)
+    mods = [module] + [copy.deepcopy(module) for _ in range(copies - 1)]
+    if chain:
+        program, inputs = nn.Sequential(*mods), (x,)
+    else:
+        program, inputs = _Rotation(mods), (x, *(torch.randn_like(x) for _ in range(copies - 1)))
+    compiled = get_runtime(proto.runtime).compile(program, inputs, proto.threads,
+                                                  what=f"the layer ({type(module).__name__})")
+    t = time_compiled(compiled, inputs, proto, per_pass=copies)
+    return dataclasses.replace(t, copies=copies)
+
+
+def time_compiled(compiled: Any, inputs: tuple[torch.Tensor, ...], proto: Protocol,
+                  per_pass: int = 1) -> Timing:
+    """Time a `runtimes.Compiled` program on `inputs` (prepared once, outside the timing)."""
+    prepared = compiled.prepare(*inputs)
+    return time_callable(lambda: compiled.run(prepared), proto, per_pass=per_pass)
+
+
 @torch.inference_mode()
 def time_network(model: nn.Module, proto: Protocol, resolution: int = 224,
                  in_chans: int = 3) -> Timing:
-    """Whole-network latency (ms per batch): the deployment scenario, one model run repeatedly."""
+    """Whole-network latency (ms per batch): the deployment scenario, one model run repeatedly
+    (eager PyTorch; `measure_networks` compiles for the other runtimes)."""
     device = torch.device(proto.target)
     model = model.to(device).eval()
     x = torch.randn(proto.batch, in_chans, resolution, resolution, device=device)

@@ -149,6 +149,35 @@ class LatencyTable:
         return str(self.meta.get("source", "unknown"))
 
     @property
+    def runtime(self) -> str:
+        """The runtime its layers were timed in ("eager" for tables without the field)."""
+        return str(self.meta.get("runtime", "eager"))
+
+    @property
+    def form(self) -> str:
+        """The deployment form its layers were built in ("fused" for tables without the field)."""
+        return str(self.meta.get("form", "fused"))
+
+    def runtime_label(self) -> str:
+        """"executorch 1.5.1 XNNPACK, timm form", "eager PyTorch 2.14.1, fused form"."""
+        from .runtimes import RUNTIMES
+
+        version = self.meta.get("runtime_version") or self.meta.get("device", {}).get("torch", "?")
+        rt = RUNTIMES.get(self.runtime)
+        label = rt.label.format(version=version) if rt else f"{self.runtime} {version}"
+        return f"{label}, {self.form} form"
+
+    def check_runtime(self, runtime: str) -> None:
+        """Raise `RuntimeMismatch` (one line) unless the table was measured in `runtime`."""
+        from .runtimes import RuntimeMismatch, get_runtime
+
+        get_runtime(runtime)
+        if runtime != self.runtime:
+            raise RuntimeMismatch(
+                f"--runtime {runtime}: table {self.name!r} was measured in {self.runtime}, not "
+                f"{runtime}; measure one with `python -m latency_tables build --runtime {runtime}`")
+
+    @property
     def batch(self) -> int:
         return int(self.meta.get("batch", 1))
 
@@ -175,6 +204,8 @@ class LatencyTable:
             return f"python -m latency_tables calibrate --device {self.name} {where}"
         protocol = "".join(f" --{k} {self.meta[k]}" for k in ("target", "batch", "threads")
                            if self.meta.get(k) is not None)
+        if self.runtime != "eager":
+            protocol += f" --runtime {self.runtime} --form {self.form}"
         return f"python -m latency_tables build --device {self.name} {where}{protocol}"
 
     def extend_hint(self, space: str | Path | None = None, resolution: int | None = None) -> str:
@@ -214,8 +245,8 @@ class LatencyTable:
                 if self.meta.get("correction") else "no correction")
         return (f"{self.name}: {self.source} table, {hw}, {self.meta.get('target', 'cpu')}, "
                 f"batch {self.batch}, {self.meta.get('threads', '?')} thread(s), "
-                f"{self.resolution}x{self.resolution}, {len(self._ms)} layers, torch "
-                f"{dev.get('torch', '?')}, {self.meta.get('date', '?')}, {corr}"
+                f"{self.resolution}x{self.resolution}, {len(self._ms)} layers, "
+                f"{self.runtime_label()}, {self.meta.get('date', '?')}, {corr}"
                 + (f"; {budget_note(self.meta)}" if self.meta.get("budget") else ""))
 
     # ------------------------------------------------------------------ lookup

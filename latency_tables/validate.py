@@ -18,6 +18,7 @@ same way: share of models within +-10 % of the measured latency on held-out mode
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,9 +30,11 @@ import torch
 from scipy.stats import kendalltau
 
 from search_space import ArchConfig, SearchSpace, build_model, fuse
+from search_space.forms import to_form
 
 from ._device import describe_device
-from .measure import Protocol, time_network
+from .measure import Protocol, Timing, time_compiled, time_network
+from .runtimes import get_runtime
 from .table import LatencyTable
 
 __all__ = ["Accuracy", "Validation", "accuracy", "fit_correction", "measure_networks",
@@ -114,14 +117,28 @@ def calibration_archs(space: SearchSpace, n: int = 10, seed: int = 1000) -> list
 def measure_networks(archs: list[ArchConfig], proto: Protocol, resolution: int, rounds: int = 2,
                      progress: Callable[[int, int], None] | None = None,
                      num_classes: int = 1000) -> list[float]:
-    """Whole-network latency of each arch, ms per batch (min over rounds of the median)."""
+    """Whole-network latency of each arch, ms per batch (min over rounds of the median), in the
+    protocol's runtime and deployment form (each network compiled once, before the rounds)."""
     if proto.target == "cpu":
         torch.set_num_threads(proto.threads)
-    models = [fuse(build_model(a, num_classes=num_classes).eval()) for a in archs]
+    if proto.form == "fused":
+        models = [fuse(build_model(a, num_classes=num_classes).eval()) for a in archs]
+    else:
+        models = [to_form(build_model(a, num_classes=num_classes), proto.form) for a in archs]
+    timers: list[Callable[[], Timing]]
+    if proto.runtime == "eager":
+        timers = [functools.partial(time_network, m, proto, resolution) for m in models]
+    else:
+        runtime = get_runtime(proto.runtime)
+        timers = []
+        for a, m in zip(archs, models):
+            x = (torch.randn(proto.batch, 3, resolution, resolution),)
+            c = runtime.compile(m, x, proto.threads, what=f"{a.arch_id} ({proto.form} form)")
+            timers.append(functools.partial(time_compiled, c, x, proto))
     best = [float("inf")] * len(archs)
     for r in range(rounds):
-        for i, model in enumerate(models):
-            best[i] = min(best[i], time_network(model, proto, resolution).median_ms)
+        for i, timer in enumerate(timers):
+            best[i] = min(best[i], timer().median_ms)
             if progress:
                 progress(r * len(archs) + i + 1, rounds * len(archs))
     return best

@@ -77,14 +77,33 @@ def subcommand_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("--study-name", default=STUDY_NAME, help=f"default {STUDY_NAME}")
         return p
     p = argparse.ArgumentParser(prog="search.py export", description="Write one front member's "
-                                "architecture as YAML (builds with timm's pconv_fasternet).")
-    p.add_argument("run", help="run folder")
+                                "architecture as YAML (builds with timm's pconv_fasternet), or "
+                                "with --runtime an architecture as that runtime's model file.")
+    p.add_argument("run", help="run folder; with --runtime also an architecture file (.yaml/.json) "
+                               "or a preset name")
     p.add_argument("--device", help="whose front to pick from (default: the run's first device)")
-    g = p.add_mutually_exclusive_group(required=True)
+    g = p.add_mutually_exclusive_group()
     g.add_argument("--max-latency", type=float, help="most accurate member within MS")
-    g.add_argument("--pick", help="knee | fastest | most-accurate | ARCH_ID")
-    p.add_argument("--out", required=True, help="architecture file to write (.yaml or .json)")
+    g.add_argument("--pick", help="knee | fastest | most-accurate | ARCH_ID (a run folder needs "
+                                  "one of the two)")
+    p.add_argument("--out", required=True, help="architecture file to write (.yaml or .json); with "
+                   "--runtime the model file (.pte for executorch, .onnx for onnxruntime)")
     p.add_argument("--onnx", help="also export the deployment form to ONNX, checked with onnxruntime")
+    p.add_argument("--runtime", help="executorch|onnxruntime: write the runtime's file in its "
+                   "deployment form, check its logits against PyTorch and time it here")
+    from search_space.forms import FORMS
+
+    p.add_argument("--form", default="auto", help=f"auto|{'|'.join(FORMS)}: auto is the form a "
+                   "table of the runtime recorded (--table, else one measured here), else the "
+                   "runtime's default")
+    p.add_argument("--table", help="the latency table of --runtime whose form to write and whose "
+                   "prediction to print")
+    p.add_argument("--threads", type=int, default=1, help="runtime threads for the timing (default 1)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--in-chans", type=int, default=3)
+    p.add_argument("--resolution", type=int, default=224, help="input size of the exported model")
+    p.add_argument("--checkpoint", help="weights to export (search.py train's checkpoint.pth.tar; "
+                   "default: random weights)")
     p.add_argument("--storage", help="Optuna storage URL if not RUN/study.db")
     p.add_argument("--study-name", default=STUDY_NAME, help=f"default {STUDY_NAME}")
     return p
@@ -739,6 +758,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from .export import export_onnx
 
+    if args.runtime:
+        return _export_runtime(args)
+    if args.pick is None and args.max_latency is None:
+        raise UsageError("export: one of --pick or --max-latency is required")
     chosen, device = _front_member(Path(args.run), device=args.device, pick=args.pick,
                                    max_latency=args.max_latency, storage=args.storage,
                                    study_name=args.study_name)
@@ -756,6 +779,64 @@ def cmd_export(args: argparse.Namespace) -> int:
         diff = export_onnx(chosen.arch, Path(args.onnx))
         print(f"  onnx: {args.onnx} (onnxruntime matches PyTorch, max |diff| {diff:.1e})")
     return 0
+
+
+def _export_runtime(args: argparse.Namespace) -> int:
+    """`search.py export RUN|ARCH.yaml --runtime R --out FILE`: `export.export_runtime`."""
+    from latency_tables import TableNotFoundError
+    from search_space.forms import deploy_form
+
+    from .export import export_form, export_runtime
+
+    path = Path(args.run)
+    if path.is_dir():
+        if args.pick is None and args.max_latency is None:
+            raise UsageError("export: a run folder needs --pick or --max-latency")
+        chosen, device = _front_member(path, device=args.device, pick=args.pick,
+                                       max_latency=args.max_latency, storage=args.storage,
+                                       study_name=args.study_name)
+        arch = chosen.arch
+        origin = (f"{chosen.name} {chosen.arch_id} of {path}: {chosen.latency_ms[device]:.2f} ms "
+                  f"per image on {device} (predicted by table {device!r}: {_table_words(device)})")
+    else:
+        arch, origin = _train_arch(args.run, args.pick)
+    try:
+        if args.form == "auto":
+            form, why, table = export_form(args.runtime, args.table)
+        else:
+            deploy_form(args.form)
+            form, why = args.form, "--form"
+            table = export_form(args.runtime, args.table)[2] if args.table else None
+        result = export_runtime(arch, Path(args.out), runtime=args.runtime, form=form,
+                                threads=args.threads, num_classes=args.num_classes,
+                                in_chans=args.in_chans, resolution=args.resolution,
+                                checkpoint=args.checkpoint)
+    except (ValueError, TableNotFoundError) as e:  # unknown/missing runtime, lowering, check
+        raise UsageError(str(e).splitlines()[0]) from None
+    except OSError as e:
+        raise UsageError(f"--out {args.out}: cannot write ({e.strerror})") from None
+    print(f"{origin}\n  {arch}\n-> {result.path}: {result.runtime_label}, {form} form ({why}); "
+          f"every op inside the delegate; export {result.export_s:.1f} s\n"
+          f"  logits match PyTorch eager: max |diff| {result.max_abs_diff:.1e} (tolerance "
+          f"{result.tolerance:.1e})\n  {result.latency_line()}")
+    if table is not None and table.covers(arch, args.resolution):
+        print(f"  {table.predict(arch, args.resolution):.2f} ms per image predicted by table "
+              f"{table.name!r} ({_table_words(table.name)})")
+    return 0
+
+
+def _table_words(name: str) -> str:
+    """"measured on AMD EPYC, eager PyTorch 2.14.1, fused form, calibrated"."""
+    from latency_tables import LatencyTable, TableNotFoundError
+
+    try:
+        t = LatencyTable.load(name)
+    except TableNotFoundError:
+        return "no such table here"
+    dev = t.meta.get("device", {})
+    hw = dev.get("gpu_name") or dev.get("cpu_model") or "unknown device"
+    calibrated = "calibrated" if t.meta.get("correction") else "uncalibrated sum of layers"
+    return f"{t.source} on {hw}, {t.runtime_label()}, {calibrated}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:

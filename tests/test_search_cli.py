@@ -294,6 +294,26 @@ def test_export_onnx_runs_in_onnxruntime(finished_run, tmp_path, capsys):
     assert logits.shape == (1, 1000) and np.isfinite(logits).all()
 
 
+def test_export_run_member_for_a_runtime(finished_run, tmp_path, capsys):
+    """`export RUN --pick P --runtime R`: the runtime's file, the front's predicted latency with
+    its table, and the latency measured here (tests/test_runtimes.py covers the rest)."""
+    import onnxruntime as ort
+
+    run_dir, _ = finished_run
+    out = tmp_path / "m.onnx"
+    rc = search.main(["export", str(run_dir), "--pick", "fastest", "--runtime", "onnxruntime",
+                      "--out", str(out), "--resolution", "32", "--num-classes", "10"])
+    text = capsys.readouterr()
+    assert rc == 0, text.err
+    assert "predicted by table 'amd-epyc': measured on AMD EPYC" in text.out
+    assert "ms per image measured here" in text.out and "onnxruntime" in text.out
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (logits,) = sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 3, 32, 32), np.float32)})
+    assert logits.shape == (1, 10)
+    rc = search.main(["export", str(run_dir), "--runtime", "onnxruntime", "--out", str(out)])
+    assert_one_line_error(rc, capsys.readouterr().err, "needs --pick or --max-latency")
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--pick", "fn-0000000000"], "fn-0000000000"),
     (["--pick", "knee", "--device", "arm"], "--device 'arm'"),
