@@ -2,7 +2,8 @@
 
 Kernel-level latency prediction after nn-Meter (Zhang et al., MobiSys 2021) for the fused
 FasterNet layers of `search_space` (Chen et al., CVPR 2023). `python -m latency_tables
-build|calibrate|validate|operators`; see README.md in this folder.
+build|calibrate|validate|verify|predict|operators`; see README.md in this folder. A measured
+table holds where it was measured: `verify` times probe networks here (`trust.py`).
 """
 
 from .build import TABLE_COLUMNS, build_table
@@ -17,6 +18,7 @@ from .devices import (
     register_device,
     resolve_alias,
 )
+from .fingerprint import compare, machine_fingerprint
 from .layers import KINDS, LayerSig, arch_layers, make_layer, space_layers
 from .measure import Protocol, Timing, time_layer, time_network
 from .operators import compare_operators, time_operators
@@ -30,6 +32,7 @@ from .table import (
     available,
     user_dir,
 )
+from .trust import TrustError, Verification, calibrated, verify
 from .validate import Accuracy, Validation, accuracy, calibrate, fit_correction, validate
 
 __all__ = ["Accuracy", "DERIVED_DEVICES", "DEVICES", "DeviceProfile", "DeviceSpec", "KINDS",
@@ -41,4 +44,6 @@ __all__ = ["Accuracy", "DERIVED_DEVICES", "DEVICES", "DeviceProfile", "DeviceSpe
            "predict_ms", "provenance_note", "register_device", "resolve_alias", "space_layers",
            "time_layer", "time_network", "time_operators", "trace", "user_dir", "validate"]
 __all__ += ["LatencyPredictor", "load_predictor"]  # the search's seam (`predictor.py`)
+__all__ += ["TrustError", "Verification", "calibrated", "compare", "machine_fingerprint",
+            "verify"]  # does a measured table hold here (`fingerprint.py`, `trust.py`)
 

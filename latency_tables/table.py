@@ -13,7 +13,9 @@ architecture's layers, looked up in a dict keyed by signature, summed, then corr
 Tables are found in `latency_tables/tables/` (shipped) and then in the user directory
 `$PCONV_NAS_TABLES`, default `~/.cache/pconv-nas/tables`. The name "auto" means this
 machine's table: its GPU's (the GPU name, slugified) where CUDA is available and such a
-table exists, else its CPU's (the CPU model, slugified; `_device.default_device_name`).
+table exists, else its CPU's (the CPU model, slugified; `_device.default_device_name`), each
+first under the name that adds this machine's hardware id (`fingerprint.local_table_name`).
+A measured table may not hold on another machine of the same model: `trust.verify`.
 """
 
 from __future__ import annotations
