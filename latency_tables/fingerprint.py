@@ -70,13 +70,12 @@ def isa_flags(cpuinfo: str | None = None) -> list[str]:
 
 
 def runtime_version(runtime: str = "eager") -> str | None:
-    """The installed version of `runtime`'s package (torch for eager), None if not installed."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    """The installed version of `runtime`'s package (torch for eager), None if not installed
+    (or a runtime not in `RUNTIMES`)."""
     if runtime == "eager":
         return torch.__version__
     try:
-        return importlib.metadata.version(RUNTIMES[runtime])
+        return importlib.metadata.version(RUNTIMES.get(runtime, runtime))
     except importlib.metadata.PackageNotFoundError:
         return None
 

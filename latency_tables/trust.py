@@ -67,7 +67,7 @@ PROBE_ROUNDS = 2
 BUILD_MINUTES = 6
 
 #: Probe networks: FasterNet-T0 (the paper's), a small ReLU net with 5x5 PConv and large
-#: partial ratios, and a wide GELU net with mixed per-stage knobs; 5-40 ms each on one EPYC
+#: partial ratios, and a wide GELU net with mixed per-stage knobs; 3-35 ms each on one EPYC
 #: core, a few seconds together. All in the default space, so the shipped tables cover them.
 PROBES: tuple[ArchConfig, ...] = (
     PRESETS["fasternet_t0"],
@@ -296,15 +296,18 @@ def _here(table: LatencyTable) -> dict[str, Any]:
     return machine_fingerprint(target, _runtime(table))
 
 
-def cached_verification(table: LatencyTable, *, where: Path | None = None) -> Verification | None:
-    """This table's verification on this machine if one is cached (no timing), else None."""
-    if table.source != "measured":
-        return None
-    path = _cache_path(table, _here(table), where)
+def _read(path: Path) -> Verification | None:
     try:
         return Verification.from_dict(json.loads(path.read_text()), cached=True)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: re-time
         return None
+
+
+def cached_verification(table: LatencyTable, *, where: Path | None = None) -> Verification | None:
+    """This table's verification on this machine if one is cached (no timing), else None."""
+    if table.source != "measured" or table.meta.get("calibration"):
+        return None
+    return _read(_cache_path(table, _here(table), where))
 
 
 def verify(table: LatencyTable, *, timer: ProbeTimer = time_probes, again: bool = False,
@@ -320,7 +323,7 @@ def verify(table: LatencyTable, *, timer: ProbeTimer = time_probes, again: bool 
     here = _here(table)
     path = _cache_path(table, here, where)
     if not again:
-        found = cached_verification(table, where=where)
+        found = _read(path)
         if found is not None:
             return found
     archs = probe_archs(table)
@@ -379,6 +382,8 @@ def trust_note(meta: Mapping[str, Any]) -> str:
         return f"NOT VERIFIED on this machine ({ver.get('why')}): may be off by any amount here"
     if ver.get("status") == "verified":
         return Verification.from_dict(ver).summary()
+    if ver.get("status") == "failed":
+        return f"does NOT hold on this machine: {Verification.from_dict(ver).summary()}"
     return ""
 
 

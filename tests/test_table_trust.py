@@ -206,6 +206,36 @@ def test_what_cannot_be_verified_says_why():
     other = LatencyTable(rows=table.rows, meta={**table.meta, "runtime": "executorch"}, name="x")
     with pytest.raises(TrustError, match="executorch table; probes can be timed here in eager"):
         verify(other)
+    unknown = LatencyTable(rows=table.rows, meta={**table.meta, "runtime": "tensorrt"}, name="y")
+    with pytest.raises(TrustError, match="tensorrt table"):
+        verify(unknown)
+
+
+def test_a_build_records_the_fingerprint_and_the_probes(tmp_path, monkeypatch, capsys):
+    import latency_tables.__main__ as cli
+    from latency_tables import Timing, build_table
+    from search_space import SearchSpace
+
+    space = SearchSpace.from_dict({"stages": 2, "widths": [[16], [32]], "depths": [[1], [1]],
+                                   "n_divs": [4], "mlp_ratios": [2], "kernel_sizes": [3],
+                                   "act": ["relu"], "feature_dim": [64]}, source="tiny")
+    path = build_table("tiny", space, resolution=32, sweeps=1, out_dir=tmp_path / "tiny",
+                       timer=lambda sig, proto: Timing(1.0, 0.0, 1.0, 10))
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["fingerprint"] == machine_fingerprint()
+
+    def shipped_copy(name, *args, out_dir, **kwargs):  # the build itself: the shipped table
+        for suffix in (".csv", ".json"):
+            shutil.copy(SHIPPED_DIR / f"{EPYC}{suffix}", Path(out_dir) / f"{name}{suffix}")
+        return Path(out_dir) / f"{name}.csv"
+
+    monkeypatch.setattr(cli, "build_table", shipped_copy)
+    fake_timer(monkeypatch, 1.0)
+    assert lt_main(["build", "--device", "here", "--out", str(tmp_path), "--calibrate", "0"]) == 0
+    probes = json.loads((tmp_path / "here.json").read_text())["probes"]
+    assert probes["arch_ids"] == [a.arch_id for a in PROBES] and probes["rounds"] == 2
+    assert probes["measured_ms"] == pytest.approx(probes["predicted_ms"], rel=1e-4)
+    assert "probes (timed whole, 2 rounds" in capsys.readouterr().out
 
 
 def test_calibration_rescales_every_prediction_and_says_so(epyc):
