@@ -2,9 +2,10 @@
 
 Kernel-level latency prediction after nn-Meter (Zhang et al., MobiSys 2021) for the fused
 FasterNet layers of `search_space` (Chen et al., CVPR 2023). `python -m latency_tables
-build|calibrate|validate|operators`; see README.md in this folder. Tables can be measured in
-eager PyTorch, ONNX Runtime or ExecuTorch (`runtimes.py`), each in its deployment form
-(`deploy.py`).
+build|calibrate|validate|verify|predict|operators`; see README.md in this folder. Tables can be
+measured in eager PyTorch, ONNX Runtime or ExecuTorch (`runtimes.py`), each in its deployment
+form (`deploy.py`). A measured table holds where it was measured: `verify` times probe
+networks here (`trust.py`).
 """
 
 from .build import TABLE_COLUMNS, build_table
@@ -19,6 +20,7 @@ from .devices import (
     register_device,
     resolve_alias,
 )
+from .fingerprint import compare, machine_fingerprint
 from .layers import KINDS, LayerSig, arch_layers, make_layer, space_layers
 from .measure import Protocol, Timing, time_layer, time_network
 from .operators import compare_operators, time_operators
@@ -32,6 +34,7 @@ from .table import (
     available,
     user_dir,
 )
+from .trust import TrustError, Verification, calibrated, verify
 from .validate import Accuracy, Validation, accuracy, calibrate, fit_correction, validate
 
 __all__ = ["Accuracy", "DERIVED_DEVICES", "DEVICES", "DeviceProfile", "DeviceSpec", "KINDS",
@@ -56,4 +59,6 @@ from .runtimes import (  # noqa: E402
 
 __all__ += ["FormChoice", "NotFullyLowered", "RUNTIMES", "Runtime", "RuntimeMismatch",
             "RuntimeNotInstalled", "UnknownRuntime", "choose_form", "get_runtime"]
+__all__ += ["TrustError", "Verification", "calibrated", "compare", "machine_fingerprint",
+            "verify"]  # does a measured table hold here (`fingerprint.py`, `trust.py`)
 

@@ -1,4 +1,4 @@
-"""CLI: `python -m latency_tables build|calibrate|validate|operators|show`.
+"""CLI: `python -m latency_tables build|calibrate|validate|verify|predict|operators|show`.
 
 Bad input gives a one-line error on stderr and exit code 2 (no traceback).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from search_space import ArchError, SearchSpace
+from search_space import ArchError, SearchSpace, resolve_arch
 from search_space.forms import FORMS, deploy_form
 
 from ._derive_cli import cmd_calibrate_derived, is_derived_device
@@ -28,7 +28,8 @@ from .layers import space_layers
 from .measure import Protocol
 from .operators import compare_operators, time_operators
 from .runtimes import RUNTIMES, get_runtime
-from .table import SHIPPED_DIR, LatencyTable, TableNotFoundError
+from .table import SHIPPED_DIR, LatencyTable, MissingLayerError, TableNotFoundError
+from .trust import PROBE_ROUNDS, TrustError, cached_verification, record_probes, verify
 from .validate import (
     calibrate,
     calibration_archs,
@@ -132,6 +133,13 @@ def cmd_build(args: argparse.Namespace) -> None:
         print(note)
     if args.calibrate:
         _calibrate(table, args.calibrate, args.calib_seed, space, timed)
+    try:
+        probes = record_probes(table)  # what `verify` compares with on another machine
+    except TrustError as e:  # e.g. a runtime whose probes cannot be timed here yet
+        print(f"no probes recorded ({e}); `verify` compares with the table's predictions only")
+        return
+    print(f"probes (timed whole, {PROBE_ROUNDS} rounds; `verify` re-times them elsewhere): "
+          + ", ".join(f"{i} {m:.2f} ms" for i, m in zip(probes["arch_ids"], probes["measured_ms"])))
 
 
 def _calibrate(table: LatencyTable, n: int, seed: int, space: SearchSpace | None,
@@ -181,6 +189,55 @@ def cmd_validate(args: argparse.Namespace) -> None:
     print(f"session correction  : {v.session}  (ms = {sc:.3f} x sum + {so:.2f}, fitted on "
           f"{args.calib_n} calibration networks measured in the same rounds)")
     print(f"wrote {out / (stem + '.csv')} and {png}")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    table = LatencyTable.load(args.name)
+    v = verify(table, again=args.again, on_timing=lambda archs: print(
+        f"timing {len(archs)} probe networks here with the table's protocol ({PROBE_ROUNDS} rounds)...",
+        flush=True))
+    print(table.describe())
+    built = any(p.built_ms for p in v.probes)
+    print(f"  {'probe':14s} {'predicted ms':>12s} {'here ms':>9s} {'ratio':>7s}"
+          + (f" {'at build ms':>11s}" if built else ""))
+    for p in v.probes:
+        print(f"  {p.arch_id:14s} {p.predicted_ms:12.2f} {p.measured_ms:9.2f} {p.ratio:6.2f}x"
+              + (f" {p.built_ms or float('nan'):11.2f}" if built else ""))
+    print("this machine: " + ("; ".join(v.differences) if v.differences else
+                              "the table's fingerprint (CPU, ISA, caches, versions as recorded)"))
+    print(v.summary() + (" [cached; --again re-times]" if v.cached else ""))
+    return 0 if v.verified else 1
+
+
+def _trust_phrase(table: LatencyTable) -> str:
+    """Verified here, not holding here, or not verified (from the cache: no timing)."""
+    if table.source != "measured":
+        return "not measured: see `show`"
+    v = cached_verification(table)
+    if v is None:
+        return f"not verified here (`python -m latency_tables verify {table.name}`)"
+    return v.summary() if v.verified else f"does NOT hold here: {v.summary()}"
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    table = LatencyTable.load(args.table)
+    runtime = table.meta.get("runtime", "eager")
+    if args.runtime and args.runtime != runtime:
+        raise ValueError(f"--runtime {args.runtime}: table {table.name!r} was measured in {runtime}; "
+                         "pick a table of that runtime (`python -m latency_tables show --device NAME`)")
+    arch = resolve_arch(args.arch)
+    ms = table.predict(arch)
+    dev = table.meta.get("device") or {}
+    hw = dev.get("gpu_name") or dev.get("cpu_model") or "an unknown device"
+    threads = table.meta.get("threads")
+    how = (f"{runtime}, {threads} thread{'s' * (threads != 1)}, " if threads else f"{runtime}, ")
+    how += f"batch {table.batch}"
+    if table.source == "derived":
+        what = f"derived for {hw} ({how}) from published measurements by a cost model, not measured"
+    else:
+        what = f"{table.source} on {hw}, {how}; {_trust_phrase(table)}"
+    rate = f", {1000 / ms:.0f} images/s" if table.throughput else ""
+    print(f"{ms:.1f} ms per image{rate} on {table.name} ({what})")
 
 
 def cmd_operators(args: argparse.Namespace) -> None:
@@ -256,6 +313,19 @@ def main(argv: list[str] | None = None) -> int:
                    "are timed in the table's runtime and form)")
     v.set_defaults(func=cmd_validate)
 
+    ve = sub.add_parser("verify", help="time the probe networks here: does a measured table hold "
+                                       "on this machine?")
+    ve.add_argument("name", nargs="?", default="auto", help="table name (default: auto)")
+    ve.add_argument("--again", action="store_true", help="re-time (default: the cached result)")
+    ve.set_defaults(func=cmd_verify)
+
+    pr = sub.add_parser("predict", help="the predicted latency of one architecture")
+    pr.add_argument("arch", help="architecture YAML/JSON file or preset name")
+    pr.add_argument("--table", default="auto", help="table name (default: auto)")
+    pr.add_argument("--runtime", choices=tuple(RUNTIMES),
+                    help="refuse a table measured in another runtime")
+    pr.set_defaults(func=cmd_predict)
+
     o = sub.add_parser("operators", help="the paper's operator table on this device")
     proto_args(o)
     o.set_defaults(func=cmd_operators)
@@ -266,14 +336,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = p.parse_args(argv)
     try:
-        args.func(args)
-    except (ArchError, TableNotFoundError, ValueError, OSError) as e:
+        rc = args.func(args)
+    except (ArchError, TableNotFoundError, MissingLayerError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

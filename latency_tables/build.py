@@ -30,6 +30,7 @@ from search_space import SearchSpace
 from search_space.forms import deploy_form
 
 from ._device import describe_device
+from .fingerprint import machine_fingerprint
 from .layers import LAYER_KEY_VERSION, LayerSig, make_layer, space_layers
 from .measure import Protocol, Timing, time_layer
 from .runtimes import get_runtime
@@ -227,6 +228,7 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
     sidecar = {
         "layer_key_version": LAYER_KEY_VERSION,
         "name": name, "source": "measured", "device": describe_device(proto.target),
+        "fingerprint": machine_fingerprint(proto.target),  # what `trust.verify` compares
         "target": proto.target, "batch": proto.batch, "threads": proto.threads,
         "resolution": resolution, "in_chans": in_chans, "num_classes": num_classes,
         "protocol": {**proto.to_dict(), "clock": proto.resolved_clock, "sweeps": sweeps,

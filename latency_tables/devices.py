@@ -277,10 +277,14 @@ def provenance_note(table: LatencyTable) -> str:
                 f"calibrated on published FasterNet measurements ({description}){err}.\n"
                 f"  Measure the real device: run `{cmd}` on {measure_on}; the measured table "
                 "replaces this one.")
+    from .trust import trust_note  # trust imports table, which imports this module
+
     dev = meta.get("device", {})
     hw = dev.get("gpu_name") or dev.get("cpu_model") or "unknown device"
     mixed = budget_note(meta)
+    trust = trust_note(meta)  # verified here, calibrated, or not verified ('' unchecked)
     return (f"latency table {table.name!r} is {table.source} on {hw} "
             f"({meta.get('date', 'date unknown')}, batch {table.batch}, "
             f"{meta.get('threads', '?')} thread(s), {table.runtime_label()})"
+            + (f", {trust}" if trust else "")
             + (f"; {mixed}." if mixed else "."))

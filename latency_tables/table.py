@@ -13,7 +13,9 @@ architecture's layers, looked up in a dict keyed by signature, summed, then corr
 Tables are found in `latency_tables/tables/` (shipped) and then in the user directory
 `$PCONV_NAS_TABLES`, default `~/.cache/pconv-nas/tables`. The name "auto" means this
 machine's table: its GPU's (the GPU name, slugified) where CUDA is available and such a
-table exists, else its CPU's (the CPU model, slugified; `_device.default_device_name`).
+table exists, else its CPU's (the CPU model, slugified; `_device.default_device_name`), each
+first under the name that adds this machine's hardware id (`fingerprint.local_table_name`).
+A measured table may not hold on another machine of the same model: `trust.verify`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from search_space import ArchConfig, SearchSpace
 from ._device import default_device_name
 from .budget import budget_note
 from .devices import resolve_alias
+from .fingerprint import hardware_id
 from .layers import LAYER_KEY_VERSION, arch_layers, space_layers
 
 __all__ = ["LatencyTable", "MissingLayerError", "TableNotFoundError", "TableVersionError",
@@ -80,14 +83,18 @@ class MissingLayerError(KeyError):
 
 def _auto_name() -> str:
     """This machine's table: its GPU's where CUDA is available and `build --target cuda`
-    wrote one, else its CPU's."""
-    stems = [default_device_name()]
+    wrote one, else its CPU's; for each, first the one named after this machine's hardware
+    (`amd-epyc-3f2a1c`, `fingerprint.local_table_name`: what a build suggested by a failed
+    verification writes), then the model's plain name."""
+    models = [default_device_name()]
     if torch.cuda.is_available():
-        stems.insert(0, default_device_name("cuda"))
+        models.insert(0, default_device_name("cuda"))
+    hw = hardware_id()
+    stems = [s for m in models for s in (f"{m}-{hw}", m)]
     for stem in stems:
         if any((d / f"{stem}.csv").exists() for d in _search_dirs()):
             return stem
-    return stems[0]
+    return models[0]
 
 
 class LatencyTable:
@@ -112,8 +119,10 @@ class LatencyTable:
             rows.loc[rows["measured"] == 0, "key"] if "measured" in rows.columns else ())
         self._memo: dict[tuple[ArchConfig, int], list[tuple[str, str, float]]] = {}
         corr = meta.get("correction") or {}
-        self.scale = float(corr.get("scale", 1.0))
-        self.offset_ms = float(corr.get("offset_ms", 0.0))
+        # A table rescaled to another machine by its probes (`trust.calibrated`): one factor.
+        factor = float((meta.get("calibration") or {}).get("factor", 1.0))
+        self.scale = float(corr.get("scale", 1.0)) * factor
+        self.offset_ms = float(corr.get("offset_ms", 0.0)) * factor
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -243,10 +252,13 @@ class LatencyTable:
         hw = dev.get("gpu_name") or dev.get("cpu_model") or "unknown device"
         corr = (f"correction {self.scale:.3f} x sum + {self.offset_ms:.2f} ms"
                 if self.meta.get("correction") else "no correction")
+        if self.meta.get("calibration"):
+            corr += f" (calibrated here x{self.meta['calibration']['factor']:.2f})"
         return (f"{self.name}: {self.source} table, {hw}, {self.meta.get('target', 'cpu')}, "
                 f"batch {self.batch}, {self.meta.get('threads', '?')} thread(s), "
                 f"{self.resolution}x{self.resolution}, {len(self._ms)} layers, "
-                f"{self.runtime_label()}, {self.meta.get('date', '?')}, {corr}"
+                f"{self.runtime_label()}, torch {dev.get('torch', '?')}, "
+                f"{self.meta.get('date', '?')}, {corr}"
                 + (f"; {budget_note(self.meta)}" if self.meta.get("budget") else ""))
 
     # ------------------------------------------------------------------ lookup

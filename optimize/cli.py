@@ -64,7 +64,9 @@ def subcommand_parser(name: str) -> argparse.ArgumentParser:
 
     if name == "devices":
         return argparse.ArgumentParser(prog="search.py devices",
-                                       description="List the latency tables (measured or derived).")
+                                       description="List the latency tables: source, runtime, "
+                                       "whether verified on this machine (cached: no timing), "
+                                       "provenance.")
     if name == "train":
         from train import train_parser
 
@@ -131,6 +133,64 @@ def _check_coverage(space: SearchSpace, tables: Mapping[str, LatencyPredictor]) 
             table.check_coverage(space)
         except MissingLayerError as e:
             raise UsageError(str(e)) from None
+
+
+#: Set to 1, the same as --trust-table for every search (a test suite or CI machine that is
+#: not the machine its tables were measured on).
+TRUST_ENV = "PCONV_NAS_TRUST_TABLES"
+
+
+def _verify_tables(tables: Mapping[str, LatencyPredictor],
+                   config: SearchConfig) -> dict[str, LatencyPredictor]:
+    """Each measured table checked on this machine before any trial (`latency_tables.trust`):
+    its probe networks timed here (a few seconds; cached per table and machine) against its
+    predictions. Within +-10 %: recorded as verified. Outside: a `UsageError` naming the ratio,
+    how the machines differ and the build that measures this one, unless --calibrate-latency
+    (the table rescaled by the probes, labelled calibrated). --trust-table (or `TRUST_ENV`)
+    skips the timing, loudly. Derived tables and predictors that are no table pass as they are
+    (their provenance says what they are)."""
+    from latency_tables import LatencyTable
+    from latency_tables.trust import TrustError, calibrated, refusal, trusted, unverified, verify
+
+    why = "--trust-table" if config.trust_table else (
+        f"{TRUST_ENV}=1" if os.environ.get(TRUST_ENV, "") not in ("", "0") else None)
+    out: dict[str, LatencyPredictor] = {}
+    for d, table in tables.items():
+        if not isinstance(table, LatencyTable) or table.source != "measured":
+            out[d] = table
+            continue
+        if why:
+            print(f"WARNING: latency table {table.name!r} is used WITHOUT checking it on this "
+                  f"machine ({why}): measured on another machine, its latencies may be off by any "
+                  f"amount here; check with `python -m latency_tables verify {table.name}`",
+                  flush=True)  # stdout: stderr holds only the one-line errors
+            out[d] = unverified(table, why)
+            continue
+
+        def timing(archs: list[Any], name: str = table.name) -> None:
+            print(f"verifying latency table {name!r} on this machine: timing {len(archs)} probe "
+                  "networks (a few seconds; cached afterwards)", flush=True)
+
+        try:
+            v = verify(table, on_timing=timing)
+        except TrustError as e:
+            raise UsageError(f"--device {d}: {e}; use it unchecked with --trust-table") from None
+        if v.verified:
+            out[d] = trusted(table, v)
+        elif config.calibrate_latency:
+            out[d] = calibrated(table, v)
+        else:
+            raise UsageError(refusal(table, v, config.space))
+    return out
+
+
+def _latency_labels(tables: Mapping[str, LatencyPredictor]) -> dict[str, str]:
+    """What follows a latency printed per trial: " (calibrated x1.53)" for a rescaled table."""
+    out = {}
+    for d, t in tables.items():
+        cal = (getattr(t, "meta", None) or {}).get("calibration")
+        out[d] = f" (calibrated x{cal['factor']:.2f})" if cal else ""
+    return out
 
 
 def _proxy_device(config: SearchConfig) -> Any:
@@ -309,6 +369,8 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     except ArchError as e:
         raise UsageError(f"--space: {e}") from None
     _check_coverage(space, tables)
+    tables = _verify_tables(tables, config)  # before anything is written
+    labels = _latency_labels(tables)
     max_latency = config.max_latency_ms
     # A shared storage (--storage) is opened first: a wrong URL, password or driver, or an
     # unreachable server stops the run before anything is loaded or written.
@@ -437,7 +499,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
                        start=started, presets=len(pending or ()), clock=_clock)
     print(_budget_line(budget, pending, cache), flush=True)
     start = time.perf_counter()
-    progress = _Progress(config.trials, devices, start)
+    progress = _Progress(config.trials, devices, start, labels)
     exhausted = False
     try:
         if config.backend == "ray":
@@ -490,7 +552,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
                 on_trial=progress)
     top = min(len(rungs) - 1, max((rung_of(t) for t in study.get_trials(deepcopy=False)
                                    if t.state == optuna.trial.TrialState.COMPLETE), default=0))
-    _score_presets(study, objective.describe, proxy_at(top), rungs[top],
+    _score_presets(study, objective.describe, proxy_at(top), rungs[top], labels,
                    cache=_preset_cache(config, proxy_at(top), device))
     _print_costs(study)
     fronts = write_outputs(run_dir, study)
@@ -545,8 +607,10 @@ def _wait_for_workers(study: optuna.Study) -> None:
 class _Progress:
     """One live line per finished trial: count, outcome, front size, elapsed, ETA."""
 
-    def __init__(self, n_trials: int, devices: list[str], start: float) -> None:
+    def __init__(self, n_trials: int, devices: list[str], start: float,
+                 labels: Mapping[str, str] | None = None) -> None:
         self.n, self.devices, self.start = n_trials, devices, start
+        self.labels = dict(labels or {})
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         from .runner import describe_trial, evaluated
@@ -556,7 +620,7 @@ class _Progress:
         elapsed = time.perf_counter() - self.start
         eta = elapsed / max(done, 1) * max(self.n - done, 0)
         ua = trial.user_attrs
-        lat = " ".join(f"{d}={ua['latency_ms'][d]:.2f}ms" for d in self.devices
+        lat = " ".join(f"{d}={ua['latency_ms'][d]:.2f}ms{self.labels.get(d, '')}" for d in self.devices
                        if d in ua.get("latency_ms", {}))
         acc = f"acc={ua['accuracy']:.3f}" if "accuracy" in ua else ""
         line = (f"[{done}/{self.n}] trial {trial.number}: {describe_trial(trial)} {acc} {lat} | "
@@ -632,7 +696,8 @@ def _budget_line(budget: RunBudget, pending: list[str] | None, cache: ProxyCache
 
 
 def _score_presets(study: optuna.Study, describe: Callable[[ArchConfig], dict[str, Any]],
-                   proxy: Proxy, fidelity: str, cache: ProxyCache | None = None) -> None:
+                   proxy: Proxy, fidelity: str, labels: Mapping[str, str] | None = None,
+                   cache: ProxyCache | None = None) -> None:
     """Score T0/T1/T2 with the run's tables (`describe`) and `proxy`, the fidelity of the
     highest rung the search reached, so that they compare with the front (once per study
     and fidelity; stored on it). With a `cache`, a result stored by an earlier run with the
@@ -664,7 +729,8 @@ def _score_presets(study: optuna.Study, describe: Callable[[ArchConfig], dict[st
                         "accuracy_se": result.uncertainty,
                         "cached_from": None if hit is None else hit.stored.isoformat()}
         print(f"preset {name} ({fidelity}): acc={scored[name]['accuracy']} "
-              + " ".join(f"{d}={ms:.2f}ms" for d, ms in info["latency_ms"].items())
+              + " ".join(f"{d}={ms:.2f}ms{(labels or {}).get(d, '')}"
+                         for d, ms in info["latency_ms"].items())
               + ("" if hit is None else f" [cached from {hit.stored:%Y-%m-%d %H:%M}]"), flush=True)
         study.set_user_attr("presets", scored)
 
@@ -716,9 +782,23 @@ def cmd_devices(args: argparse.Namespace) -> int:
         print("no latency tables; measure one with `python -m latency_tables build --device NAME`")
     for name in names:
         table = load_predictor(name)
-        print(f"{name:12s} {table.provenance().get('source', 'unknown'):9s} "
-              f"{table.provenance_note()}")
+        meta = table.provenance()
+        print(f"{name:12s} {meta.get('source', 'unknown'):9s} {meta.get('runtime', 'eager'):11s} "
+              f"{_here(table):24s} {table.provenance_note()}")
     return 0
+
+
+def _here(table: LatencyPredictor) -> str:
+    """Whether a measured table holds on this machine, from the verification cache (no timing)."""
+    from latency_tables import LatencyTable
+    from latency_tables.trust import cached_verification
+
+    if not isinstance(table, LatencyTable) or table.source != "measured":
+        return "-"
+    v = cached_verification(table)
+    if v is None:
+        return "not verified here"
+    return f"verified here {v.date[:10]}" if v.verified else f"FAILS here (x{v.ratio:.2f})"
 
 
 def cmd_show(args: argparse.Namespace) -> int:

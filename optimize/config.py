@@ -86,6 +86,15 @@ class SearchConfig:
 
     device: str = option("auto", help="latency table(s) to optimize for, comma-separated (e.g. "
                          "arm or arm,gpu); `search.py devices` lists them; default: this machine")
+    calibrate_latency: bool = option(False, help="where a measured table does not hold on this "
+                                     "machine (its probe networks, timed here before any trial, "
+                                     "are outside +-10 %% of its predictions), rescale it by the "
+                                     "probes' median ratio and label every latency calibrated "
+                                     "(default: refuse, naming the build that measures this "
+                                     "machine)")
+    trust_table: bool = option(False, help="use measured tables without timing their probes here "
+                               "(said loudly: on another machine their latencies may be off by any "
+                               "amount); PCONV_NAS_TRUST_TABLES=1 does the same for every search")
     trials: int = option(40, check=_at_least(1), help="distinct architectures to evaluate "
                          "(default 40; infeasible candidates and repeated proposals, never "
                          "trained, do not count)")
@@ -171,6 +180,9 @@ class SearchConfig:
         if self.objective == "score" and (len(self.devices) != 1 or not self.target_latency):
             raise SearchConfigError("--objective score needs exactly one --device and "
                                     "--target-latency MS")
+        if self.calibrate_latency and self.trust_table:
+            raise SearchConfigError("--calibrate-latency rescales a table by probes timed here, "
+                                    "--trust-table skips timing them: give one")
         if self.resume and not self.run_dir:
             raise SearchConfigError("--resume needs --run-dir (the run folder to continue)")
         if self.backend == "ray" and (self.study_name != STUDY_NAME
@@ -379,6 +391,7 @@ def options_markdown(cls: type[SearchConfig] = SearchConfig) -> str:
         default = "" if f.default in (None, False) else f" (default `{f.default}`)"
         choices = f.metadata.get("choices")
         one_of = f" {{{'|'.join(choices)}}}" if choices else ""
-        lines.append(f"- {flags}{one_of}{default}: {f.metadata['help']}")
+        text = f.metadata["help"].replace("%%", "%")  # argparse's escape
+        lines.append(f"- {flags}{one_of}{default}: {text}")
     return "\n".join(lines)
 

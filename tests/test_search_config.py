@@ -36,9 +36,13 @@ FLAGS = {"--device": "auto", "--trials": 40, "--timeout": 600.0, "--space": None
          "--workers": None, "--proxy-device": "auto", "--parallel": None, "--ray-address": None,
          "--gpus-per-trial": None, "--storage": None, "--study-name": "pconv-nas",
          "--heartbeat": 10, "--run-dir": None, "--resume": False, "--early-stopping": False,
-         "--no-early-stopping": False, "--seed": 0, "--cache": True, "--no-cache": True}
-#: A value for every field other than its default (and valid together).
-OTHER = {"device": "arm,gpu", "trials": 7, "timeout": 60.0, "space": "my.yaml", "proxy": "synflow",
+         "--no-early-stopping": False, "--seed": 0, "--cache": True, "--no-cache": True,
+         # added since (issue 23: a table is trusted only where it was measured)
+         "--calibrate-latency": False, "--trust-table": False}
+#: A value for every field other than its default (and valid together: --trust-table and
+#: --calibrate-latency exclude each other, so the former keeps its default).
+OTHER = {"device": "arm,gpu", "calibrate_latency": True, "trust_table": False, "trials": 7,
+         "timeout": 60.0, "space": "my.yaml", "proxy": "synflow",
          "dataset": "cifar10", "budget": "smoke", "promote": "smoke,quick", "eta": 2,
          "objective": "pareto", "target_latency": 5.0, "max_latency": "arm=9", "max_params": 3.5,
          "sampler": "nsga2", "backend": "optuna", "workers": 2, "proxy_device": "cpu",

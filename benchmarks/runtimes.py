@@ -1,0 +1,186 @@
+"""Latency as deployed: eager PyTorch, ONNX Runtime and ExecuTorch side by side (issue 23).
+
+    python benchmarks/runtimes.py [--n 50] [--budget 6] [--seed 20261206] [--run results/default-arm-budget]
+
+On the machine this runs on, steps stored in `reports/runtimes/steps.json` as they finish
+(run again to resume; `--report-only` re-renders):
+
+1. `table-R` for each runtime R: `python -m latency_tables build --runtime R --budget-minutes
+   M` (the CLI's own function: the deployment form chosen by measurement, a space-filling
+   sample of the layers timed in R, the rest predicted, calibration networks inside the budget).
+2. `networks-R`: N networks sampled from the default space with `--seed` (no build saw them;
+   the calibration networks are excluded) and FasterNet-T0, timed whole in R in the form its
+   table chose (1 thread, batch 1, 224x224, 2 rounds, min of medians), right after its table.
+3. The report: each runtime's table error on its networks (MAPE, within +-10 %, Kendall tau;
+   with the table's stored correction), Kendall tau between the runtimes' measured latencies,
+   and whether the search's front changes with the runtime: the candidates the run `--run`
+   evaluated (their accuracy as the run estimated it) put on each runtime's table; per pair of
+   runtimes, front members in common and the hypervolume of one runtime's front measured on
+   the other's latencies, as a share of the other's own front's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy.stats import kendalltau  # noqa: E402
+
+from latency_tables import LatencyTable, Protocol, accuracy  # noqa: E402
+from latency_tables.__main__ import main as lt_main  # noqa: E402
+from latency_tables._device import describe_device  # noqa: E402
+from latency_tables.validate import calibration_archs, measure_networks, sample_archs  # noqa: E402
+from search_space import PRESETS, SearchSpace  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = Path(__file__).with_name("reports") / "runtimes"
+RUNTIMES = ("eager", "onnxruntime", "executorch")
+
+
+def _archs(n: int, seed: int) -> list:
+    space = SearchSpace.default()
+    calib = {a.arch_id for a in calibration_archs(space)}
+    return [*sample_archs(space, n, seed, exclude=calib), PRESETS["fasternet_t0"]]
+
+
+def _build(runtime: str, work: Path, budget: float) -> dict:
+    name = f"rt-{runtime}"
+    for f in work.glob(f"{name}.*"):
+        f.unlink()
+    t0 = time.monotonic()
+    rc = lt_main(["build", "--device", name, "--out", str(work), "--runtime", runtime,
+                  "--form", "auto", "--budget-minutes", str(budget)])
+    if rc:
+        raise SystemExit(f"build {name} failed ({rc})")
+    meta = json.loads((work / f"{name}.json").read_text())
+    b = meta.get("budget") or {}
+    return {"table": str(work / f"{name}.csv"), "wall_s": round(time.monotonic() - t0, 1),
+            "form": meta.get("form"), "runtime_version": meta.get("runtime_version"),
+            "measured_pct": b.get("measured_pct", 100.0), "cv_error_pct": b.get("error_pct")}
+
+
+def _networks(table_csv: str, archs: list) -> dict:
+    table = LatencyTable.load(table_csv)
+    proto = Protocol.from_dict(table.meta["protocol"])
+    t0 = time.monotonic()
+    ms = measure_networks(archs, proto, table.resolution, rounds=2)
+    return {"arch_id": [a.arch_id for a in archs], "measured_ms": [m / table.batch for m in ms],
+            "predicted_ms": [table.predict(a) for a in archs],
+            "seconds": round(time.monotonic() - t0, 1)}
+
+
+def _front_shift(steps: dict, run: Path) -> list[str]:
+    """The run's candidates on each runtime's table: fronts, members in common, hypervolume."""
+    from optimize.cli import _open_run_study
+    from optimize.report import collect, hypervolume, pareto_mask
+    from optimize.runner import STUDY_NAME
+
+    cands = [c for c in collect(_open_run_study(run, None, STUDY_NAME)) if c.accuracy is not None]
+    tables = {r: LatencyTable.load(steps[f"table-{r}"]["table"]) for r in RUNTIMES
+              if f"table-{r}" in steps}
+    if len(tables) < 2 or not cands:
+        return []
+    acc = np.array([c.accuracy for c in cands])
+    lat = {r: np.array([t.predict(c.arch) for c in cands]) for r, t in tables.items()}
+    front = {r: set(np.flatnonzero(pareto_mask(acc, lat[r]))) for r in tables}
+    lines = ["", f"### The search's front per runtime ({len(cands)} candidates of `{run.name}`, "
+             "accuracy as the run estimated it, latency from each runtime's table)", "",
+             "| runtime | front members | latency span (ms) |", "| --- | ---: | ---: |"]
+    for r in tables:
+        f = sorted(front[r])
+        lines.append(f"| {r} | {len(f)} | {lat[r][f].min():.1f}-{lat[r][f].max():.1f} |")
+    lines += ["", "| A, B | members in common | A's front on B's latencies: hypervolume / B's own |",
+              "| --- | ---: | ---: |"]
+    for a, b in itertools.permutations(tables, 2):
+        ref = float(lat[b].max()) * 1.01
+        own = hypervolume(acc[sorted(front[b])], lat[b][sorted(front[b])], ref, float(acc.min()))
+        other = hypervolume(acc[sorted(front[a])], lat[b][sorted(front[a])], ref, float(acc.min()))
+        lines.append(f"| {a}, {b} | {len(front[a] & front[b])} of {len(front[a])} / {len(front[b])} "
+                     f"| {other / own if own else float('nan'):.3f} |")
+    return lines
+
+
+def render(steps: dict, run: Path) -> str:
+    dev = steps.get("device", {})
+    lines = ["# Latency as deployed: eager, ONNX Runtime, ExecuTorch (`benchmarks/runtimes.py`)", "",
+             f"Machine: {dev.get('cpu_model')} ({dev.get('logical_cpus')} logical CPUs, caches "
+             f"{dev.get('caches_bytes')}), torch {dev.get('torch')}; {steps.get('date', '')}. "
+             "1 thread, batch 1, 224x224. Networks sampled with seed "
+             f"{steps.get('seed')} (no build saw them) and FasterNet-T0, timed whole in each "
+             "runtime right after its table was built; tables judged with their stored "
+             "correction.", "",
+             "| runtime | form (chosen by measurement) | table build | layers measured | N | MAPE "
+             "| within ±10 % | Kendall tau | T0 measured ms | median ms vs eager |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    base = steps.get("networks-eager")
+    for r in RUNTIMES:
+        t, n = steps.get(f"table-{r}"), steps.get(f"networks-{r}")
+        if not (t and n):
+            continue
+        m, p = np.array(n["measured_ms"]), np.array(n["predicted_ms"])
+        a = accuracy(m, p)
+        ratio = (f"{np.median(m / np.array(base['measured_ms'])):.2f}x" if base else "–")
+        lines.append(f"| {r} {t.get('runtime_version') or ''} | {t['form']} | {t['wall_s'] / 60:.1f} min "
+                     f"| {t['measured_pct']:.0f} % | {a.n} | {a.mape_pct:.2f} % | {a.within_10_pct:.0f} % "
+                     f"| {a.kendall_tau:.3f} | {m[-1]:.2f} | {ratio} |")
+    have = [r for r in RUNTIMES if f"networks-{r}" in steps]
+    if len(have) > 1:
+        lines += ["", "Kendall tau between the runtimes' measured latencies (same networks): "
+                  + "; ".join(f"{a} vs {b} {kendalltau(steps[f'networks-{a}']['measured_ms'], steps[f'networks-{b}']['measured_ms']).statistic:.3f}"  # noqa: E501
+                              for a, b in itertools.combinations(have, 2)) + "."]
+    lines += _front_shift(steps, run)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=50)
+    p.add_argument("--budget", type=float, default=6, help="minutes per runtime's table build")
+    p.add_argument("--seed", type=int, default=20261206)
+    p.add_argument("--run", default=str(ROOT / "results" / "default-arm-budget"))
+    p.add_argument("--runtimes", nargs="*", default=list(RUNTIMES))
+    p.add_argument("--work", default=str(Path.home() / ".cache" / "pconv-nas" / "runtimes"))
+    p.add_argument("--out", default=str(OUT))
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many new steps")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    out, work, run = Path(args.out), Path(args.work), Path(args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    path = out / "steps.json"
+    steps = json.loads(path.read_text()) if path.exists() else {}
+    steps.setdefault("device", describe_device("cpu"))
+    steps.setdefault("seed", args.seed)
+    steps.setdefault("n", args.n)
+    steps.setdefault("date", time.strftime("%Y-%m-%d"))
+
+    def save() -> None:
+        path.write_text(json.dumps(steps, indent=1) + "\n")
+        (out / "report.md").write_text(render(steps, run))
+
+    if not args.report_only:
+        archs = _archs(steps["n"], steps["seed"])
+        todo = [(kind, r) for r in args.runtimes for kind in ("table", "networks")
+                if f"{kind}-{r}" not in steps]
+        for kind, r in todo[:args.max_steps]:
+            print(f"== {kind}-{r}", flush=True)
+            if kind == "table":
+                steps[f"table-{r}"] = {**_build(r, work, args.budget), "budget_min": args.budget}
+            else:
+                steps[f"networks-{r}"] = _networks(steps[f"table-{r}"]["table"], archs)
+            save()
+    save()
+    print(render(steps, run))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,413 @@
+"""Is a measured latency table valid on this machine? A few probe networks, timed here.
+
+A table holds where it was measured (issue 23: a table built on an EPYC slice with 32 MiB of
+L3, used on one with 8 MiB because the model strings matched, predicted every network 52-56 %
+too fast, silently). So before a search uses a measured table, `verify` times a few fixed
+probe networks (`PROBES`: FasterNet-T0 and two others of the default space, a few seconds on
+one core) whole, with the table's protocol (`validate.measure_networks`: fused, same batch,
+threads and clock, min over rounds of the median), and compares.
+
+What the +-10 % compares. The probes' time here against the table's *prediction* of them
+(`LatencyTable.predict`), not against their time at build: the prediction is what the
+search prints and holds `--max-latency` to, so this ratio is the error a user of the table
+would see here, whatever its cause. A build also times the probes on its own machine and
+stores them (sidecar `probes`); that splits the ratio in two: time here / time at build is
+how this machine differs (its speed), time at build / prediction is how far the table is off
+on its own machine (its error), and `Verification.summary` names the larger cause. A check
+on time-here / time-at-build alone would pass a table whose predictions are off everywhere,
+and would have nothing to compare with for a table built before probes were stored.
+
+The check passes when every probe is within `TOLERANCE`. Outside it, the search refuses
+(one line, `refusal`: the ratio, how the machines differ (`fingerprint.compare`) and the
+build command for this machine with its duration) unless asked to calibrate: `calibrated`
+rescales the table by the probes' median ratio (its correction times that factor), a
+single factor for every network (it cannot model a cache that hurts large networks more;
+the probes' spread says how far from one factor this machine is), and every latency it
+predicts is labelled "calibrated from <machine> by N probes (xF)".
+
+Results are cached per table and machine (`cache_dir()`, a JSON file keyed by a hash of the
+table's rows and sidecar and of this machine's fingerprint), so repeated searches do not
+re-time; `verify(..., again=True)` (`python -m latency_tables verify NAME --again`) does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search_space import PRESETS, ArchConfig
+
+from .fingerprint import compare, local_table_name, machine_fingerprint, table_fingerprint
+from .measure import Protocol
+from .runtimes import RUNTIMES
+from .table import LatencyTable
+
+__all__ = ["PROBES", "PROBE_TIMERS", "TOLERANCE", "BUILD_MINUTES", "Probe", "ProbeTimer",
+           "TrustError", "Verification", "build_command", "cache_dir", "cached_verification",
+           "calibrated", "probe_archs", "record_probes", "refusal", "time_probes", "trust_note",
+           "trusted", "unverified", "verify"]
+
+#: The search's promise: a printed latency within +-10 % of what the network runs at here
+#: (the share nn-Meter reports, Zhang et al., MobiSys 2021; the shipped table validates at
+#: 100 % within it on its own machine).
+TOLERANCE = 0.10
+#: Rounds over the probes (min over rounds of the medians, as `validate` measures networks):
+#: a burst of load hits one round of a probe, not both.
+PROBE_ROUNDS = 2
+#: The budget of the build a refusal suggests: 6 minutes measured 3.9 % MAPE on this
+#: project's EPYC (latency_tables/README.md, "Budgeted builds"); the full build takes 11-15.
+BUILD_MINUTES = 6
+
+#: Probe networks: FasterNet-T0 (the paper's), a small ReLU net with 5x5 PConv and large
+#: partial ratios, and a wide GELU net with mixed per-stage knobs; 3-35 ms each on one EPYC
+#: core, a few seconds together. All in the default space, so the shipped tables cover them.
+PROBES: tuple[ArchConfig, ...] = (
+    PRESETS["fasternet_t0"],
+    ArchConfig(widths=(24, 48, 96, 192), depths=(1, 1, 2, 1), n_divs=(2, 2, 4, 4),
+               mlp_ratios=(1.5, 1.5, 1.5, 1.5), kernel_sizes=(5, 5, 5, 5), act="relu",
+               feature_dim=1024),
+    ArchConfig(widths=(64, 128, 256, 512), depths=(2, 3, 6, 2), n_divs=(4, 8, 8, 16),
+               mlp_ratios=(2, 3, 3, 2), kernel_sizes=(3, 5, 3, 3), act="gelu", feature_dim=1280),
+)
+_PROBE_SEED = 23  # a table of another space or resolution draws its probes from its space
+
+#: Times probe networks whole with a table's protocol: ms per image for each arch.
+ProbeTimer = Callable[[Sequence[ArchConfig], LatencyTable], list[float]]
+
+
+class TrustError(ValueError):
+    """A table that cannot be verified here (derived, another runtime, a GPU that is not
+    here): the message is one line."""
+
+
+# ---------------------------------------------------------------------------- timing
+def _time_here(archs: Sequence[ArchConfig], table: LatencyTable) -> list[float]:
+    from .validate import measure_networks
+
+    proto = Protocol.from_dict(table.meta.get("protocol") or {"target": table.meta.get("target", "cpu"),
+                                                              "batch": table.batch})
+    if proto.target == "cuda" and not torch.cuda.is_available():
+        raise TrustError(f"{table.name}: measured on CUDA ({_machine(table)}); torch sees no "
+                         "CUDA device here, so its probes cannot run here")
+    threads = torch.get_num_threads()
+    try:
+        ms = measure_networks(list(archs), proto, table.resolution, PROBE_ROUNDS,
+                              num_classes=table.meta.get("num_classes", 1000))
+    finally:
+        torch.set_num_threads(threads)  # measure_networks sets the table's thread count
+    return [m / table.batch for m in ms]
+
+
+#: The probe timer of each runtime (a table's sidecar `runtime`, default "eager"): the
+#: table's protocol names its runtime and deployment form, which `measure_networks` compiles
+#: each probe in.
+PROBE_TIMERS: dict[str, ProbeTimer] = {name: _time_here for name in RUNTIMES}
+
+
+def time_probes(archs: Sequence[ArchConfig], table: LatencyTable) -> list[float]:
+    """`archs` timed whole here with `table`'s protocol and runtime, ms per image."""
+    runtime = _runtime(table)
+    if runtime not in PROBE_TIMERS:
+        raise TrustError(f"{table.name}: a {runtime} table; probes can be timed here in "
+                         f"{', '.join(PROBE_TIMERS)} only (latency_tables.trust.PROBE_TIMERS)")
+    return PROBE_TIMERS[runtime](archs, table)
+
+
+def _runtime(table: LatencyTable) -> str:
+    return str(table.meta.get("runtime", "eager"))
+
+
+def _machine(table: LatencyTable) -> str:
+    dev = table.meta.get("device") or {}
+    return str(dev.get("gpu_name") or dev.get("cpu_model") or "an unknown machine")
+
+
+def probe_archs(table: LatencyTable) -> list[ArchConfig]:
+    """The table's probes: those its build timed (sidecar `probes`), else the `PROBES` it
+    covers, else (a table of another space or resolution) 3 drawn from its space."""
+    stored = (table.meta.get("probes") or {}).get("archs")
+    if stored:
+        return [ArchConfig.from_dict(a, source=f"{table.name} probes") for a in stored]
+    archs = [a for a in PROBES if table.covers(a)]
+    if archs:
+        return archs
+    from .validate import _space_of, sample_archs
+
+    drawn = sample_archs(_space_of(table, None), 3, _PROBE_SEED)
+    archs = [a for a in drawn if table.covers(a)]
+    if not archs:
+        raise TrustError(f"{table.name}: covers none of its probe networks")
+    return archs
+
+
+def record_probes(table: LatencyTable, *, timer: ProbeTimer = time_probes,
+                  write: bool = True) -> dict[str, Any]:
+    """Time the probes on the table's own machine (at the end of `build`) and store them, with
+    the table's prediction of each, in the sidecar's `probes`; returns that record."""
+    archs = probe_archs(table)
+    ms = timer(archs, table)
+    record = {"arch_ids": [a.arch_id for a in archs], "archs": [a.to_dict() for a in archs],
+              "measured_ms": [round(m, 5) for m in ms],
+              "predicted_ms": [round(table.predict(a), 5) for a in archs],
+              "rounds": PROBE_ROUNDS, "unit": "ms per image", "date": _now()}
+    table.meta["probes"] = record
+    if write:
+        sidecar = Path(table.meta.get("_path", ""))
+        if not sidecar.is_file():
+            raise ValueError(f"{table.name}: cannot locate the JSON sidecar to store the probes")
+        meta = json.loads(sidecar.read_text())
+        meta["probes"] = record
+        sidecar.write_text(json.dumps(meta, indent=2) + "\n")
+    return record
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------- the result
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One probe network: the table's prediction, its time here and (tables built with
+    probes) its time on the table's machine at build; ms per image."""
+
+    arch_id: str
+    predicted_ms: float
+    measured_ms: float
+    built_ms: float | None = None
+
+    @property
+    def ratio(self) -> float:
+        """Time here / the table's prediction (1.5: runs 50 % slower than the table says)."""
+        return self.measured_ms / self.predicted_ms
+
+
+@dataclasses.dataclass(frozen=True)
+class Verification:
+    """The probes of one table timed on this machine, and how this machine differs from the
+    table's (`fingerprint.compare`, in words)."""
+
+    table: str
+    machine: str                   # the table's machine (CPU model or GPU name)
+    probes: tuple[Probe, ...]
+    differences: tuple[str, ...]
+    date: str
+    tolerance: float = TOLERANCE
+    cached: bool = False
+
+    @property
+    def ratio(self) -> float:
+        """Median over the probes of time here / prediction: the calibration factor."""
+        return statistics.median(p.ratio for p in self.probes)
+
+    @property
+    def worst_pct(self) -> float:
+        """The largest |time here / prediction - 1| over the probes, %."""
+        return max(abs(p.ratio - 1) for p in self.probes) * 100
+
+    @property
+    def verified(self) -> bool:
+        """Every probe within `tolerance` of the table's prediction."""
+        return all(abs(p.ratio - 1) <= self.tolerance for p in self.probes)
+
+    @property
+    def machine_ratio(self) -> float | None:
+        """Median of time here / time at build (None for a table built without probes)."""
+        pairs = [p.measured_ms / p.built_ms for p in self.probes if p.built_ms]
+        return statistics.median(pairs) if pairs else None
+
+    def summary(self) -> str:
+        """One phrase: "verified on this machine (3 probes within 4.1 %, 2026-11-27)", or the
+        ratio, its spread, and what differs."""
+        day = self.date[:10]
+        if self.verified:
+            return (f"verified on this machine ({len(self.probes)} probes within "
+                    f"{self.worst_pct:.1f} %, {day})")
+        lo, hi = min(p.ratio for p in self.probes), max(p.ratio for p in self.probes)
+        text = (f"{len(self.probes)} probe networks ran x{self.ratio:.2f} the table's prediction "
+                f"here (x{lo:.2f}-x{hi:.2f}, {day}; outside +-{self.tolerance * 100:.0f} %)")
+        cause = self._cause()
+        return text + (f"; {cause}" if cause else "")
+
+    def _cause(self) -> str:
+        differs = ", ".join(self.differences)
+        m = self.machine_ratio
+        if m is None:
+            return (f"this machine differs from the table's: {differs}" if differs else
+                    "same fingerprint (CPU, ISA, caches, versions): a loaded or throttled "
+                    f"machine? re-time with `python -m latency_tables verify {self.table} --again`")
+        table_off = self.ratio / m
+        if abs(m - 1) >= abs(table_off - 1):
+            return (f"this machine runs them x{m:.2f} their time at build"
+                    + (f" ({differs})" if differs else ""))
+        return (f"the table is off on its own machine too (x{table_off:.2f} at build): "
+                "rebuild or recalibrate it")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("cached")
+        out.update(ratio=self.ratio, verified=self.verified, worst_pct=self.worst_pct)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, cached: bool = False) -> Verification:
+        return cls(table=data["table"], machine=data["machine"],
+                   probes=tuple(Probe(**p) for p in data["probes"]),
+                   differences=tuple(data["differences"]), date=data["date"],
+                   tolerance=data.get("tolerance", TOLERANCE), cached=cached)
+
+
+# ---------------------------------------------------------------------------- verify, cached
+def cache_dir() -> Path:
+    """Where verifications are cached: `$PCONV_NAS_VERIFY_CACHE`, default
+    `~/.cache/pconv-nas/verify`."""
+    return Path(os.environ.get("PCONV_NAS_VERIFY_CACHE",
+                               Path.home() / ".cache" / "pconv-nas" / "verify"))
+
+
+def _cache_path(table: LatencyTable, here: Mapping[str, Any], where: Path | None) -> Path:
+    meta = {k: v for k, v in table.meta.items()
+            if not k.startswith("_") and k not in ("verification", "calibration")}
+    h = hashlib.sha256(table.rows.to_csv(index=False).encode())
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    h.update(json.dumps(dict(here), sort_keys=True, default=str).encode())
+    return (where or cache_dir()) / f"{table.name}-{h.hexdigest()[:16]}.json"
+
+
+def _check_verifiable(table: LatencyTable) -> None:
+    if table.source != "measured":
+        raise TrustError(f"{table.name}: a {table.source} table, not measured on a machine; "
+                         "nothing to verify (its provenance line says what it is)")
+    if table.meta.get("calibration"):
+        raise TrustError(f"{table.name}: already calibrated; verify the table as loaded")
+
+
+def _here(table: LatencyTable) -> dict[str, Any]:
+    target = table.meta.get("target", "cpu")
+    if target == "cuda" and not torch.cuda.is_available():
+        target = "cpu"
+    return machine_fingerprint(target, _runtime(table))
+
+
+def _read(path: Path) -> Verification | None:
+    try:
+        return Verification.from_dict(json.loads(path.read_text()), cached=True)
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: re-time
+        return None
+
+
+def cached_verification(table: LatencyTable, *, where: Path | None = None) -> Verification | None:
+    """This table's verification on this machine if one is cached (no timing), else None."""
+    if table.source != "measured" or table.meta.get("calibration"):
+        return None
+    return _read(_cache_path(table, _here(table), where))
+
+
+def verify(table: LatencyTable, *, timer: ProbeTimer = time_probes, again: bool = False,
+           where: Path | None = None,
+           on_timing: Callable[[list[ArchConfig]], None] | None = None) -> Verification:
+    """Time the table's probes here (`timer`, a seam for tests) and compare them with its
+    predictions; cached per table and machine (`where`, default `cache_dir()`) unless
+    `again`. `on_timing(archs)` is called before the probes are timed (not when cached).
+
+    Raises `TrustError` for a table that cannot be verified here (derived; a runtime or a
+    GPU this machine cannot time)."""
+    _check_verifiable(table)
+    here = _here(table)
+    path = _cache_path(table, here, where)
+    if not again:
+        found = _read(path)
+        if found is not None:
+            return found
+    archs = probe_archs(table)
+    if on_timing:
+        on_timing(archs)
+    ms = timer(archs, table)
+    stored = table.meta.get("probes") or {}
+    built = dict(zip(stored.get("arch_ids", []), stored.get("measured_ms", [])))
+    probes = tuple(Probe(arch_id=a.arch_id, predicted_ms=table.predict(a), measured_ms=m,
+                         built_ms=built.get(a.arch_id)) for a, m in zip(archs, ms))
+    v = Verification(table=table.name, machine=_machine(table), probes=probes,
+                     differences=tuple(compare(table_fingerprint(table.meta), here)), date=_now())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(v.to_dict(), indent=2) + "\n")
+    except OSError:  # a read-only home: verified anyway, re-timed next time
+        pass
+    return v
+
+
+# ---------------------------------------------------------------------------- what the search uses
+def _with(table: LatencyTable, **meta: Any) -> LatencyTable:
+    return LatencyTable(rows=table.rows, meta={**table.meta, **meta}, name=table.name)
+
+
+def trusted(table: LatencyTable, v: Verification) -> LatencyTable:
+    """The table with its verification recorded (`meta["verification"]`: provenance line,
+    run.json)."""
+    return _with(table, verification={**v.to_dict(), "status": "verified" if v.verified else "failed"})
+
+
+def unverified(table: LatencyTable, why: str) -> LatencyTable:
+    """The table used without verification (`why`: the switch that asked for it), recorded."""
+    return _with(table, verification={"status": "not verified", "why": why})
+
+
+def calibrated(table: LatencyTable, v: Verification) -> LatencyTable:
+    """The table rescaled to this machine by the probes' median ratio: every prediction times
+    `v.ratio` (its correction's scale and offset both), labelled as calibrated."""
+    return _with(table, verification={**v.to_dict(), "status": "failed"},
+                 calibration={"factor": v.ratio, "probes": len(v.probes), "from": v.machine,
+                              "probe_ratios": [p.ratio for p in v.probes], "date": v.date})
+
+
+def trust_note(meta: Mapping[str, Any]) -> str:
+    """The phrase a provenance line ends with: calibrated, verified, or not verified here
+    ('' for a table the search did not check, e.g. in `describe`)."""
+    cal = meta.get("calibration")
+    if cal:
+        ratios = cal.get("probe_ratios") or [cal["factor"]]
+        return (f"calibrated from {cal['from']} by {cal['probes']} probes (x{cal['factor']:.2f}, "
+                f"probes x{min(ratios):.2f}-x{max(ratios):.2f}): not measured on this machine, "
+                "rescaled by one factor")
+    ver = meta.get("verification") or {}
+    if ver.get("status") == "not verified":
+        return f"NOT VERIFIED on this machine ({ver.get('why')}): may be off by any amount here"
+    if ver.get("status") == "verified":
+        return Verification.from_dict(ver).summary()
+    if ver.get("status") == "failed":
+        return f"does NOT hold on this machine: {Verification.from_dict(ver).summary()}"
+    return ""
+
+
+def _local_name(table: LatencyTable) -> str:
+    target = table.meta.get("target", "cpu")
+    return local_table_name(target if target != "cuda" or torch.cuda.is_available() else "cpu")
+
+
+def build_command(table: LatencyTable, space: str | None = None) -> str:
+    """The budgeted build that measures this machine with `table`'s protocol, under a name
+    `auto` prefers here (`fingerprint.local_table_name`)."""
+    protocol = "".join(f" --{k} {table.meta[k]}" for k in ("target", "batch", "threads")
+                       if table.meta.get(k) is not None)
+    where = f" --space {space}" if space else ""
+    return (f"python -m latency_tables build --device {_local_name(table)} "
+            f"--budget-minutes {BUILD_MINUTES}{where}{protocol}")
+
+
+def refusal(table: LatencyTable, v: Verification, space: str | None = None) -> str:
+    """One line: why the table does not hold here, and the two ways on (a build of this
+    machine, with its duration: the budget and a minute of probes and refit; or calibration)."""
+    return (f"latency table {table.name!r} (measured on {v.machine}) does not hold on this machine: "
+            f"{v.summary()}; measure this machine with `{build_command(table, space)}` (about "
+            f"{BUILD_MINUTES + 1} min; then --device {_local_name(table)}, or auto, uses it), or "
+            "rescale the table by its probes with --calibrate-latency")
