@@ -270,7 +270,29 @@ def default_front() -> list[str]:
             "estimate's uncertainty of the most accurate; against the ground truth of the "
             "networks trained so far "
             "([front_check](benchmarks/reports/front_check.md)):", "",
-            *front_check.summary(result), ""]
+            *front_check.summary(result), *_knee_vs_t0(), ""]
+
+
+def _knee_vs_t0() -> list[str]:
+    """One bullet: the default run's knee against T0 under the ground-truth protocol
+    (`benchmarks/knee_vs_t0.py`)."""
+    path = ROOT / "benchmarks/reports/knee_vs_t0.json"
+    if not path.is_file():
+        return []
+    d = json.loads(path.read_text())
+    knee, t0 = d["networks"][d["pick"]], d["networks"]["fasternet_t0"]
+    k, t = np.array(knee["accuracy_pct"]), np.array(t0["accuracy_pct"])
+    if len(k) < 2 or len(t) < 2:
+        return []
+    se = float(np.sqrt(k.var(ddof=1) / len(k) + t.var(ddof=1) / len(t)))
+    run = f"[results/{d['run']}](results/{d['run']}/report.md)"
+    return [f"- The {d['pick']} of the current default run ({run}, "
+            f"{knee['arch_id']}) against FasterNet-T0, trained under `{d['protocol']}`: "
+            f"{k.mean():.2f} % ({len(k)} seeds) vs {t.mean():.2f} % ({len(t)}), difference "
+            f"{k.mean() - t.mean():+.2f} ± {1.96 * se:.2f} points (95 %), at "
+            f"{knee['table_ms'] / t0['table_ms']:.2f}x T0's latency on `{d['device']}` and "
+            f"{knee['here_ms'] / t0['here_ms']:.2f}x measured on {d['machine']} "
+            "([report](benchmarks/reports/knee_vs_t0.md))."]
 
 
 def block() -> str:

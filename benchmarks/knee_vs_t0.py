@@ -16,12 +16,13 @@ FasterNet-T0, and puts side by side:
 `--train` first trains the seeds the knee lacks, as a reference set of its own
 (`proxies/reference/knee-<run>/`, one row per finished run: resumable, commit as they come):
 `python -m proxies reference build --n 0 --extra knee=ARCH.yaml --only knee`.
-The report is `reports/knee_vs_t0.md`.
+The report is `reports/knee_vs_t0.md` (and `.json`, which the README's headline reads).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,11 @@ def main() -> None:
         lines.append(f"| {name} | {c.arch_id} {c.arch} | {est} | {gt} | {where or '–'} | "
                      f"{c.latency_ms.get(device, float('nan')):.1f} | {ms:.2f} |")
     k, t = means[args.pick], means["fasternet_t0"]
+    summary = {"run": run.name, "pick": args.pick, "protocol": protocol_id, "device": device,
+               "machine": machine["cpu_model"],
+               "networks": {name: {"arch_id": c.arch_id, "accuracy_pct": list(means[name]),
+                                   "table_ms": c.latency_ms.get(device), "here_ms": ms}
+                            for (name, c), ms in zip(nets.items(), here)}}
     lines.append("")
     if len(k) >= 2 and len(t) >= 2:
         se = np.sqrt(k.var(ddof=1) / len(k) + t.var(ddof=1) / len(t))
@@ -127,6 +133,7 @@ def main() -> None:
                      "`--train` (about 15 min per seed on a 2-core CPU).")
     out = Path(args.out)
     out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     print("\n".join(lines))
 
 
