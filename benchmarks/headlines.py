@@ -165,7 +165,7 @@ def latency() -> list[str]:
                      f"{(err <= 10).mean() * 100:.0f} % | "
                      f"{_tau(d['measured_ms'], d['predicted_ms']):.2f} | "
                      f"[csv](latency_tables/reports/{path.name}) |")
-    lines += _budgeted()
+    lines += _budgeted() + _runtimes()
     for path in sorted(reports.glob("derived_*.csv")):
         device = path.stem.removeprefix("derived_")
         if device.startswith("this_machine"):
@@ -198,6 +198,22 @@ def _budgeted() -> list[str]:
                      f"{a['mape_pct']:.1f} % | {a['within_10_pct']:.0f} % | {a['kendall_tau']:.2f} | "
                      "[report](benchmarks/reports/budgeted_build/report.md) |")
     return lines
+
+
+def _runtimes() -> list[str]:
+    """One row: the ExecuTorch table (`benchmarks/runtimes.py`), its runtime's speed vs eager."""
+    path = ROOT / "benchmarks/reports/runtimes/steps.json"
+    steps = json.loads(path.read_text()) if path.exists() else {}
+    t, n, e = (steps.get(k) for k in ("table-executorch", "networks-executorch", "networks-eager"))
+    if not (t and n):
+        return []
+    m, pred = np.array(n["measured_ms"]), np.array(n["predicted_ms"])
+    err = (pred / m - 1) * 100
+    faster = f"; {np.median(np.array(e['measured_ms']) / m):.1f}x faster than eager" if e else ""
+    return [f"| executorch + XNNPACK, {t['budget_min']:g} min ({t['measured_pct']:.0f} % of layers "
+            f"measured, {t['form']} form, {steps['device']['cpu_model']}) | {len(m)} unseen networks"
+            f"{faster} | {len(m)} | {np.abs(err).mean():.1f} % | {(np.abs(err) <= 10).mean() * 100:.0f} % | "
+            f"{_tau(m, pred):.2f} | [report](benchmarks/reports/runtimes/report.md) |"]
 
 
 def search() -> list[str]:

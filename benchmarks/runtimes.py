@@ -103,8 +103,8 @@ def _front_shift(steps: dict, run: Path) -> list[str]:
         ref = float(lat[b].max()) * 1.01
         own = hypervolume(acc[sorted(front[b])], lat[b][sorted(front[b])], ref, float(acc.min()))
         other = hypervolume(acc[sorted(front[a])], lat[b][sorted(front[a])], ref, float(acc.min()))
-        lines.append(f"| {a}, {b} | {len(front[a] & front[b])} of {len(front[a])} / {len(front[b])} "
-                     f"| {other / own if own else float('nan'):.3f} |")
+        common = f"{len(front[a] & front[b])} (fronts of {len(front[a])} and {len(front[b])})"
+        lines.append(f"| {a}, {b} | {common} | {other / own if own else float('nan'):.3f} |")
     return lines
 
 

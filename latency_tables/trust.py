@@ -52,6 +52,7 @@ from .runtimes import RUNTIMES
 from .table import LatencyTable
 
 __all__ = ["PROBES", "PROBE_TIMERS", "TOLERANCE", "BUILD_MINUTES", "Probe", "ProbeTimer",
+           "another_machine", "elsewhere",
            "TrustError", "Verification", "build_command", "cache_dir", "cached_verification",
            "calibrated", "probe_archs", "record_probes", "refusal", "time_probes", "trust_note",
            "trusted", "unverified", "verify"]
@@ -362,6 +363,27 @@ def unverified(table: LatencyTable, why: str) -> LatencyTable:
     return _with(table, verification={"status": "not verified", "why": why})
 
 
+def another_machine(table: LatencyTable, here: Mapping[str, Any] | None = None) -> str | None:
+    """'Cortex-A72 (aarch64)' where `table` was measured on a machine that evidently is not
+    this one (another CPU model or architecture, or a GPU this machine lacks): a board's table
+    copied to a laptop is that board's table, not a claim about the laptop, so it is used as
+    such and labelled, not timed here. None where the table could be this machine's (the
+    same model string: the case verification exists for)."""
+    fp = table_fingerprint(table.meta)
+    target = table.meta.get("target", "cpu")
+    if target == "cuda":
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        return None if fp.get("gpu_name") in (None, gpu) else f"{fp.get('gpu_name')}"
+    here = here or machine_fingerprint("cpu")
+    differs = [k for k in ("cpu_model", "machine") if fp.get(k) and fp.get(k) != here.get(k)]
+    return f"{fp.get('cpu_model', '?')} ({fp.get('machine', '?')})" if differs else None
+
+
+def elsewhere(table: LatencyTable, machine: str) -> LatencyTable:
+    """The table of another machine (`another_machine`), used as that machine's, recorded."""
+    return _with(table, verification={"status": "another machine", "machine": machine})
+
+
 def calibrated(table: LatencyTable, v: Verification) -> LatencyTable:
     """The table rescaled to this machine by the probes' median ratio: every prediction times
     `v.ratio` (its correction's scale and offset both), labelled as calibrated."""
@@ -380,6 +402,9 @@ def trust_note(meta: Mapping[str, Any]) -> str:
                 f"probes x{min(ratios):.2f}-x{max(ratios):.2f}): not measured on this machine, "
                 "rescaled by one factor")
     ver = meta.get("verification") or {}
+    if ver.get("status") == "another machine":
+        return (f"the table of {ver['machine']}, another machine than this one: its latencies are "
+                "that machine's (not timed here)")
     if ver.get("status") == "not verified":
         return f"NOT VERIFIED on this machine ({ver.get('why')}): may be off by any amount here"
     if ver.get("status") == "verified":

@@ -146,11 +146,22 @@ def _verify_tables(tables: Mapping[str, LatencyPredictor],
     its probe networks timed here (a few seconds; cached per table and machine) against its
     predictions. Within +-10 %: recorded as verified. Outside: a `UsageError` naming the ratio,
     how the machines differ and the build that measures this one, unless --calibrate-latency
-    (the table rescaled by the probes, labelled calibrated). --trust-table (or `TRUST_ENV`)
-    skips the timing, loudly. Derived tables and predictors that are no table pass as they are
+    (the table rescaled by the probes, labelled calibrated). A table of evidently another
+    machine (another CPU model or architecture: a board's table copied to a laptop) is that
+    machine's and labelled so, not timed. --trust-table (or `TRUST_ENV`) skips the timing,
+    loudly. Derived tables and predictors that are no table pass as they are
     (their provenance says what they are)."""
     from latency_tables import LatencyTable
-    from latency_tables.trust import TrustError, calibrated, refusal, trusted, unverified, verify
+    from latency_tables.trust import (
+        TrustError,
+        another_machine,
+        calibrated,
+        elsewhere,
+        refusal,
+        trusted,
+        unverified,
+        verify,
+    )
 
     why = "--trust-table" if config.trust_table else (
         f"{TRUST_ENV}=1" if os.environ.get(TRUST_ENV, "") not in ("", "0") else None)
@@ -165,6 +176,12 @@ def _verify_tables(tables: Mapping[str, LatencyPredictor],
                   f"amount here; check with `python -m latency_tables verify {table.name}`",
                   flush=True)  # stdout: stderr holds only the one-line errors
             out[d] = unverified(table, why)
+            continue
+        other = another_machine(table)
+        if other:  # e.g. a board's table searched on a laptop: that board's latencies
+            print(f"latency table {table.name!r} was measured on {other}, not on this machine: "
+                  "its latencies are that machine's (not timed here)", flush=True)
+            out[d] = elsewhere(table, other)
             continue
 
         def timing(archs: list[Any], name: str = table.name) -> None:

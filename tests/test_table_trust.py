@@ -26,6 +26,7 @@ from latency_tables.fingerprint import (
 from latency_tables.trust import (
     PROBES,
     TrustError,
+    another_machine,
     calibrated,
     probe_archs,
     record_probes,
@@ -63,6 +64,9 @@ def cache(tmp_path, monkeypatch) -> Path:
     where = tmp_path / "verify-cache"
     monkeypatch.setenv("PCONV_NAS_VERIFY_CACHE", str(where))
     monkeypatch.delenv("PCONV_NAS_TRUST_TABLES", raising=False)
+    # the shipped table's CPU model is this machine's, whatever machine runs the suite (on
+    # another it would be that machine's table, not timed: test_a_table_of_another_machine...)
+    monkeypatch.setattr(trust_module, "another_machine", lambda table, here=None: None)
     return where
 
 
@@ -306,6 +310,28 @@ def test_search_says_verified_on_this_machine(tmp_path, monkeypatch, capsys, fak
     assert "verified on this machine (3 probes within 3.0 %" in out
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["tables"][EPYC]["verification"]["status"] == "verified"
+
+
+def test_a_table_of_another_machine_is_that_machines_not_timed(tmp_path, monkeypatch, capsys,
+                                                               fake_proxy, epyc):
+    """A board's table copied to a laptop: used as the board's, labelled, never timed here."""
+    from latency_tables.fingerprint import machine_fingerprint
+
+    here = machine_fingerprint("cpu")
+    real = another_machine  # imported before the fixture's stand-in
+    assert real(epyc, {**here, "cpu_model": epyc.meta["device"]["cpu_model"],
+                       "machine": epyc.meta["device"].get("machine", here["machine"])}) is None
+    assert real(epyc, {**here, "cpu_model": "Cortex-A72", "machine": "aarch64"}) == \
+        f"{epyc.meta['device']['cpu_model']} ({epyc.meta['device'].get('machine', '?')})"
+    timer = fake_timer(monkeypatch, 3.0)
+    monkeypatch.setattr(trust_module, "another_machine",
+                        lambda table, here=None: "Cortex-A72 (aarch64)")
+    rc = search.main(_search(tmp_path))
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert timer.calls == 0
+    assert "measured on Cortex-A72 (aarch64), not on this machine" in out
+    assert "the table of Cortex-A72 (aarch64), another machine than this one" in out
 
 
 def test_trust_table_skips_the_check_loudly(tmp_path, monkeypatch, capsys, fake_proxy):
