@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,18 +36,20 @@ __all__ = ["FormChoice", "FormResult", "check_weights", "choose_form", "form_net
 
 
 @torch.no_grad()
-def check_weights(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Weights for a logits check, in place: BN statistics and affine random, convs and linears
+def check_weights(model: nn.Module, seed: int = 0, min_var: float = 0.25) -> nn.Module:
+    """Weights for a logits check, in place: BN statistics and affine random (variances
+    log-uniform in [min_var, 4]; gamma ~ sqrt(var) keeps the output scale), convs and linears
     at 1/sqrt(fan_in), each block's last conv x0.25 (eval BN does not renormalize).
 
     The builder's init (std 0.02, BN at identity) gives logits near 1e-5, inside any
     tolerance, and BN that folds to nothing; these give logits of order 1, so a wrong
-    formulation or a runtime's wrong kernel shows."""
+    formulation or a runtime's wrong kernel shows. (Variances down to 1e-4 make BN's eps
+    matter: the tests of BN folding use that.)"""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.normal_(0.0, 0.5, generator=g)
-            m.running_var.uniform_(0.25, 4.0, generator=g)
+            m.running_var.uniform_(math.log(min_var), math.log(4.0), generator=g).exp_()
             m.weight.uniform_(0.5, 1.5, generator=g).mul_(m.running_var.sqrt())
             m.bias.normal_(0.0, 0.2, generator=g)
         elif isinstance(m, (nn.Conv2d, nn.Linear)):

@@ -287,6 +287,17 @@ class LatencyTable:
             return False
         return True
 
+    def store(self, key: str, value: Any, what: str) -> None:
+        """Set `key` of the table's sidecar, in memory and in its JSON file (`what` names it
+        in the error where the file cannot be found)."""
+        sidecar = Path(self.meta.get("_path", ""))
+        if not sidecar.is_file():
+            raise ValueError(f"{self.name}: cannot locate the JSON sidecar to store {what}")
+        meta = json.loads(sidecar.read_text())
+        meta[key] = value
+        sidecar.write_text(json.dumps(meta, indent=2) + "\n")
+        self.meta[key] = value
+
     def raw_ms(self, arch: ArchConfig, resolution: int | None = None) -> float:
         """Uncorrected sum of layer latencies, ms per batch of `self.batch` images."""
         return sum(ms for _, _, ms in self._lookup(arch, resolution))

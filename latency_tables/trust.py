@@ -160,14 +160,9 @@ def record_probes(table: LatencyTable, *, timer: ProbeTimer = time_probes,
               "measured_ms": [round(m, 5) for m in ms],
               "predicted_ms": [round(table.predict(a), 5) for a in archs],
               "rounds": PROBE_ROUNDS, "unit": "ms per image", "date": _now()}
-    table.meta["probes"] = record
     if write:
-        sidecar = Path(table.meta.get("_path", ""))
-        if not sidecar.is_file():
-            raise ValueError(f"{table.name}: cannot locate the JSON sidecar to store the probes")
-        meta = json.loads(sidecar.read_text())
-        meta["probes"] = record
-        sidecar.write_text(json.dumps(meta, indent=2) + "\n")
+        table.store("probes", record, "the probes")
+    table.meta["probes"] = record
     return record
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -191,13 +190,7 @@ def calibrate(table: LatencyTable, *, n: int = 10, seed: int = 1000, rounds: int
             "fitted_on": [a.arch_id for a in archs],
             "form": "ms per batch = scale * sum(layer ms) + offset_ms"}
     if write:
-        sidecar = Path(table.meta.get("_path", ""))
-        if not sidecar.is_file():
-            raise ValueError(f"{table.name}: cannot locate the JSON sidecar to write the correction")
-        meta = json.loads(sidecar.read_text())
-        meta["correction"] = corr
-        sidecar.write_text(json.dumps(meta, indent=2) + "\n")
-        table.meta["correction"] = corr
+        table.store("correction", corr, "the correction")
         table.scale, table.offset_ms = scale, offset
     return corr
 

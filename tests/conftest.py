@@ -10,7 +10,6 @@ Fixture names that `pytest_generate_tests` fills in (unless a test parametrizes 
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -86,23 +85,9 @@ def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     block's residual branch is damped (last conv x0.25): eval-mode BN does not renormalize,
     so full-scale branches would grow the activations geometrically with depth.
     """
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0.0, 0.5, generator=g)
-            # Variances down to 1e-4 make BN's eps (1e-5) matter; gamma ~ sqrt(var) keeps
-            # the output scale O(1).
-            m.running_var.uniform_(math.log(1e-4), math.log(4.0), generator=g).exp_()
-            m.weight.uniform_(0.5, 1.5, generator=g).mul_(m.running_var.sqrt())
-            m.bias.normal_(0.0, 0.2, generator=g)
-        elif isinstance(m, (nn.Conv2d, nn.Linear)):
-            m.weight.normal_(0.0, m.weight[0].numel() ** -0.5, generator=g)
-            if m.bias is not None:
-                m.bias.normal_(0.0, 0.1, generator=g)
-    for m in model.modules():
-        if isinstance(getattr(m, "mlp", None), nn.Sequential):
-            m.mlp[-1].weight.mul_(0.25)
-    return model
+    from latency_tables.deploy import check_weights
+
+    return check_weights(model, seed, min_var=1e-4)
 
 
 @pytest.fixture
