@@ -119,9 +119,10 @@ def _measure(sig: LayerSig, proto: Protocol) -> Timing:
 
 def _noisiest_first(partial: Path, sigs: list[LayerSig]) -> list[LayerSig]:
     """`sigs` by the spread (IQR, ms) of their first measurement, largest first: the rows
-    whose one sweep most likely caught a disturbance, weighted by their time. (On an AMD EPYC
-    VM, 6-min build vs the 2-sweep table: the 400 rows of largest IQR held 68 % of the
-    one-sweep excess, the 400 slowest 59 %.)"""
+    whose one sweep most likely caught a disturbance, weighted by their time. (Chosen on design
+    data, the one-sweep 6-min and 2-sweep tables of `benchmarks/budgeted_build.py` on an AMD
+    EPYC VM, 2026-12-05: the 400 rows of largest IQR held 68 % of the one-sweep excess over
+    the 2-sweep rows, the 400 slowest 59 %; judged afterwards by a fresh build.)"""
     iqr = pd.read_csv(partial).groupby("key")["iqr_ms"].max()
     return sorted(sigs, key=lambda s: -float(iqr.get(s.key, 0.0)))
 
