@@ -44,9 +44,12 @@ import torch  # noqa: E402
 
 from latency_tables import LatencyTable, Protocol, accuracy  # noqa: E402
 from latency_tables.__main__ import main as lt_main  # noqa: E402
-from latency_tables._device import describe_device, last_level_cache_bytes  # noqa: E402
+from latency_tables._device import last_level_cache_bytes  # noqa: E402
 from latency_tables.validate import calibration_archs, fit_correction, measure_networks, sample_archs  # noqa: E402
 from search_space import PRESETS, SearchSpace  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _steps import open_steps  # noqa: E402
 
 OUT = Path(__file__).with_name("reports") / "budgeted_build"
 WIDE = Path(__file__).resolve().parents[1] / "search_space" / "wide.yaml"
@@ -236,10 +239,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     path = out / "steps.json"
-    steps = json.loads(path.read_text()) if path.exists() else {}
-    steps.setdefault("device", describe_device("cpu"))
-    steps.setdefault("seed", args.seed)
-    steps.setdefault("date", time.strftime("%Y-%m-%d"))
+    steps = open_steps(path, not args.report_only, seed=args.seed)
 
     def save() -> None:
         path.write_text(json.dumps(steps, indent=1) + "\n")

@@ -36,9 +36,11 @@ from scipy.stats import kendalltau  # noqa: E402
 
 from latency_tables import LatencyTable, Protocol, accuracy  # noqa: E402
 from latency_tables.__main__ import main as lt_main  # noqa: E402
-from latency_tables._device import describe_device  # noqa: E402
 from latency_tables.validate import calibration_archs, measure_networks, sample_archs  # noqa: E402
 from search_space import PRESETS, SearchSpace  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _steps import open_steps  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).with_name("reports") / "runtimes"
@@ -117,9 +119,9 @@ def render(steps: dict, run: Path) -> str:
              f"{steps.get('seed')} (no build saw them) and FasterNet-T0, timed whole in each "
              "runtime right after its table was built; tables judged with their stored "
              "correction.", "",
-             "| runtime | form (chosen by measurement) | table build | layers measured | N | MAPE "
+             "| runtime | form (chosen by measurement) | budget | table build | layers measured | N | MAPE "
              "| within ±10 % | Kendall tau | T0 measured ms | median ms vs eager |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     base = steps.get("networks-eager")
     for r in RUNTIMES:
         t, n = steps.get(f"table-{r}"), steps.get(f"networks-{r}")
@@ -128,7 +130,8 @@ def render(steps: dict, run: Path) -> str:
         m, p = np.array(n["measured_ms"]), np.array(n["predicted_ms"])
         a = accuracy(m, p)
         ratio = (f"{np.median(m / np.array(base['measured_ms'])):.2f}x" if base else "–")
-        lines.append(f"| {r} {t.get('runtime_version') or ''} | {t['form']} | {t['wall_s'] / 60:.1f} min "
+        lines.append(f"| {r} {t.get('runtime_version') or ''} | {t['form']} "
+                     f"| {t.get('budget_min', '–')} min | {t['wall_s'] / 60:.1f} min "
                      f"| {t['measured_pct']:.0f} % | {a.n} | {a.mape_pct:.2f} % | {a.within_10_pct:.0f} % "
                      f"| {a.kendall_tau:.3f} | {m[-1]:.2f} | {ratio} |")
     have = [r for r in RUNTIMES if f"networks-{r}" in steps]
@@ -157,11 +160,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     path = out / "steps.json"
-    steps = json.loads(path.read_text()) if path.exists() else {}
-    steps.setdefault("device", describe_device("cpu"))
-    steps.setdefault("seed", args.seed)
-    steps.setdefault("n", args.n)
-    steps.setdefault("date", time.strftime("%Y-%m-%d"))
+    steps = open_steps(path, not args.report_only, seed=args.seed, n=args.n)
 
     def save() -> None:
         path.write_text(json.dumps(steps, indent=1) + "\n")

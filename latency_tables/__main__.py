@@ -21,7 +21,7 @@ from search_space.forms import FORMS, deploy_form
 from ._derive_cli import cmd_calibrate_derived, is_derived_device
 from ._device import default_device_name, last_level_cache_bytes
 from .budget import budget_note
-from .build import build_table, check_budget
+from .build import build_table, check_budget, prior_rows
 from .deploy import choose_form, form_networks
 from .devices import DEVICES, derivable_devices
 from .layers import space_layers
@@ -108,6 +108,12 @@ def cmd_build(args: argparse.Namespace) -> None:
     proto, choice = _build_form(args, proto, name, space)
     if args.budget_minutes < 0:
         raise ValueError(f"--budget-minutes: {args.budget_minutes} must be >= 0 (0: every layer)")
+    prior = None
+    if args.prior:
+        if not args.budget_minutes:
+            raise ValueError("--prior: only a budgeted build predicts layers; add --budget-minutes")
+        prior = LatencyTable.load(args.prior)
+        prior_rows(prior, space_layers(space, args.resolution), proto)  # before any timing
     t0 = time.monotonic()
     budget_s, timed = None, None
     if args.budget_minutes:  # the calibration networks are part of the budget: measured first
@@ -124,7 +130,7 @@ def cmd_build(args: argparse.Namespace) -> None:
     path = build_table(name, space, resolution=args.resolution, proto=proto,
                        sweeps=args.sweeps, out_dir=args.out,
                        progress=update, budget_s=budget_s, seed=args.sample_seed,
-                       form_choice=choice)
+                       form_choice=choice, prior=prior)
     bar.close()
     table = LatencyTable.load(path)
     print(f"wrote {path} and {path.with_suffix('.json').name} in {(time.monotonic() - t0) / 60:.1f} min")
@@ -277,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
                         "layer spends what is left on the noisiest ones again; again: measures "
                         "more and refits (default 0: measure every layer, --sweeps times)")
     b.add_argument("--sample-seed", type=int, default=0, help="seed of the budgeted sample's ties")
+    b.add_argument("--prior", metavar="TABLE", help="with --budget-minutes: a table of the same "
+                   "space from another machine (shipped, derived) whose rows the regressors may "
+                   "predict from, scaled to this machine where cross-validation says it helps")
     b.add_argument("--runtime", default="eager", help=f"{'|'.join(RUNTIMES)}: where layers run "
                    "(threads pinned to --threads; default eager); the table records it")
     b.add_argument("--form", help=f"auto|{'|'.join(FORMS)}: the deployment form layers are built "
