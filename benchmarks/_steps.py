@@ -27,3 +27,36 @@ def open_steps(path: Path, resume: bool = True, **settings: Any) -> dict[str, An
     for key, value in {"device": here, "date": time.strftime("%Y-%m-%d"), **settings}.items():
         steps.setdefault(key, value)
     return steps
+
+
+def time_interleaved(archs: list, calib: list, proto: Any, resolution: int, seed: int) -> dict[str, Any]:
+    """`archs` and the calibration networks `calib` timed whole in one session, in a seeded
+    shuffled order (`validate.measure_networks`: 2 rounds, min of medians, ms per image): a
+    session correction fitted on the latter sees the machine state of the former, so a table
+    is judged apart from the machine's drift since its build (a shared VM drifts by several
+    percent over minutes), as `validate` does."""
+    import numpy as np
+
+    from latency_tables.validate import measure_networks
+
+    both = list(archs) + list(calib)
+    order = np.random.default_rng(seed).permutation(len(both))
+    t0 = time.monotonic()
+    timed = measure_networks([both[i] for i in order], proto, resolution, rounds=2)
+    ms = [0.0] * len(both)
+    for pos, i in enumerate(order):
+        ms[i] = timed[pos] / proto.batch
+    return {"arch_id": [a.arch_id for a in archs], "measured_ms": ms[:len(archs)],
+            "calib_id": [a.arch_id for a in calib], "calib_ms": ms[len(archs):],
+            "seconds": round(time.monotonic() - t0, 1)}
+
+
+def session_predictions(table: Any, archs: list, calib: list, calib_ms: list[float]) -> Any:
+    """`table`'s predictions of `archs` with a session correction (scale and offset refitted
+    on the calibration networks timed beside them), ms per image."""
+    import numpy as np
+
+    from latency_tables.validate import fit_correction
+
+    scale, offset = fit_correction(np.array(calib_ms) * table.batch, [table.raw_ms(a) for a in calib])
+    return np.array([(scale * table.raw_ms(a) + offset) / table.batch for a in archs])

@@ -10,9 +10,12 @@ On the machine this runs on, steps stored in `reports/runtimes/steps.json` as th
    sample of the layers timed in R, the rest predicted, calibration networks inside the budget).
 2. `networks-R`: N networks sampled from the default space with `--seed` (no build saw them;
    the calibration networks are excluded) and FasterNet-T0, timed whole in R in the form its
-   table chose (1 thread, batch 1, 224x224, 2 rounds, min of medians), right after its table.
+   table chose (1 thread, batch 1, 224x224, 2 rounds, min of medians), right after its table,
+   interleaved with the table's 10 calibration networks.
 3. The report: each runtime's table error on its networks (MAPE, within +-10 %, Kendall tau;
-   with the table's stored correction), Kendall tau between the runtimes' measured latencies,
+   with the table's stored correction, and with a session correction refitted on the
+   calibration networks timed beside them: the build-to-use drift of the machine apart),
+   Kendall tau between the runtimes' measured latencies,
    and whether the search's front changes with the runtime: the candidates the run `--run`
    evaluated (their accuracy as the run estimated it) put on each runtime's table; per pair of
    runtimes, front members in common and the hypervolume of one runtime's front measured on
@@ -22,6 +25,7 @@ On the machine this runs on, steps stored in `reports/runtimes/steps.json` as th
 from __future__ import annotations
 
 import argparse
+import datetime
 import itertools
 import json
 import sys
@@ -36,11 +40,11 @@ from scipy.stats import kendalltau  # noqa: E402
 
 from latency_tables import LatencyTable, Protocol, accuracy  # noqa: E402
 from latency_tables.__main__ import main as lt_main  # noqa: E402
-from latency_tables.validate import calibration_archs, measure_networks, sample_archs  # noqa: E402
+from latency_tables.validate import calibration_archs, sample_archs  # noqa: E402
 from search_space import PRESETS, SearchSpace  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _steps import open_steps  # noqa: E402
+from _steps import open_steps, session_predictions, time_interleaved  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).with_name("reports") / "runtimes"
@@ -69,14 +73,14 @@ def _build(runtime: str, work: Path, budget: float) -> dict:
             "measured_pct": b.get("measured_pct", 100.0), "cv_error_pct": b.get("error_pct")}
 
 
-def _networks(table_csv: str, archs: list) -> dict:
+def _networks(table_csv: str, archs: list, seed: int) -> dict:
     table = LatencyTable.load(table_csv)
-    proto = Protocol.from_dict(table.meta["protocol"])
-    t0 = time.monotonic()
-    ms = measure_networks(archs, proto, table.resolution, rounds=2)
-    return {"arch_id": [a.arch_id for a in archs], "measured_ms": [m / table.batch for m in ms],
+    calib = calibration_archs(SearchSpace.default())
+    timed = time_interleaved(archs, calib, Protocol.from_dict(table.meta["protocol"]),
+                             table.resolution, seed)
+    return {**timed, "timed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "predicted_ms": [table.predict(a) for a in archs],
-            "seconds": round(time.monotonic() - t0, 1)}
+            "session_ms": session_predictions(table, archs, calib, timed["calib_ms"]).tolist()}
 
 
 def _front_shift(steps: dict, run: Path) -> list[str]:
@@ -117,11 +121,16 @@ def render(steps: dict, run: Path) -> str:
              f"{dev.get('caches_bytes')}), torch {dev.get('torch')}; {steps.get('date', '')}. "
              "1 thread, batch 1, 224x224. Networks sampled with seed "
              f"{steps.get('seed')} (no build saw them) and FasterNet-T0, timed whole in each "
-             "runtime right after its table was built; tables judged with their stored "
-             "correction.", "",
-             "| runtime | form (chosen by measurement) | budget | table build | layers measured | N | MAPE "
-             "| within ±10 % | Kendall tau | T0 measured ms | median ms vs eager |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "runtime right after its table was built, interleaved with the 10 calibration "
+             "networks. Each table is judged with its stored correction (fitted at build time: "
+             "what a user gets, the machine's drift since the build included) and with a "
+             "session correction refitted on the calibration networks timed beside the judged "
+             "ones (the table's own error, as `validate` reports it).", "",
+             "| runtime | form (chosen by measurement) | budget | table build | layers measured "
+             "| judged after | N "
+             "| MAPE, stored | within ±10 %, stored | MAPE, session | within ±10 %, session "
+             "| Kendall tau | T0 measured ms | median ms vs eager |",
+             "| --- | --- |" + " ---: |" * 12]
     base = steps.get("networks-eager")
     for r in RUNTIMES:
         t, n = steps.get(f"table-{r}"), steps.get(f"networks-{r}")
@@ -129,10 +138,17 @@ def render(steps: dict, run: Path) -> str:
             continue
         m, p = np.array(n["measured_ms"]), np.array(n["predicted_ms"])
         a = accuracy(m, p)
+        sa = accuracy(m, np.array(n["session_ms"])) if "session_ms" in n else None
+        session = (f"{sa.mape_pct:.2f} % | {sa.within_10_pct:.0f} %" if sa else "– | –")
+        after = "–"
+        if n.get("timed_at"):
+            built = datetime.datetime.fromisoformat(LatencyTable.load(t["table"]).meta["date"])
+            after = f"{(datetime.datetime.fromisoformat(n['timed_at']) - built).total_seconds() / 60:.0f} min"
         ratio = (f"{np.median(m / np.array(base['measured_ms'])):.2f}x" if base else "–")
         lines.append(f"| {r} {t.get('runtime_version') or ''} | {t['form']} "
                      f"| {t.get('budget_min', '–')} min | {t['wall_s'] / 60:.1f} min "
-                     f"| {t['measured_pct']:.0f} % | {a.n} | {a.mape_pct:.2f} % | {a.within_10_pct:.0f} % "
+                     f"| {t['measured_pct']:.0f} % | {after} | {a.n} | {a.mape_pct:.2f} % "
+                     f"| {a.within_10_pct:.0f} % | {session} "
                      f"| {a.kendall_tau:.3f} | {m[-1]:.2f} | {ratio} |")
     have = [r for r in RUNTIMES if f"networks-{r}" in steps]
     if len(have) > 1:
@@ -175,7 +191,7 @@ def main() -> None:
             if kind == "table":
                 steps[f"table-{r}"] = {**_build(r, work, args.budget), "budget_min": args.budget}
             else:
-                steps[f"networks-{r}"] = _networks(steps[f"table-{r}"]["table"], archs)
+                steps[f"networks-{r}"] = _networks(steps[f"table-{r}"]["table"], archs, steps["seed"])
             save()
     save()
     print(render(steps, run))

@@ -9,8 +9,8 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -21,19 +21,16 @@ from search_space.forms import FORMS, deploy_form
 from ._derive_cli import cmd_calibrate_derived, is_derived_device
 from ._device import default_device_name, last_level_cache_bytes
 from .budget import budget_note
-from .build import build_table, check_budget, prior_rows
 from .deploy import choose_form, form_networks
 from .devices import DEVICES, derivable_devices
-from .layers import space_layers
+from .here import build_here
 from .measure import Protocol
 from .operators import compare_operators, time_operators
 from .runtimes import RUNTIMES, get_runtime
 from .table import SHIPPED_DIR, LatencyTable, MissingLayerError, TableNotFoundError
-from .trust import PROBE_ROUNDS, TrustError, cached_verification, record_probes, verify
+from .trust import PROBE_ROUNDS, cached_verification, verify
 from .validate import (
     calibrate,
-    calibration_archs,
-    measure_networks,
     plot_validation,
     split_by_measured_share,
     validate,
@@ -106,46 +103,27 @@ def cmd_build(args: argparse.Namespace) -> None:
     name = args.device or default_device_name(proto.target) + (
         "" if proto.runtime == "eager" else f"-{proto.runtime}")
     proto, choice = _build_form(args, proto, name, space)
-    if args.budget_minutes < 0:
-        raise ValueError(f"--budget-minutes: {args.budget_minutes} must be >= 0 (0: every layer)")
-    prior = None
-    if args.prior:
-        if not args.budget_minutes:
-            raise ValueError("--prior: only a budgeted build predicts layers; add --budget-minutes")
-        prior = LatencyTable.load(args.prior)
-        prior_rows(prior, space_layers(space, args.resolution), proto)  # before any timing
-    t0 = time.monotonic()
-    budget_s, timed = None, None
-    if args.budget_minutes:  # the calibration networks are part of the budget: measured first
-        budget_s = args.budget_minutes * 60
-        sigs = space_layers(space, args.resolution)
-        check_budget(budget_s, sigs, proto, networks=2 * args.calibrate)  # 2 rounds each
-        bar, update = _bar("calibration networks", "net")
-        archs = calibration_archs(space, args.calibrate, args.calib_seed) if args.calibrate else []
-        ms = measure_networks(archs, proto, args.resolution, progress=update)
+    bars: dict[str, Any] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase not in bars:
+            for bar, _ in bars.values():
+                bar.close()
+            bars[phase] = _bar(f"build {name}" if phase == "layers" else phase,
+                               "layer" if phase == "layers" else "net")
+        bars[phase][1](done, total)
+
+    prior = LatencyTable.load(args.prior) if args.prior else None
+    build_here(name, space, proto=proto, out_dir=args.out, resolution=args.resolution,
+               budget_minutes=args.budget_minutes, sweeps=args.sweeps, calibrate_n=args.calibrate,
+               calib_seed=args.calib_seed, sample_seed=args.sample_seed, prior=prior,
+               form_choice=choice, progress=progress, say=lambda line: _close_then_print(bars, line))
+
+
+def _close_then_print(bars: dict[str, Any], line: str) -> None:
+    for bar, _ in bars.values():
         bar.close()
-        timed = {a.arch_id: m for a, m in zip(archs, ms)}
-        budget_s -= time.monotonic() - t0
-    bar, update = _bar(f"build {name}")
-    path = build_table(name, space, resolution=args.resolution, proto=proto,
-                       sweeps=args.sweeps, out_dir=args.out,
-                       progress=update, budget_s=budget_s, seed=args.sample_seed,
-                       form_choice=choice, prior=prior)
-    bar.close()
-    table = LatencyTable.load(path)
-    print(f"wrote {path} and {path.with_suffix('.json').name} in {(time.monotonic() - t0) / 60:.1f} min")
-    note = budget_note(table.meta)
-    if note:
-        print(note)
-    if args.calibrate:
-        _calibrate(table, args.calibrate, args.calib_seed, space, timed)
-    try:
-        probes = record_probes(table)  # what `verify` compares with on another machine
-    except TrustError as e:  # e.g. a runtime whose probes cannot be timed here yet
-        print(f"no probes recorded ({e}); `verify` compares with the table's predictions only")
-        return
-    print(f"probes (timed whole, {PROBE_ROUNDS} rounds; `verify` re-times them elsewhere): "
-          + ", ".join(f"{i} {m:.2f} ms" for i, m in zip(probes["arch_ids"], probes["measured_ms"])))
+    print(line, flush=True)
 
 
 def _calibrate(table: LatencyTable, n: int, seed: int, space: SearchSpace | None,

@@ -19,11 +19,12 @@ and would have nothing to compare with for a table built before probes were stor
 
 The check passes when every probe is within `TOLERANCE`. Outside it, the search refuses
 (one line, `refusal`: the ratio, how the machines differ (`fingerprint.compare`) and the
-build command for this machine with its duration) unless asked to calibrate: `calibrated`
-rescales the table by the probes' median ratio (its correction times that factor), a
-single factor for every network (it cannot model a cache that hurts large networks more;
-the probes' spread says how far from one factor this machine is), and every latency it
-predicts is labelled "calibrated from <machine> by N probes (xF)".
+build command for this machine with its duration) unless asked to calibrate: then it measures
+this machine's table in a 1-minute budgeted build (`here.calibrate_here`, kept where `auto`
+finds it). `calibrated` is the cheaper alternative it replaced, kept for comparison
+(`benchmarks/foreign_table.py`): the table rescaled by the probes' median ratio, one factor
+for every network; on a Zen 5 EPYC with the shipped Zen 3 table the probes ran x0.44-x0.74
+and one factor left 14 % of unseen networks beyond 15 %, where the 1-minute build left none.
 
 Results are cached per table and machine (`cache_dir()`, a JSON file keyed by a hash of the
 table's rows and sidecar and of this machine's fingerprint), so repeated searches do not
@@ -404,7 +405,10 @@ def trust_note(meta: Mapping[str, Any]) -> str:
     if ver.get("status") == "not verified":
         return f"NOT VERIFIED on this machine ({ver.get('why')}): may be off by any amount here"
     if ver.get("status") == "verified":
-        return Verification.from_dict(ver).summary()
+        instead = meta.get("calibrated_from")
+        return Verification.from_dict(ver).summary() + (
+            f"; measured here by --calibrate-latency in place of {instead['table']!r} "
+            f"(measured on {instead['machine']}, which does not hold here)" if instead else "")
     if ver.get("status") == "failed":
         return f"does NOT hold on this machine: {Verification.from_dict(ver).summary()}"
     return ""
@@ -428,7 +432,9 @@ def build_command(table: LatencyTable, space: str | None = None) -> str:
 def refusal(table: LatencyTable, v: Verification, space: str | None = None) -> str:
     """One line: why the table does not hold here, and the two ways on (a build of this
     machine, with its duration: the budget and a minute of probes and refit; or calibration)."""
+    from .here import CALIBRATE_MINUTES
+
     return (f"latency table {table.name!r} (measured on {v.machine}) does not hold on this machine: "
             f"{v.summary()}; measure this machine with `{build_command(table, space)}` (about "
             f"{BUILD_MINUTES + 1} min; then --device {_local_name(table)}, or auto, uses it), or "
-            "rescale the table by its probes with --calibrate-latency")
+            f"let the search measure one in {CALIBRATE_MINUTES:g} min with --calibrate-latency")

@@ -146,16 +146,15 @@ def _verify_tables(tables: Mapping[str, LatencyPredictor],
     its probe networks timed here (a few seconds; cached per table and machine) against its
     predictions. Within +-10 %: recorded as verified. Outside: a `UsageError` naming the ratio,
     how the machines differ and the build that measures this one, unless --calibrate-latency
-    (the table rescaled by the probes, labelled calibrated). A table of evidently another
-    machine (another CPU model or architecture: a board's table copied to a laptop) is that
-    machine's and labelled so, not timed. --trust-table (or `TRUST_ENV`) skips the timing,
-    loudly. Derived tables and predictors that are no table pass as they are
+    (this machine's table, a 1-minute budgeted build, `latency_tables.here.calibrate_here`).
+    A table of evidently another machine (another CPU model or architecture: a board's table
+    copied to a laptop) is that machine's and labelled so, not timed. --trust-table (or
+    `TRUST_ENV`) skips the timing, loudly. Derived tables and predictors that are no table pass as they are
     (their provenance says what they are)."""
     from latency_tables import LatencyTable
     from latency_tables.trust import (
         TrustError,
         another_machine,
-        calibrated,
         elsewhere,
         refusal,
         trusted,
@@ -194,8 +193,15 @@ def _verify_tables(tables: Mapping[str, LatencyPredictor],
             raise UsageError(f"--device {d}: {e}; use it unchecked with --trust-table") from None
         if v.verified:
             out[d] = trusted(table, v)
-        elif config.calibrate_latency:
-            out[d] = calibrated(table, v)
+        elif config.calibrate_latency:  # this machine's table, built in a minute (or found)
+            from latency_tables.here import calibrate_here
+            from search_space import SearchSpace
+
+            space = SearchSpace.from_file(config.space) if config.space else None
+            try:
+                out[d] = calibrate_here(table, v, space, say=lambda line: print(line, flush=True))
+            except ValueError as e:  # e.g. a budget too small for this machine's speed
+                raise UsageError(f"--calibrate-latency: {e}") from None
         else:
             raise UsageError(refusal(table, v, config.space))
     return out

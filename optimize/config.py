@@ -88,10 +88,10 @@ class SearchConfig:
                          "arm or arm,gpu); `search.py devices` lists them; default: this machine")
     calibrate_latency: bool = option(False, help="where a measured table does not hold on this "
                                      "machine (its probe networks, timed here before any trial, "
-                                     "are outside +-10 %% of its predictions), rescale it by the "
-                                     "probes' median ratio and label every latency calibrated "
-                                     "(default: refuse, naming the build that measures this "
-                                     "machine)")
+                                     "are outside +-10 %% of its predictions), measure this "
+                                     "machine's table in a 1-minute budgeted build (kept: the "
+                                     "next search finds it) and use it (default: refuse, naming "
+                                     "the build that measures this machine)")
     trust_table: bool = option(False, help="use measured tables without timing their probes here "
                                "(said loudly: on another machine their latencies may be off by any "
                                "amount); PCONV_NAS_TRUST_TABLES=1 does the same for every search")
@@ -181,8 +181,8 @@ class SearchConfig:
             raise SearchConfigError("--objective score needs exactly one --device and "
                                     "--target-latency MS")
         if self.calibrate_latency and self.trust_table:
-            raise SearchConfigError("--calibrate-latency rescales a table by probes timed here, "
-                                    "--trust-table skips timing them: give one")
+            raise SearchConfigError("--calibrate-latency measures this machine where a table "
+                                    "does not hold, --trust-table skips checking it: give one")
         if self.resume and not self.run_dir:
             raise SearchConfigError("--resume needs --run-dir (the run folder to continue)")
         if self.backend == "ray" and (self.study_name != STUDY_NAME

@@ -146,7 +146,7 @@ def test_suggested_command_starts_the_right_work(name, monkeypatch):
         return work
 
     monkeypatch.setattr(derive_cli, "calibrate_published", stand_in("derive"))
-    monkeypatch.setattr(cli, "build_table", stand_in("measure"))
+    monkeypatch.setattr("latency_tables.here.build_table", stand_in("measure"))
     table = LatencyTable.load(name)
     space = SearchSpace.default().source
     argv = shlex.split(table.rebuild_command(space, resolution=96))
@@ -195,7 +195,7 @@ def test_table_of_another_key_version_names_its_rebuild(name, tmp_path, monkeypa
         return work
 
     monkeypatch.setattr(derive_cli, "calibrate_published", stand_in("derive"))
-    monkeypatch.setattr(cli, "build_table", stand_in("measure"))
+    monkeypatch.setattr("latency_tables.here.build_table", stand_in("measure"))
     argv = shlex.split(command)
     assert argv[:3] == ["python", "-m", "latency_tables"] and name in argv
     with pytest.raises(_Reached):

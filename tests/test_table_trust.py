@@ -213,7 +213,6 @@ def test_what_cannot_be_verified_says_why():
 
 
 def test_a_build_records_the_fingerprint_and_the_probes(tmp_path, monkeypatch, capsys):
-    import latency_tables.__main__ as cli
     from latency_tables import Timing, build_table
     from search_space import SearchSpace
 
@@ -230,7 +229,7 @@ def test_a_build_records_the_fingerprint_and_the_probes(tmp_path, monkeypatch, c
             shutil.copy(SHIPPED_DIR / f"{EPYC}{suffix}", Path(out_dir) / f"{name}{suffix}")
         return Path(out_dir) / f"{name}.csv"
 
-    monkeypatch.setattr(cli, "build_table", shipped_copy)
+    monkeypatch.setattr("latency_tables.here.build_table", shipped_copy)
     fake_timer(monkeypatch, 1.0)
     assert lt_main(["build", "--device", "here", "--out", str(tmp_path), "--calibrate", "0"]) == 0
     probes = json.loads((tmp_path / "here.json").read_text())["probes"]
@@ -280,26 +279,51 @@ def test_search_refuses_a_foreign_table_in_one_line_before_any_trial(tmp_path, m
     assert timer.calls == 1
 
 
-def test_search_calibrates_when_asked_and_labels_every_latency(tmp_path, monkeypatch, capsys,
-                                                               fake_proxy, epyc):
-    fake_timer(monkeypatch, 2.0)
+def test_search_calibrates_by_measuring_this_machine_when_asked(tmp_path, monkeypatch, capsys,
+                                                              fake_proxy, epyc):
+    """--calibrate-latency: this machine's table, a 1-minute budgeted build (its result stands
+    in here: the shipped rows doubled), used verified and labelled, and kept: the next search
+    finds it instead of building again."""
+    import latency_tables.here as here_module
+
+    monkeypatch.setenv("PCONV_NAS_TABLES", str(tmp_path / "tables"))
+    monkeypatch.setitem(trust_module.PROBE_TIMERS, "eager", lambda archs, table: [
+        table.predict(a) * (2.0 if table.name == EPYC else 1.01) for a in archs])
+    builds = []
+
+    def fake_build(name, space, *, proto, out_dir, budget_minutes, **kwargs):
+        builds.append((name, budget_minutes, proto.form, proto.batch))
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        epyc.rows.assign(ms=epyc.rows["ms"] * 2.0).to_csv(Path(out_dir) / f"{name}.csv", index=False)
+        meta = {k: v for k, v in epyc.meta.items() if not k.startswith("_")}
+        (Path(out_dir) / f"{name}.json").write_text(json.dumps(meta))
+        return LatencyTable.load(Path(out_dir) / f"{name}.csv")
+
+    monkeypatch.setattr(here_module, "build_here", fake_build)
     rc = search.main(_search(tmp_path, "--calibrate-latency"))
     out, err = capsys.readouterr()
     assert rc == 0, err
-    label = "calibrated from AMD EPYC by 3 probes (x2.00, probes x2.00-x2.00)"
-    assert f"latency on {EPYC}: " in out and label in out
-    trial_lines = [line for line in out.splitlines() if line.startswith("[")]
-    assert trial_lines and all("ms (calibrated x2.00)" in line for line in trial_lines)
+    assert builds == [(local_table_name(), here_module.CALIBRATE_MINUTES, "fused", 1)]
+    assert f"measuring this machine's table '{local_table_name()}' in 1 min" in out
+    label = f"measured here by --calibrate-latency in place of '{EPYC}'"
+    assert f"latency on {EPYC}: " in out and label in out and "verified on this machine" in out
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["tables"][EPYC]["calibration"]["factor"] == pytest.approx(2.0)
+    assert run["tables"][EPYC]["calibrated_from"]["table"] == EPYC
+    assert run["tables"][EPYC]["verification"]["status"] == "verified"
     assert label in run["sources"][EPYC] and run["config"]["calibrate_latency"] is True
-    assert label in (tmp_path / "run" / "report.md").read_text()
     import optuna
 
     study = optuna.load_study(study_name="pconv-nas",
                               storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
     preset = study.user_attrs["presets"]["fasternet_t0"]["latency_ms"][EPYC]
-    assert preset == pytest.approx(2.0 * epyc.predict(PRESETS["fasternet_t0"]))
+    built = LatencyTable.load(tmp_path / "tables" / f"{local_table_name()}.csv")
+    assert preset == pytest.approx(built.predict(PRESETS["fasternet_t0"]))
+    assert preset > 1.9 * epyc.predict(PRESETS["fasternet_t0"])
+    # the next search finds this machine's table: no second build
+    rc = search.main(_search(tmp_path / "again", "--calibrate-latency"))
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert len(builds) == 1 and f"this machine's table '{local_table_name()}'" in out
 
 
 def test_search_says_verified_on_this_machine(tmp_path, monkeypatch, capsys, fake_proxy):

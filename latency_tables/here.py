@@ -1,0 +1,132 @@
+"""A table of this machine, whole: what `python -m latency_tables build` does, as a function.
+
+`build_here` runs the steps in order: (a budgeted build) the calibration networks first,
+inside the budget; the layers (`build.build_table`: every one, or a space-filling sample and
+per-kind regressors); the table's correction fitted on the calibration networks; the probe
+networks timed and stored (what `verify` compares with on another machine). The CLI's
+`build` and the search's `--calibrate-latency` (a short build of this machine where a
+shipped table does not hold) both call it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from search_space import SearchSpace
+
+from .budget import budget_note
+from .build import build_table, check_budget, prior_rows
+from .layers import space_layers
+from .measure import Protocol
+from .table import LatencyTable
+from .trust import TrustError, record_probes
+from .validate import calibrate, calibration_archs, measure_networks
+
+__all__ = ["CALIBRATE_MINUTES", "build_here", "calibrate_here"]
+
+#: `progress(phase, done, total)`: phase is "calibration networks", "layers" or "calibrate".
+Progress = Callable[[str, int, int], None]
+
+
+def build_here(name: str, space: SearchSpace | None = None, *, proto: Protocol,
+               out_dir: str | Path, resolution: int = 224, budget_minutes: float = 0,
+               sweeps: int = 2, calibrate_n: int = 10, calib_seed: int = 1000,
+               sample_seed: int = 0, prior: LatencyTable | None = None,
+               form_choice: dict[str, Any] | None = None, progress: Progress | None = None,
+               say: Callable[[str], None] = print) -> LatencyTable:
+    """Measure `name` on this machine into `out_dir` and return it (module doc). `budget_minutes`
+    0 measures every layer; otherwise the calibration networks and layers fit in it. `prior`
+    (a table of the same space from another machine) is offered to a budgeted build's
+    regressors. `say` receives the lines the CLI prints. Raises ValueError (one line) on bad
+    input, before any timing."""
+    space = space or SearchSpace.default()
+    if budget_minutes < 0:
+        raise ValueError(f"--budget-minutes: {budget_minutes} must be >= 0 (0: every layer)")
+    if prior is not None:
+        if not budget_minutes:
+            raise ValueError("--prior: only a budgeted build predicts layers; add --budget-minutes")
+        prior_rows(prior, space_layers(space, resolution), proto)  # before any timing
+
+    def phase(name: str) -> Callable[[int, int], None] | None:
+        return (lambda done, total, *_: progress(name, done, total)) if progress else None
+
+    t0 = time.monotonic()
+    budget_s, timed = None, None
+    if budget_minutes:  # the calibration networks are part of the budget: measured first
+        budget_s = budget_minutes * 60
+        check_budget(budget_s, space_layers(space, resolution), proto, networks=2 * calibrate_n)
+        archs = calibration_archs(space, calibrate_n, calib_seed) if calibrate_n else []
+        ms = measure_networks(archs, proto, resolution, progress=phase("calibration networks"))
+        timed = {a.arch_id: m for a, m in zip(archs, ms)}
+        budget_s -= time.monotonic() - t0
+    path = build_table(name, space, resolution=resolution, proto=proto, sweeps=sweeps,
+                       out_dir=out_dir, progress=phase("layers"), budget_s=budget_s,
+                       seed=sample_seed, form_choice=form_choice, prior=prior)
+    table = LatencyTable.load(path)
+    say(f"wrote {path} and {path.with_suffix('.json').name} in {(time.monotonic() - t0) / 60:.1f} min")
+    if budget_note(table.meta):
+        say(budget_note(table.meta))
+    if calibrate_n:
+        corr = calibrate(table, n=calibrate_n, seed=calib_seed, space=space,
+                         progress=phase("calibrate"), timed=timed)
+        say(f"correction: ms = {corr['scale']:.4f} x sum + {corr['offset_ms']:.3f} ms "
+            f"(fitted on {corr['n']} networks, seed {corr['seed']})")
+    try:
+        probes = record_probes(table)  # what `verify` compares with on another machine
+    except TrustError as e:  # e.g. a runtime whose probes cannot be timed here yet
+        say(f"no probes recorded ({e}); `verify` compares with the table's predictions only")
+        return LatencyTable.load(path)
+    from .trust import PROBE_ROUNDS
+
+    say(f"probes (timed whole, {PROBE_ROUNDS} rounds; `verify` re-times them elsewhere): "
+        + ", ".join(f"{i} {m:.2f} ms" for i, m in zip(probes["arch_ids"], probes["measured_ms"])))
+    return LatencyTable.load(path)
+
+
+#: The build `--calibrate-latency` runs where a measured table does not hold here: on a 2-core
+#: AMD EPYC (Zen 5) where the shipped `amd-epyc` table (Zen 3) predicted 51 unseen networks
+#: 37 % too slow, a 1-minute build of this machine predicted all of them within 15 % and the
+#: probes' one factor 86 % (benchmarks/reports/foreign_table/report.md).
+CALIBRATE_MINUTES = 1.0
+
+
+def calibrate_here(table: LatencyTable, v: Any, space: SearchSpace | None = None, *,
+                   minutes: float = CALIBRATE_MINUTES, out_dir: str | Path | None = None,
+                   say: Callable[[str], None] = print,
+                   progress: Progress | None = None) -> LatencyTable:
+    """This machine's table in place of `table` (measured elsewhere; `v`, its failed
+    `trust.Verification` here): a `minutes` budgeted build of the same space, protocol,
+    runtime and form, written under this machine's name (`fingerprint.local_table_name`) in
+    `out_dir` (default `table.user_dir()`, where `auto` finds it), or that table where an
+    earlier calibration wrote it. Returned verified (its probes re-timed), with
+    `meta["calibrated_from"]` naming the table it replaces."""
+    from ._device import last_level_cache_bytes
+    from .table import user_dir
+    from .trust import _local_name, trusted, verify
+
+    out = Path(out_dir) if out_dir is not None else user_dir()
+    name = _local_name(table)
+    from .validate import _space_of
+
+    space = _space_of(table, space)
+    sigs = space_layers(space, table.resolution)
+    path = out / f"{name}.csv"
+    here = LatencyTable.load(path) if path.exists() and path.with_suffix(".json").exists() else None
+    if here is None or not all(s.key in set(here.rows["key"]) for s in sigs):
+        stored = Protocol.from_dict(table.meta.get("protocol") or {"batch": table.batch})
+        proto = dataclasses.replace(stored, context_bytes=last_level_cache_bytes()
+                                    if stored.target == "cpu" else 0)
+        say(f"--calibrate-latency: measuring this machine's table {name!r} in {minutes:g} min "
+            f"(a budgeted build; {table.name!r}: {v.summary()})")
+        here = build_here(name, space, proto=proto, out_dir=out, resolution=table.resolution,
+                          budget_minutes=minutes, progress=progress, say=say)
+    else:
+        say(f"--calibrate-latency: this machine's table {name!r} ({path}) in place of {table.name!r}")
+    here = trusted(here, verify(here))
+    here.meta["calibrated_from"] = {"table": table.name, "machine": v.machine, "why": v.summary(),
+                                    "minutes": minutes}
+    return here
