@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from optimize.cli import UsageError, _open_run_study  # noqa: E402
+from optimize.cli import UsageError, open_run_study  # noqa: E402
 from optimize.report import (  # noqa: E402
     accuracy_error,
     collect,
@@ -65,7 +65,7 @@ def ground_truth(sets: list[str], protocol: str) -> pd.DataFrame:
 
 def check(run: Path, device: str, sets: list[str], protocol: str | None) -> dict:
     try:
-        study = _open_run_study(run, None, STUDY_NAME)
+        study = open_run_study(run, None, STUDY_NAME)
     except UsageError as e:
         raise SystemExit(f"error: {e}") from None
     record = study.user_attrs.get("run") or {}

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from latency_tables import Protocol  # noqa: E402
 from latency_tables._device import describe_device, last_level_cache_bytes  # noqa: E402
 from latency_tables.validate import measure_networks  # noqa: E402
-from optimize.cli import _front_member, _open_run_study  # noqa: E402
+from optimize.cli import front_member, open_run_study  # noqa: E402
 from optimize.report import presets_of  # noqa: E402
 from optimize.runner import STUDY_NAME  # noqa: E402
 from proxies import reference  # noqa: E402
@@ -81,10 +81,10 @@ def main() -> None:
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args()
     run = Path(args.run)
-    chosen, device = _front_member(run, device=None, pick=args.pick, max_latency=None)
+    chosen, device = front_member(run, device=None, pick=args.pick, max_latency=None)
     if args.train:
         train_knee(chosen.arch, run, args.protocol, args.workers, args.limit)
-    study = _open_run_study(run, None, STUDY_NAME)
+    study = open_run_study(run, None, STUDY_NAME)
     source = (study.user_attrs.get("run") or {}).get("sources", {}).get(device, "")
     t0 = next(c for c in presets_of(study) if c.arch_id == PRESETS["fasternet_t0"].arch_id)
     nets = {args.pick: chosen, "fasternet_t0": t0}

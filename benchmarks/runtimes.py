@@ -70,7 +70,34 @@ def _build(runtime: str, work: Path, budget: float) -> dict:
     b = meta.get("budget") or {}
     return {"table": str(work / f"{name}.csv"), "wall_s": round(time.monotonic() - t0, 1),
             "form": meta.get("form"), "runtime_version": meta.get("runtime_version"),
-            "measured_pct": b.get("measured_pct", 100.0), "cv_error_pct": b.get("error_pct")}
+            "measured_pct": b.get("measured_pct", 100.0), "cv_error_pct": b.get("error_pct"),
+            "form_choice": meta.get("form_choice")}
+
+
+def _forms(steps: dict) -> list[str]:
+    """The deployment forms each build timed (`deploy.choose_form`, its sidecar's `form_choice`)."""
+    choices = {r: steps[f"table-{r}"].get("form_choice") for r in RUNTIMES if f"table-{r}" in steps}
+    choices = {r: c for r, c in choices.items() if c}
+    if not choices:
+        return []
+    nets = next(iter(choices.values()))["networks"]
+    forms = list(dict.fromkeys(f for c in choices.values() for f in c["forms"]))
+    lines = ["", f"### Deployment forms, as each build chose (ms per image of {' / '.join(nets)}; "
+             "in bold the chosen; forms within 2 % tie and the first wins)", "",
+             "| form | " + " | ".join(choices) + " |", "| --- |" + " --- |" * len(choices)]
+    for form in forms:
+        cells = []
+        for c in choices.values():
+            f = c["forms"].get(form)
+            if not f:
+                cells.append("–")
+                continue
+            ms = " / ".join(f"{m:.2f}" for m in f["ms"])
+            outside = f["outside_delegate"]
+            out = f"; outside the delegate: {', '.join(outside)}" if outside else ""
+            cells.append((f"**{ms}**" if c["chosen"] == form else ms) + out)
+        lines.append(f"| {form} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _networks(table_csv: str, archs: list, seed: int) -> dict:
@@ -85,11 +112,11 @@ def _networks(table_csv: str, archs: list, seed: int) -> dict:
 
 def _front_shift(steps: dict, run: Path) -> list[str]:
     """The run's candidates on each runtime's table: fronts, members in common, hypervolume."""
-    from optimize.cli import _open_run_study
+    from optimize.cli import open_run_study
     from optimize.report import collect, hypervolume, pareto_mask
     from optimize.runner import STUDY_NAME
 
-    cands = [c for c in collect(_open_run_study(run, None, STUDY_NAME)) if c.accuracy is not None]
+    cands = [c for c in collect(open_run_study(run, None, STUDY_NAME)) if c.accuracy is not None]
     tables = {r: LatencyTable.load(steps[f"table-{r}"]["table"]) for r in RUNTIMES
               if f"table-{r}" in steps}
     if len(tables) < 2 or not cands:
@@ -155,6 +182,7 @@ def render(steps: dict, run: Path) -> str:
         lines += ["", "Kendall tau between the runtimes' measured latencies (same networks): "
                   + "; ".join(f"{a} vs {b} {kendalltau(steps[f'networks-{a}']['measured_ms'], steps[f'networks-{b}']['measured_ms']).statistic:.3f}"  # noqa: E501
                               for a, b in itertools.combinations(have, 2)) + "."]
+    lines += _forms(steps)
     lines += _front_shift(steps, run)
     return "\n".join(lines) + "\n"
 
@@ -182,6 +210,11 @@ def main() -> None:
         path.write_text(json.dumps(steps, indent=1) + "\n")
         (out / "report.md").write_text(render(steps, run))
 
+    for r in RUNTIMES:  # tables built before the step kept their form choice
+        t = steps.get(f"table-{r}")
+        sidecar = Path(t["table"]).with_suffix(".json") if t else None
+        if t and "form_choice" not in t and sidecar.exists():
+            t["form_choice"] = json.loads(sidecar.read_text()).get("form_choice")
     if not args.report_only:
         archs = _archs(steps["n"], steps["seed"])
         todo = [(kind, r) for r in args.runtimes for kind in ("table", "networks")

@@ -330,7 +330,7 @@ def _stored_config(args: argparse.Namespace) -> SearchConfig | None:
     return SearchConfig.from_run(run) if run else None
 
 
-def _open_run_study(run_dir: Path, storage: str | None, study_name: str) -> optuna.Study:
+def open_run_study(run_dir: Path, storage: str | None, study_name: str) -> optuna.Study:
     from .storage import StorageError, StorageSpec, redact
 
     url = storage or f"sqlite:///{run_dir / 'study.db'}"
@@ -828,13 +828,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .report import write_outputs
 
     run_dir = Path(args.run)
-    study = _open_run_study(run_dir, args.storage, args.study_name)
+    study = open_run_study(run_dir, args.storage, args.study_name)
     write_outputs(run_dir, study)
     print((run_dir / "report.md").read_text())
     return 0
 
 
-def _front_member(run_dir: Path, *, device: str | None, pick: str | None,
+def front_member(run_dir: Path, *, device: str | None, pick: str | None,
                   max_latency: float | None, storage: str | None = None,
                   study_name: str | None = None) -> tuple[Any, str]:
     """(the chosen `Candidate`, its front's device): a run's front member by `pick` or
@@ -843,7 +843,7 @@ def _front_member(run_dir: Path, *, device: str | None, pick: str | None,
     from .report import collect, fronts, presets_of
     from .runner import STUDY_NAME
 
-    study = _open_run_study(run_dir, storage, study_name or STUDY_NAME)
+    study = open_run_study(run_dir, storage, study_name or STUDY_NAME)
     run = study.user_attrs.get("run") or {}
     sources = run.get("sources") or {}
     device = device or next(iter(sources), None)
@@ -865,7 +865,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _export_runtime(args)
     if args.pick is None and args.max_latency is None:
         raise UsageError("export: one of --pick or --max-latency is required")
-    chosen, device = _front_member(Path(args.run), device=args.device, pick=args.pick,
+    chosen, device = front_member(Path(args.run), device=args.device, pick=args.pick,
                                    max_latency=args.max_latency, storage=args.storage,
                                    study_name=args.study_name)
     out = Path(args.out)
@@ -895,7 +895,7 @@ def _export_runtime(args: argparse.Namespace) -> int:
     if path.is_dir():
         if args.pick is None and args.max_latency is None:
             raise UsageError("export: a run folder needs --pick or --max-latency")
-        chosen, device = _front_member(path, device=args.device, pick=args.pick,
+        chosen, device = front_member(path, device=args.device, pick=args.pick,
                                        max_latency=args.max_latency, storage=args.storage,
                                        study_name=args.study_name)
         arch = chosen.arch
@@ -993,7 +993,7 @@ def _train_arch(source: str, pick: str | None) -> tuple[ArchConfig, str]:
 
     path = Path(source)
     if path.is_dir():
-        chosen, device = _front_member(path, device=None, pick=pick or "knee", max_latency=None)
+        chosen, device = front_member(path, device=None, pick=pick or "knee", max_latency=None)
         return chosen.arch, f"{chosen.name} {chosen.arch_id} of {path} (--pick {pick or 'knee'} " \
                             f"on {device})"
     if pick is not None:
