@@ -42,6 +42,7 @@ import torch  # noqa: E402
 from latency_tables import LatencyTable, Protocol, accuracy  # noqa: E402
 from latency_tables.__main__ import main as lt_main  # noqa: E402
 from latency_tables.budget import budget_note  # noqa: E402
+from latency_tables.here import CALIBRATE_MINUTES  # noqa: E402
 from latency_tables.trust import calibrated, verify  # noqa: E402
 from latency_tables.validate import calibration_archs, sample_archs  # noqa: E402
 from search_space import PRESETS, SearchSpace  # noqa: E402
@@ -81,6 +82,32 @@ def _row(name: str, measured: np.ndarray, predicted: np.ndarray) -> str:
             f"{a.mean_error_pct:+.1f} % | {a.kendall_tau:.3f} |")
 
 
+def _builds(steps: dict) -> list[str]:
+    return sorted((k for k in steps if k.startswith("build-")),
+                  key=lambda k: (float(k.split("-")[1]), k.endswith("prior")))
+
+
+def _predictions(steps: dict, table: LatencyTable) -> dict[str, list[float]]:
+    """Every way's predictions of the judged networks, ms per image (stored in the step: the
+    built tables live in the work folder of the machine that ran it): `shipped`, `probes`,
+    and per build `<key>`; with `-session` the same with a session correction."""
+    from latency_tables.trust import Verification
+
+    nets = steps["networks"]
+    archs = {a.arch_id: a for a in _archs(steps["n"], steps["seed"])}
+    chosen = [archs[i] for i in nets["arch_id"]]
+    calib = calibration_archs(SearchSpace.default())
+    tables = {"shipped": table, **{k: LatencyTable.load(steps[k]["table"]) for k in _builds(steps)}}
+    out = {}
+    for key, t in tables.items():
+        out[key] = [t.predict(a) for a in chosen]
+        out[f"{key}-session"] = session_predictions(t, chosen, calib, nets["calib_ms"]).tolist()
+    if steps.get("verify"):
+        cal = calibrated(table, Verification.from_dict(steps["verify"]["record"]))
+        out["probes"] = [cal.predict(a) for a in chosen]
+    return out
+
+
 def render(steps: dict, table_name: str) -> str:
     dev, table = steps["device"], LatencyTable.load(table_name)
     lines = [f"# A foreign table here: `{table_name}` (`benchmarks/foreign_table.py`)", "",
@@ -91,41 +118,35 @@ def render(steps: dict, table_name: str) -> str:
     if v:
         lines += [f"Verification here: {v['summary']}.", ""]
     nets = steps.get("networks")
-    if not nets:
+    if not nets or "predicted" not in nets:
         return "\n".join(lines) + "\n"
-    archs = {a.arch_id: a for a in _archs(steps["n"], steps["seed"])}
-    chosen = [archs[i] for i in nets["arch_id"]]
-    m = np.array(nets["measured_ms"])
-    calib = calibration_archs(SearchSpace.default()) if "calib_ms" in nets else None
+    m, pred = np.array(nets["measured_ms"]), nets["predicted"]
 
-    def session(t: LatencyTable, name: str) -> list[str]:
-        return [_row(name, m, session_predictions(t, chosen, calib, nets["calib_ms"]))] if calib else []
+    def row(name: str, key: str) -> list[str]:
+        return [_row(name, m, np.array(pred[key]))] if key in pred else []
 
     lines += [f"{len(m)} unseen networks (seed {steps['seed']}, and FasterNet-T0) timed whole "
-              f"here after the builds ({nets['seconds']:.0f} s); stored: each table with its "
-              "stored correction (what a user gets); session: a correction refitted on the 10 "
-              "calibration networks timed beside them:", "",
+              f"here after the builds ({nets['seconds']:.0f} s), interleaved with the 10 "
+              "calibration networks. Stored: each table with its stored correction (what a user "
+              "gets); session: a correction refitted on the calibration networks timed beside "
+              "the judged ones (for a table built here, its error apart from the machine's "
+              "drift since its build; for the foreign table, a calibration by 10 whole networks "
+              "timed here):", "",
               "| predictions | N | MAPE | within ±10 % | within ±15 % | worst | mean error | Kendall tau |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-              _row("as shipped", m, np.array([table.predict(a) for a in chosen])),
-              *session(table, "its correction refitted on 10 whole networks timed here (session)")]
-    if v:
-        from latency_tables.trust import Verification
-
-        cal = calibrated(table, Verification.from_dict(v["record"]))
-        lines.append(_row(f"`--calibrate-latency`: its probes' median ratio (x{v['ratio']:.2f})",
-                          m, np.array([cal.predict(a) for a in chosen])))
-    builds = sorted((k for k in steps if k.startswith("build-")),
-                    key=lambda k: (float(k.split("-")[1]), k.endswith("prior")))
+              *row("as shipped", "shipped"),
+              *row("its correction refitted on 10 whole networks timed here (session)", "shipped-session"),
+              *row(f"rescaled by its probes' median ratio (x{v['ratio']:.2f}; `trust.calibrated`, "
+                   "what `--calibrate-latency` did before)" if v else "", "probes")]
     notes = []
-    for k in builds:
+    for k in _builds(steps):
         b = steps[k]
-        t = LatencyTable.load(b["table"])
         how = f"with `--prior {table_name}`" if k.endswith("prior") else "no prior"
         what = (f"built here in {b['budget_min']:g} min, {how} ({b['wall_s'] / 60:.1f} min wall, "
                 f"{b['measured_pct']:.0f} % of layers timed)")
-        lines.append(_row(f"{what}, stored", m, np.array([t.predict(a) for a in chosen])))
-        lines += session(t, f"{what}, session")
+        if k == f"build-{CALIBRATE_MINUTES:g}-none":
+            what += ", what `--calibrate-latency` runs"
+        lines += row(f"{what}, stored", k) + row(f"{what}, session", f"{k}-session")
         notes.append(f"- {b['budget_min']:g} min, {how}: {b['note']}; regressors "
                      + ", ".join(f"{kind} {form}" for kind, form in b["models"].items()))
     lines += ["", *notes]
@@ -171,6 +192,8 @@ def main() -> None:
             steps["networks"] = time_interleaved(
                 _archs(steps["n"], steps["seed"]), calibration_archs(SearchSpace.default()),
                 Protocol.from_dict(table.meta["protocol"]), table.resolution, steps["seed"])
+        if "predicted" not in steps["networks"]:
+            steps["networks"]["predicted"] = _predictions(steps, table)
     save()
     print(render(steps, steps["table"]))
 

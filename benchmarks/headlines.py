@@ -165,7 +165,7 @@ def latency() -> list[str]:
                      f"{(err <= 10).mean() * 100:.0f} % | "
                      f"{_tau(d['measured_ms'], d['predicted_ms']):.2f} | "
                      f"[csv](latency_tables/reports/{path.name}) |")
-    lines += _budgeted() + _runtimes()
+    lines += _budgeted() + _runtimes() + _foreign()
     for path in sorted(reports.glob("derived_*.csv")):
         device = path.stem.removeprefix("derived_")
         if device.startswith("this_machine"):
@@ -218,6 +218,33 @@ def _runtimes() -> list[str]:
             f" ({how}){faster} | {len(m)} | {np.abs(err).mean():.1f} % | "
             f"{(np.abs(err) <= 10).mean() * 100:.0f} % | {_tau(m, pred):.2f} | "
             "[report](benchmarks/reports/runtimes/report.md) |"]
+
+
+def _foreign() -> list[str]:
+    """One row: the shipped table on a machine it was not measured on, after `--calibrate-latency`
+    (`benchmarks/foreign_table.py`: its 1-minute build here, stored correction as a user gets it)."""
+    from latency_tables.here import CALIBRATE_MINUTES
+
+    path = ROOT / "benchmarks/reports/foreign_table/steps.json"
+    steps = json.loads(path.read_text()) if path.exists() else {}
+    pred = (steps.get("networks") or {}).get("predicted") or {}
+    key = f"build-{CALIBRATE_MINUTES:g}-none"
+    if key not in pred:
+        return []
+    m = np.array(steps["networks"]["measured_ms"])
+
+    def within15(k: str) -> str:
+        return f"{(np.abs(np.array(pred[k]) / m - 1) <= 0.15).mean() * 100:.0f} %"
+
+    p = np.array(pred[key])
+    err = (p / m - 1) * 100
+    return [f"| {steps['table']} on another machine ({steps['device']['cpu_model']}, caches "
+            f"{steps['device']['caches_bytes']['L2'] >> 10} KiB L2), after `--calibrate-latency` "
+            f"(a {CALIBRATE_MINUTES:g}-min build here) | {len(m)} unseen networks within 15 %: "
+            f"{within15(key)} (as shipped {within15('shipped')}, rescaled by probes "
+            f"{within15('probes')}) | {len(m)} | {np.abs(err).mean():.1f} % | "
+            f"{(np.abs(err) <= 10).mean() * 100:.0f} % | {_tau(m, p):.2f} | "
+            "[report](benchmarks/reports/foreign_table/report.md) |"]
 
 
 def search() -> list[str]:
