@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,18 @@ def cmd_build(args: argparse.Namespace) -> None:
     space = SearchSpace.from_file(args.space) if args.space else SearchSpace.default()
     name = args.device or default_device_name(proto.target) + (
         "" if proto.runtime == "eager" else f"-{proto.runtime}")
+    if args.budget_minutes < 0:
+        raise ValueError(f"--budget-minutes: {args.budget_minutes} must be >= 0 (0: every layer)")
+    prior = LatencyTable.load(args.prior) if args.prior else None
+    t0 = time.monotonic()
     proto, choice = _build_form(args, proto, name, space)
+    budget = args.budget_minutes
+    if budget:  # the form's choice (a minute or two for ExecuTorch's exports) is in the budget
+        budget -= (time.monotonic() - t0) / 60
+        if budget <= 0:
+            raise ValueError(f"--budget-minutes: choosing the form took "
+                             f"{(time.monotonic() - t0) / 60:.1f} min of the {args.budget_minutes:g}-min "
+                             "budget; give a larger budget, or --form NAME")
     bars: dict[str, Any] = {}
 
     def progress(phase: str, done: int, total: int) -> None:
@@ -113,9 +125,8 @@ def cmd_build(args: argparse.Namespace) -> None:
                                "layer" if phase == "layers" else "net")
         bars[phase][1](done, total)
 
-    prior = LatencyTable.load(args.prior) if args.prior else None
     build_here(name, space, proto=proto, out_dir=args.out, resolution=args.resolution,
-               budget_minutes=args.budget_minutes, sweeps=args.sweeps, calibrate_n=args.calibrate,
+               budget_minutes=budget, sweeps=args.sweeps, calibrate_n=args.calibrate,
                calib_seed=args.calib_seed, sample_seed=args.sample_seed, prior=prior,
                form_choice=choice, progress=progress, say=lambda line: _close_then_print(bars, line))
 
