@@ -9,10 +9,11 @@ resume; `--report-only` re-renders; a report is of one machine, the script refus
 another machine's steps):
 
 1. `verify`: the table's probes timed here (`python -m latency_tables verify TABLE --again`).
-2. `build-M-none`, `build-M-prior` for each budget M: `python -m latency_tables build
-   --budget-minutes M` from scratch here, without and with `--prior TABLE` (the regressors
-   may predict the unmeasured layers from the foreign table's rows, scaled per kind or per
-   resolution where cross-validation on the rows timed here says so).
+2. `build-M-none` for each budget M: `python -m latency_tables build --budget-minutes M`
+   from scratch here (`--calibrate-latency` runs the 1-minute one). A report may also hold
+   `build-M-prior` rows: the same build with `--prior TABLE`, an option tried at commit
+   e4e0393 (the regressors could also predict from the foreign table's rows, chosen by
+   cross-validation) and removed because it predicted the networks worse at every budget.
 3. `networks`: N networks sampled with `--seed` (no build or design run saw them; the
    calibration networks are excluded) and FasterNet-T0, timed whole here with the table's
    protocol (1 thread, batch 1, 224x224, 2 rounds, min of medians), after the builds,
@@ -59,12 +60,12 @@ def _archs(n: int, seed: int) -> list:
     return [*sample_archs(space, n, seed, exclude=calib), PRESETS["fasternet_t0"]]
 
 
-def _build(name: str, work: Path, budget: float, prior: str | None) -> dict:
+def _build(name: str, work: Path, budget: float) -> dict:
     for f in work.glob(f"{name}.*"):
         f.unlink()
     args = ["build", "--device", name, "--out", str(work), "--budget-minutes", str(budget)]
     t0 = time.monotonic()
-    if lt_main(args + (["--prior", prior] if prior else [])):
+    if lt_main(args):
         raise SystemExit(f"build {name} failed")
     table = LatencyTable.load(work / f"{name}.csv")
     b = table.meta.get("budget") or {}
@@ -141,7 +142,8 @@ def render(steps: dict, table_name: str) -> str:
     notes = []
     for k in _builds(steps):
         b = steps[k]
-        how = f"with `--prior {table_name}`" if k.endswith("prior") else "no prior"
+        how = (f"with `--prior {table_name}` (removed option, e4e0393)" if k.endswith("prior")
+               else "no prior")
         what = (f"built here in {b['budget_min']:g} min, {how} ({b['wall_s'] / 60:.1f} min wall, "
                 f"{b['measured_pct']:.0f} % of layers timed)")
         if k == f"build-{CALIBRATE_MINUTES:g}-none":
@@ -150,6 +152,16 @@ def render(steps: dict, table_name: str) -> str:
         notes.append(f"- {b['budget_min']:g} min, {how}: {b['note']}; regressors "
                      + ", ".join(f"{kind} {form}" for kind, form in b["models"].items()))
     lines += ["", *notes]
+    first = steps.get("networks-first")
+    if first:  # the same networks timed earlier (a run before the calibration networks were)
+        before = dict(zip(first["arch_id"], first["measured_ms"]))
+        r = np.array([before[i] / x for i, x in zip(nets["arch_id"], m)])
+        worst = int(np.argmax(np.abs(r - np.median(r))))
+        lines += ["", f"How much the ground truth moves: the same {len(r)} networks timed about an "
+                  f"hour earlier on this machine ran x{np.median(r):.2f} (median; x{r.min():.2f}-"
+                  f"x{r.max():.2f}) the time above; {nets['arch_id'][worst]} ({m[worst]:.2f} ms "
+                  f"here) x{r[worst]:.2f}. A shared VM's speed drifts; a correction fitted in one "
+                  "session carries that drift into the next (the stored rows above)."]
     return "\n".join(lines) + "\n"
 
 
@@ -181,12 +193,11 @@ def main() -> None:
             steps["verify"] = {"summary": v.summary(), "ratio": v.ratio, "record": v.to_dict()}
             save()
         for budget in args.budgets:
-            for prior in (None, steps["table"]):
-                key = f"build-{budget:g}-{'prior' if prior else 'none'}"
-                if key not in steps:
-                    print(f"== {key}", flush=True)
-                    steps[key] = _build(key, work, budget, prior)
-                    save()
+            key = f"build-{budget:g}-none"
+            if key not in steps:
+                print(f"== {key}", flush=True)
+                steps[key] = _build(key, work, budget)
+                save()
         if "networks" not in steps:
             print("== networks", flush=True)
             steps["networks"] = time_interleaved(

@@ -105,7 +105,6 @@ def cmd_build(args: argparse.Namespace) -> None:
         "" if proto.runtime == "eager" else f"-{proto.runtime}")
     if args.budget_minutes < 0:
         raise ValueError(f"--budget-minutes: {args.budget_minutes} must be >= 0 (0: every layer)")
-    prior = LatencyTable.load(args.prior) if args.prior else None
     t0 = time.monotonic()
     proto, choice = _build_form(args, proto, name, space)
     budget = args.budget_minutes
@@ -127,7 +126,7 @@ def cmd_build(args: argparse.Namespace) -> None:
 
     build_here(name, space, proto=proto, out_dir=args.out, resolution=args.resolution,
                budget_minutes=budget, sweeps=args.sweeps, calibrate_n=args.calibrate,
-               calib_seed=args.calib_seed, sample_seed=args.sample_seed, prior=prior,
+               calib_seed=args.calib_seed, sample_seed=args.sample_seed,
                form_choice=choice, progress=progress, say=lambda line: _close_then_print(bars, line))
 
 
@@ -272,9 +271,6 @@ def main(argv: list[str] | None = None) -> int:
                         "layer spends what is left on the noisiest ones again; again: measures "
                         "more and refits (default 0: measure every layer, --sweeps times)")
     b.add_argument("--sample-seed", type=int, default=0, help="seed of the budgeted sample's ties")
-    b.add_argument("--prior", metavar="TABLE", help="with --budget-minutes: a table of the same "
-                   "space from another machine (shipped, derived) whose rows the regressors may "
-                   "predict from, scaled to this machine where cross-validation says it helps")
     b.add_argument("--runtime", default="eager", help=f"{'|'.join(RUNTIMES)}: where layers run "
                    "(threads pinned to --threads; default eager); the table records it")
     b.add_argument("--form", help=f"auto|{'|'.join(FORMS)}: the deployment form layers are built "

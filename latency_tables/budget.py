@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from .layers import KINDS, LayerSig
-from .regress import Prior, fit_models
+from .regress import fit_models
 from .sample import required_head
 
 __all__ = ["BUDGET_COLUMNS", "write_budgeted_table", "budget_note"]
@@ -30,12 +30,10 @@ BUDGET_COLUMNS = ["measured", "error_pct"]
 
 def write_budgeted_table(csv_path: Path, measured: pd.DataFrame, sigs: list[LayerSig],
                          sidecar: dict[str, Any], *, budget_s: float | None, seconds: float,
-                         elapsed_s: float, prior: Prior | None = None,
-                         prior_from: dict[str, Any] | None = None) -> Path:
+                         elapsed_s: float) -> Path:
     """Fit, predict and write `csv_path` and its sidecar from the measured rows (one per key,
     `build.aggregate_sweeps`); raise `BudgetTooSmall` where a kind lacks the rows its
-    regressor needs. `prior` (every layer's ms on another machine, `prior_from` names it) is
-    offered to the regressors (`regress.PRIOR_CANDIDATES`)."""
+    regressor needs."""
     from .build import TABLE_COLUMNS, BudgetTooSmall
 
     by_key = {s.key: s for s in sigs}
@@ -53,7 +51,7 @@ def write_budgeted_table(csv_path: Path, measured: pd.DataFrame, sigs: list[Laye
     models = fit_models(
         {k: ([by_key[key] for key in rows["key"]], list(rows["ms"])) for k, rows in have.items()
          if k in need},
-        {k: sorted({s.res for s in sigs if s.kind == k}) for k in need}, prior)
+        {k: sorted({s.res for s in sigs if s.kind == k}) for k in need})
     rows = measured.assign(measured=1, error_pct=0.0)
     done = set(measured["key"])
     todo = [s for s in sigs if s.key not in done]
@@ -80,9 +78,6 @@ def write_budgeted_table(csv_path: Path, measured: pd.DataFrame, sigs: list[Laye
         "models": {k: m.to_dict() for k, m in models.items()},
         "error_pct": round(_weighted_error(models, todo), 2),
     }
-    if prior is not None:
-        sidecar["budget"]["prior"] = {**(prior_from or {}), "used_by": sorted(
-            k for k, m in models.items() if m._cand.prior)}
     csv_path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
     return csv_path
 
@@ -107,9 +102,6 @@ def budget_note(meta: dict[str, Any]) -> str:
     if b["measured_pct"] >= 100:  # the budget measured every layer once, some of them again
         return (f"every layer measured within the {b['budget_s'] / 60:.3g}-min budget "
                 f"({b.get('repeated', 0)} of {b['layers']} twice, largest spread first)")
-    prior = b.get("prior") or {}
-    by = (f"per-kind regressors on {prior.get('table')}'s rows ({prior.get('machine')})"
-          if prior.get("used_by") else "per-kind regressors")
     return (f"{b['measured_pct']:.0f} % of layers measured ({b['measured']} of {b['layers']}), "
-            f"the rest predicted by {by}: cross-validated error "
+            f"the rest predicted by per-kind regressors: cross-validated error "
             f"{b['error_pct']:.1f} % per predicted layer")

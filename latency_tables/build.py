@@ -35,7 +35,6 @@ from .layers import LAYER_KEY_VERSION, LayerSig, make_layer, space_layers
 from .measure import Protocol, Timing, time_layer
 from .runtimes import get_runtime
 from .sample import required_head, sample_order
-from .table import LatencyTable
 
 __all__ = ["build_table", "aggregate_sweeps", "merge_builds", "TABLE_COLUMNS", "BudgetTooSmall",
            "check_budget"]
@@ -93,28 +92,6 @@ class BudgetTooSmall(ValueError):
     """A budget that cannot measure the rows every kind's regressor needs."""
 
 
-def prior_rows(prior: LatencyTable, sigs: list[LayerSig], proto: Protocol) -> dict[str, float]:
-    """`prior`'s ms per batch of every layer in `sigs`; ValueError (one line) where it lacks
-    some, or times another batch size."""
-    if prior.batch != proto.batch:
-        raise ValueError(f"--prior {prior.name}: batch {prior.batch}, this build's is "
-                         f"{proto.batch}; a prior must time the same batch")
-    rows = dict(zip(prior.rows["key"], prior.rows["ms"].astype(float)))
-    missing = [s.key for s in sigs if s.key not in rows]
-    if missing:
-        raise ValueError(f"--prior {prior.name}: lacks {len(missing)} of the {len(sigs)} layers "
-                         f"of this space (e.g. {missing[0]}); a prior must be a table of the same "
-                         "space and resolution")
-    return {s.key: rows[s.key] for s in sigs}
-
-
-def _prior_from(prior: LatencyTable) -> dict[str, Any]:
-    dev = prior.meta.get("device") or {}
-    return {"table": prior.name, "source": prior.source,
-            "machine": dev.get("gpu_name") or dev.get("cpu_model") or "an unknown machine",
-            "runtime": prior.meta.get("runtime", "eager"), "form": prior.meta.get("form")}
-
-
 def check_budget(budget_s: float, sigs: list[LayerSig], proto: Protocol, networks: int = 0) -> None:
     """Raise `BudgetTooSmall` where `budget_s` (seconds) is below the protocol's least time for
     the layers every kind's regressor needs (`min_time_s` each, plus the runtime's least export
@@ -157,8 +134,7 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
                 budget_s: float | None = None, seed: int = 0,
                 clock: Callable[[], float] = time.monotonic,
                 timer: Callable[[LayerSig, Protocol], Timing] = _measure,
-                form_choice: dict[str, Any] | None = None,
-                prior: LatencyTable | None = None) -> Path:
+                form_choice: dict[str, Any] | None = None) -> Path:
     """Measure every layer of `space` (or the given `layers`) and write `<out_dir>/<name>.csv`.
 
     With `budget_s` (seconds), the build measures layers in the space-filling order of
@@ -178,8 +154,6 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
         out_dir: directory of the table files.
         progress: called as `progress(done, total, key)` after each measurement.
         form_choice: how `proto.form` was chosen (`deploy.FormChoice.to_dict()`), for the sidecar.
-        prior: a table of the same layers measured (or derived) elsewhere; a budgeted build's
-            regressors may predict from its rows (`regress.PRIOR_CANDIDATES`).
 
     Returns the path of the CSV.
     """
@@ -190,7 +164,6 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
         raise ValueError(f"sweeps: {sweeps} must be >= 1")
     space = space or SearchSpace.default()
     sigs = layers if layers is not None else space_layers(space, resolution, in_chans, num_classes)
-    prior_ms = prior_rows(prior, sigs, proto) if prior is not None else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     partial, partial_meta = out_dir / f"{name}.partial.csv", out_dir / f"{name}.partial.json"
@@ -274,8 +247,7 @@ def build_table(name: str, space: SearchSpace | None = None, *, resolution: int 
         from .budget import write_budgeted_table
 
         return write_budgeted_table(csv_path, table, sigs, sidecar, budget_s=budget_s,
-                                    seconds=spent, elapsed_s=clock() - start, prior=prior_ms,
-                                    prior_from=prior and _prior_from(prior))
+                                    seconds=spent, elapsed_s=clock() - start)
     if budget_s is not None:  # every layer measured within the budget; some of them again
         again = int((partial_rows.groupby("key")["sweep"].nunique() >= min(sweeps, 2)).sum())
         sidecar["budget"] = {"budget_s": budget_s, "elapsed_s": round(clock() - start, 1),

@@ -17,19 +17,12 @@ of constants per input resolution); the choice is made by K-fold cross-validatio
 measured rows only, and the chosen model's held-out error (MAPE, share within +-10 %) is what
 a table states for its predicted rows. Fits minimize the squared *relative* error with
 non-negative constants (`scipy.optimize.nnls`), so every constant is a cost, never a credit.
-
-A prior (`build --prior TABLE`): the same layers measured on another machine (a shipped table,
-a derived one). Where one is given, each kind also has the forms `PRIOR_CANDIDATES`: the
-other machine's time of the layer scaled by a fitted constant (one, or one per resolution:
-a cache that holds a stage's working set here and not there), or added to the work terms.
-Cross-validation on the rows measured here chooses between them and the forms without it,
-so a prior that does not transfer is not used.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,8 +30,7 @@ from scipy.optimize import nnls
 
 from .layers import LayerSig
 
-__all__ = ["TERMS", "CANDIDATES", "PRIOR_CANDIDATES", "KindModel", "fit_kind", "fit_models",
-           "min_rows", "features"]
+__all__ = ["TERMS", "CANDIDATES", "KindModel", "fit_kind", "fit_models", "min_rows", "features"]
 
 
 def _block(s: LayerSig) -> dict[str, float]:
@@ -79,7 +71,6 @@ class Candidate:
     name: str
     terms: tuple[str, ...] | None = None  # None: all of the kind's terms
     per_res: bool = False
-    prior: bool = False  # the layer's time on the prior's machine is a term
 
 
 #: Model forms tried for each kind, simplest first (ties go to the simpler one).
@@ -90,29 +81,15 @@ CANDIDATES: dict[str, tuple[Candidate, ...]] = {
     "block": (Candidate("roofline"), Candidate("roofline per resolution", per_res=True)),
     "head": (Candidate("macs", ("one", "macs", "act_gelu", "act_relu")), Candidate("roofline")),
 }
-#: Forms tried for every kind where a prior is given (`prior`: the layer's ms on the other
-#: machine), after `CANDIDATES`: like any richer form, one must win by 3 % to be used.
-PRIOR_CANDIDATES: tuple[Candidate, ...] = (
-    Candidate("prior scaled", ("prior",), prior=True),
-    Candidate("prior scaled per resolution", ("prior",), per_res=True, prior=True),
-    Candidate("prior + roofline", prior=True),
-)
-
-#: ms per batch of each layer key on another machine (`LatencyTable.df`'s key -> ms).
-Prior = Mapping[str, float]
 
 
-def features(sigs: Sequence[LayerSig], prior: Prior | None = None) -> pd.DataFrame:
-    """Work terms of layers of one kind, one row per layer (and `prior`: their ms there)."""
-    f = pd.DataFrame([TERMS[s.kind](s) for s in sigs])
-    if prior is not None:
-        f["prior"] = [float(prior[s.key]) for s in sigs]
-    return f
+def features(sigs: Sequence[LayerSig]) -> pd.DataFrame:
+    """Work terms of layers of one kind, one row per layer."""
+    return pd.DataFrame([TERMS[s.kind](s) for s in sigs])
 
 
-def _design(sigs: Sequence[LayerSig], cand: Candidate, groups: Sequence[int],
-            prior: Prior | None = None) -> np.ndarray:
-    f = features(sigs, prior if cand.prior else None)
+def _design(sigs: Sequence[LayerSig], cand: Candidate, groups: Sequence[int]) -> np.ndarray:
+    f = features(sigs)
     cols = list(cand.terms or f.columns)
     x = f[cols].to_numpy(float)
     if not cand.per_res:
@@ -154,11 +131,10 @@ class KindModel:
     coef: dict[str, float]
     _cand: Candidate
     _groups: tuple[int, ...]
-    _prior: Prior | None = None
 
     def predict(self, sigs: Sequence[LayerSig]) -> np.ndarray:
         """Predicted ms per batch of each layer."""
-        x = _design(sigs, self._cand, self._groups, self._prior)
+        x = _design(sigs, self._cand, self._groups)
         return x @ np.array(list(self.coef.values()))
 
     def to_dict(self) -> dict[str, object]:
@@ -168,10 +144,10 @@ class KindModel:
 
 
 def _cv(sigs: list[LayerSig], y: np.ndarray, cand: Candidate, groups: tuple[int, ...],
-        folds: int, rng: np.random.Generator, prior: Prior | None = None) -> np.ndarray:
+        folds: int, rng: np.random.Generator) -> np.ndarray:
     """Held-out relative errors (%) of `cand`, K-fold."""
     fold = rng.permutation(len(sigs)) % folds
-    x = _design(sigs, cand, groups, prior)
+    x = _design(sigs, cand, groups)
     err = np.empty(len(sigs))
     for k in range(folds):
         test = fold == k
@@ -181,12 +157,10 @@ def _cv(sigs: list[LayerSig], y: np.ndarray, cand: Candidate, groups: tuple[int,
 
 
 def fit_kind(kind: str, sigs: Sequence[LayerSig], ms: Sequence[float], *,
-             all_res: Sequence[int] = (), folds: int = 5, seed: int = 0,
-             prior: Prior | None = None) -> KindModel:
+             all_res: Sequence[int] = (), folds: int = 5, seed: int = 0) -> KindModel:
     """Fit every candidate form of `kind` on the measured (`sigs`, `ms`), keep the one with the
     lowest K-fold MAPE (a form per resolution only where every resolution in `all_res` has
-    measured rows), and refit it on all measured rows. With `prior` (every layer's ms on
-    another machine), the `PRIOR_CANDIDATES` compete too."""
+    measured rows), and refit it on all measured rows."""
     sigs, y = list(sigs), np.asarray(ms, float)
     if len(sigs) < min_rows(kind):
         raise ValueError(f"{kind}: {len(sigs)} measured rows, the regressor needs at least "
@@ -194,29 +168,29 @@ def fit_kind(kind: str, sigs: Sequence[LayerSig], ms: Sequence[float], *,
     groups = tuple(sorted(set(all_res) | {s.res for s in sigs}))
     folds = min(folds, len(sigs))
     best: tuple[float, Candidate, np.ndarray] | None = None
-    for cand in CANDIDATES[kind] + (PRIOR_CANDIDATES if prior is not None else ()):
+    for cand in CANDIDATES[kind]:
         if cand.per_res:
             counts = pd.Series([s.res for s in sigs]).value_counts()
             n_terms = len(cand.terms or TERMS[kind](sigs[0]))
             if any(counts.get(g, 0) < 2 * n_terms for g in groups):
                 continue
-        err = _cv(sigs, y, cand, groups, folds, np.random.default_rng(seed), prior)
+        err = _cv(sigs, y, cand, groups, folds, np.random.default_rng(seed))
         mape = float(np.abs(err).mean())
         if best is None or mape < best[0] * 0.97:  # a richer form must win by 3 % (relative)
             best = (mape, cand, err)
     assert best is not None
     mape, cand, err = best
-    x = _design(sigs, cand, groups, prior)
+    x = _design(sigs, cand, groups)
     coef = _fit(x, y)
-    names = list(cand.terms or features(sigs[:1], prior if cand.prior else None).columns)
+    names = list(cand.terms or features(sigs[:1]).columns)
     if cand.per_res:
         names = [f"{n}@r{g}" for g in groups for n in names]
     return KindModel(kind, cand.name, len(sigs), mape, float((np.abs(err) <= 10).mean() * 100),
-                     dict(zip(names, coef)), cand, groups, prior if cand.prior else None)
+                     dict(zip(names, coef)), cand, groups)
 
 
 def fit_models(measured: dict[str, tuple[list[LayerSig], list[float]]],
-               all_res: dict[str, Sequence[int]], prior: Prior | None = None) -> dict[str, KindModel]:
+               all_res: dict[str, Sequence[int]]) -> dict[str, KindModel]:
     """One `KindModel` per kind from `{kind: (signatures, ms)}` of the measured rows."""
-    return {kind: fit_kind(kind, sigs, ms, all_res=all_res.get(kind, ()), prior=prior)
+    return {kind: fit_kind(kind, sigs, ms, all_res=all_res.get(kind, ()))
             for kind, (sigs, ms) in measured.items()}
