@@ -111,7 +111,9 @@ def calibrate_here(table: LatencyTable, v: Any, space: SearchSpace | None = None
     sigs = space_layers(space, table.resolution)
     path = out / f"{name}.csv"
     here = LatencyTable.load(path) if path.exists() and path.with_suffix(".json").exists() else None
-    if here is None or not all(s.key in set(here.rows["key"]) for s in sigs):
+    same = here is not None and here.batch == table.batch and here.meta.get(
+        "runtime", "eager") == table.meta.get("runtime", "eager")
+    if not same or not set(s.key for s in sigs) <= set(here.rows["key"]):
         stored = Protocol.from_dict(table.meta.get("protocol") or {"batch": table.batch})
         proto = dataclasses.replace(stored, context_bytes=last_level_cache_bytes()
                                     if stored.target == "cpu" else 0)

@@ -416,8 +416,12 @@ def trust_note(meta: Mapping[str, Any]) -> str:
 
 
 def _local_name(table: LatencyTable) -> str:
+    """The name `build` gives a table of `table`'s kind measured here (`-<runtime>` for a
+    runtime other than eager, as `build` names one)."""
     target = table.meta.get("target", "cpu")
-    return local_table_name(target if target != "cuda" or torch.cuda.is_available() else "cpu")
+    runtime = _runtime(table)
+    return local_table_name(target if target != "cuda" or torch.cuda.is_available() else "cpu") + (
+        "" if runtime == "eager" else f"-{runtime}")
 
 
 def build_command(table: LatencyTable, space: str | None = None) -> str:
@@ -426,6 +430,8 @@ def build_command(table: LatencyTable, space: str | None = None) -> str:
     protocol = "".join(f" --{k} {table.meta[k]}" for k in ("target", "batch", "threads")
                        if table.meta.get(k) is not None)
     where = f" --space {space}" if space else ""
+    if _runtime(table) != "eager":
+        where += f" --runtime {_runtime(table)}"
     return (f"python -m latency_tables build --device {_local_name(table)} "
             f"--budget-minutes {BUILD_MINUTES}{where}{protocol}")
 
