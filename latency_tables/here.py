@@ -23,8 +23,8 @@ from .build import build_table, check_budget
 from .layers import space_layers
 from .measure import Protocol
 from .table import LatencyTable
-from .trust import TrustError, record_probes
-from .validate import calibrate, calibration_archs, measure_networks
+from .trust import PROBE_ROUNDS, TrustError, record_probes
+from .validate import _space_of, calibrate, calibration_archs, measure_networks
 
 __all__ = ["CALIBRATE_MINUTES", "build_here", "calibrate_here"]
 
@@ -40,8 +40,8 @@ def build_here(name: str, space: SearchSpace | None = None, *, proto: Protocol,
                say: Callable[[str], None] = print) -> LatencyTable:
     """Measure `name` on this machine into `out_dir` and return it (module doc). `budget_minutes`
     0 measures every layer; otherwise the calibration networks and layers fit in it. `say`
-    receives the lines the CLI prints. Raises ValueError (one line) on bad
-    input, before any timing."""
+    receives the lines the CLI prints. Raises ValueError (one line) on bad input, before any
+    timing."""
     space = space or SearchSpace.default()
     if budget_minutes < 0:
         raise ValueError(f"--budget-minutes: {budget_minutes} must be >= 0 (0: every layer)")
@@ -75,8 +75,6 @@ def build_here(name: str, space: SearchSpace | None = None, *, proto: Protocol,
     except TrustError as e:  # e.g. a runtime whose probes cannot be timed here yet
         say(f"no probes recorded ({e}); `verify` compares with the table's predictions only")
         return LatencyTable.load(path)
-    from .trust import PROBE_ROUNDS
-
     say(f"probes (timed whole, {PROBE_ROUNDS} rounds; `verify` re-times them elsewhere): "
         + ", ".join(f"{i} {m:.2f} ms" for i, m in zip(probes["arch_ids"], probes["measured_ms"])))
     return LatencyTable.load(path)
@@ -105,8 +103,6 @@ def calibrate_here(table: LatencyTable, v: Any, space: SearchSpace | None = None
 
     out = Path(out_dir) if out_dir is not None else user_dir()
     name = _local_name(table)
-    from .validate import _space_of
-
     space = _space_of(table, space)
     sigs = space_layers(space, table.resolution)
     path = out / f"{name}.csv"

@@ -27,6 +27,7 @@ from latency_tables.trust import (
     PROBES,
     TrustError,
     another_machine,
+    build_command,
     calibrated,
     probe_archs,
     record_probes,
@@ -450,3 +451,12 @@ def test_the_probes_time_for_real_in_a_few_seconds(epyc):
     ms = time_probes(PROBES, epyc)
     assert len(ms) == 3 and all(m > 0 for m in ms)
     assert time.monotonic() - start < 60  # a few seconds on one idle core
+
+
+def test_a_runtime_tables_build_here_is_of_that_runtime(epyc):
+    """The build a refusal names (and `--calibrate-latency` runs) for an ExecuTorch table is an
+    ExecuTorch table of this machine, named as `build` names one."""
+    et = LatencyTable(rows=epyc.rows, meta={**epyc.meta, "runtime": "executorch"}, name="et")
+    cmd = build_command(et)
+    assert f"--device {local_table_name()}-executorch " in cmd and "--runtime executorch" in cmd
+    assert "--runtime" not in build_command(epyc) and f"--device {local_table_name()} " in build_command(epyc)
