@@ -95,11 +95,12 @@ def calibrate_here(table: LatencyTable, v: Any, space: SearchSpace | None = None
     `trust.Verification` here): a `minutes` budgeted build of the same space, protocol,
     runtime and form, written under this machine's name (`fingerprint.local_table_name`) in
     `out_dir` (default `table.user_dir()`, where `auto` finds it), or that table where an
-    earlier calibration wrote it. Returned verified (its probes re-timed), with
+    earlier calibration wrote it. Returned with its probes re-timed here (a table that misses
+    them is used, said so in a warning and in every provenance line), and
     `meta["calibrated_from"]` naming the table it replaces."""
     from ._device import last_level_cache_bytes
     from .table import user_dir
-    from .trust import _local_name, trusted, verify
+    from .trust import _local_name, build_command, trusted, verify
 
     out = Path(out_dir) if out_dir is not None else user_dir()
     name = _local_name(table)
@@ -119,7 +120,12 @@ def calibrate_here(table: LatencyTable, v: Any, space: SearchSpace | None = None
                           budget_minutes=minutes, progress=progress, say=say)
     else:
         say(f"--calibrate-latency: this machine's table {name!r} ({path}) in place of {table.name!r}")
-    here = trusted(here, verify(here))
+    check = verify(here)
+    if not check.verified:  # e.g. a probe far smaller than the calibration networks
+        say(f"WARNING: this machine's {minutes:g}-min table {name!r} misses its own probes here: "
+            f"{check.summary()}; every latency says so; a longer build is closer: "
+            f"`{build_command(table)}`")
+    here = trusted(here, check)
     here.meta["calibrated_from"] = {"table": table.name, "machine": v.machine, "why": v.summary(),
                                     "minutes": minutes}
     return here

@@ -280,16 +280,17 @@ def test_search_refuses_a_foreign_table_in_one_line_before_any_trial(tmp_path, m
     assert timer.calls == 1
 
 
+@pytest.mark.parametrize("here_factor", [1.01, 1.5])
 def test_search_calibrates_by_measuring_this_machine_when_asked(tmp_path, monkeypatch, capsys,
-                                                              fake_proxy, epyc):
+                                                              fake_proxy, epyc, here_factor):
     """--calibrate-latency: this machine's table, a 1-minute budgeted build (its result stands
-    in here: the shipped rows doubled), used verified and labelled, and kept: the next search
-    finds it instead of building again."""
+    in here: the shipped rows doubled), used and labelled (verified by its probes, or, where it
+    misses them, said so), and kept: the next search finds it instead of building again."""
     import latency_tables.here as here_module
 
     monkeypatch.setenv("PCONV_NAS_TABLES", str(tmp_path / "tables"))
     monkeypatch.setitem(trust_module.PROBE_TIMERS, "eager", lambda archs, table: [
-        table.predict(a) * (2.0 if table.name == EPYC else 1.01) for a in archs])
+        table.predict(a) * (2.0 if table.name == EPYC else here_factor) for a in archs])
     builds = []
 
     def fake_build(name, space, *, proto, out_dir, budget_minutes, **kwargs):
@@ -306,12 +307,18 @@ def test_search_calibrates_by_measuring_this_machine_when_asked(tmp_path, monkey
     assert rc == 0, err
     assert builds == [(local_table_name(), here_module.CALIBRATE_MINUTES, "fused", 1)]
     assert f"measuring this machine's table '{local_table_name()}' in 1 min" in out
-    label = f"measured here by --calibrate-latency in place of '{EPYC}'"
-    assert f"latency on {EPYC}: " in out and label in out and "verified on this machine" in out
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["tables"][EPYC]["calibrated_from"]["table"] == EPYC
+    assert run["config"]["calibrate_latency"] is True
+    if here_factor > 1.1:  # this machine's own table misses its probes: used, and said so
+        assert "WARNING: this machine's 1-min table" in out and "--budget-minutes 6" in out
+        assert run["tables"][EPYC]["verification"]["status"] == "failed"
+        assert "does NOT hold on this machine" in run["sources"][EPYC]
+        return
+    label = f"measured here by --calibrate-latency in place of '{EPYC}'"
+    assert f"latency on {EPYC}: " in out and label in out and "verified on this machine" in out
     assert run["tables"][EPYC]["verification"]["status"] == "verified"
-    assert label in run["sources"][EPYC] and run["config"]["calibrate_latency"] is True
+    assert label in run["sources"][EPYC] and "WARNING" not in out
     import optuna
 
     study = optuna.load_study(study_name="pconv-nas",
