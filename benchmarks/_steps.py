@@ -60,3 +60,14 @@ def session_predictions(table: Any, archs: list, calib: list, calib_ms: list[flo
 
     scale, offset = fit_correction(np.array(calib_ms) * table.batch, [table.raw_ms(a) for a in calib])
     return np.array([(scale * table.raw_ms(a) + offset) / table.batch for a in archs])
+
+
+def unseen_archs(n: int, seed: int, space: Any = None, with_t0: bool = True) -> list:
+    """`n` networks of `space` (default: the default space) sampled with `seed`, none of them a
+    calibration network (which builds fit their correction on), and FasterNet-T0 last."""
+    from latency_tables.validate import calibration_archs, sample_archs
+    from search_space import PRESETS, SearchSpace
+
+    space = space or SearchSpace.default()
+    calib = {a.arch_id for a in calibration_archs(space)}
+    return [*sample_archs(space, n, seed, exclude=calib)] + ([PRESETS["fasternet_t0"]] if with_t0 else [])

@@ -45,11 +45,11 @@ import torch  # noqa: E402
 from latency_tables import LatencyTable, Protocol, accuracy  # noqa: E402
 from latency_tables.__main__ import main as lt_main  # noqa: E402
 from latency_tables._device import last_level_cache_bytes  # noqa: E402
-from latency_tables.validate import calibration_archs, fit_correction, measure_networks, sample_archs  # noqa: E402
+from latency_tables.validate import calibration_archs, fit_correction  # noqa: E402
 from search_space import PRESETS, SearchSpace  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _steps import open_steps  # noqa: E402
+from _steps import open_steps, time_interleaved, unseen_archs  # noqa: E402
 
 OUT = Path(__file__).with_name("reports") / "budgeted_build"
 WIDE = Path(__file__).resolve().parents[1] / "search_space" / "wide.yaml"
@@ -60,28 +60,14 @@ def _proto() -> Protocol:
 
 
 def _sample(space: SearchSpace, n: int, seed: int) -> list:
-    calib = {a.arch_id for a in calibration_archs(space)}
-    return sample_archs(space, n, seed, exclude=calib)
+    return unseen_archs(n, seed, space, with_t0=False)
 
 
 def _networks(space: SearchSpace, n: int, seed: int, with_t0: bool) -> dict:
     """The judged networks and the calibration networks, measured interleaved in one session
-    (as `validate` does: a session correction fitted on the latter sees the machine state of
-    the former; a shared machine drifts by several percent over minutes)."""
-    archs = _sample(space, n, seed)
-    if with_t0:
-        archs.append(PRESETS["fasternet_t0"])
-    calib = calibration_archs(space)
-    both = archs + calib
-    order = np.random.default_rng(seed).permutation(len(both))
-    t0 = time.monotonic()
-    timed = measure_networks([both[i] for i in order], _proto(), 224, rounds=2)
-    ms = [0.0] * len(both)
-    for pos, i in enumerate(order):
-        ms[i] = timed[pos]
-    return {"arch_id": [a.arch_id for a in archs], "measured_ms": ms[:len(archs)],
-            "calib_id": [a.arch_id for a in calib], "calib_ms": ms[len(archs):],
-            "seconds": round(time.monotonic() - t0, 1)}
+    (`_steps.time_interleaved`, as `validate` does)."""
+    return time_interleaved(unseen_archs(n, seed, space, with_t0), calibration_archs(space),
+                            _proto(), 224, seed)
 
 
 def _build(name: str, work: Path, budget: float, space: Path | None) -> dict:

@@ -45,19 +45,13 @@ from latency_tables.__main__ import main as lt_main  # noqa: E402
 from latency_tables.budget import budget_note  # noqa: E402
 from latency_tables.here import CALIBRATE_MINUTES  # noqa: E402
 from latency_tables.trust import calibrated, verify  # noqa: E402
-from latency_tables.validate import calibration_archs, sample_archs  # noqa: E402
-from search_space import PRESETS, SearchSpace  # noqa: E402
+from latency_tables.validate import calibration_archs  # noqa: E402
+from search_space import SearchSpace  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _steps import open_steps, session_predictions, time_interleaved  # noqa: E402
+from _steps import open_steps, session_predictions, time_interleaved, unseen_archs  # noqa: E402
 
 OUT = Path(__file__).with_name("reports") / "foreign_table"
-
-
-def _archs(n: int, seed: int) -> list:
-    space = SearchSpace.default()
-    calib = {a.arch_id for a in calibration_archs(space)}
-    return [*sample_archs(space, n, seed, exclude=calib), PRESETS["fasternet_t0"]]
 
 
 def _build(name: str, work: Path, budget: float) -> dict:
@@ -95,7 +89,7 @@ def _predictions(steps: dict, table: LatencyTable) -> dict[str, list[float]]:
     from latency_tables.trust import Verification
 
     nets = steps["networks"]
-    archs = {a.arch_id: a for a in _archs(steps["n"], steps["seed"])}
+    archs = {a.arch_id: a for a in unseen_archs(steps["n"], steps["seed"])}
     chosen = [archs[i] for i in nets["arch_id"]]
     calib = calibration_archs(SearchSpace.default())
     tables = {"shipped": table, **{k: LatencyTable.load(steps[k]["table"]) for k in _builds(steps)}}
@@ -201,7 +195,7 @@ def main() -> None:
         if "networks" not in steps:
             print("== networks", flush=True)
             steps["networks"] = time_interleaved(
-                _archs(steps["n"], steps["seed"]), calibration_archs(SearchSpace.default()),
+                unseen_archs(steps["n"], steps["seed"]), calibration_archs(SearchSpace.default()),
                 Protocol.from_dict(table.meta["protocol"]), table.resolution, steps["seed"])
         if "predicted" not in steps["networks"]:
             steps["networks"]["predicted"] = _predictions(steps, table)

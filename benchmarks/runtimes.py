@@ -40,21 +40,15 @@ from scipy.stats import kendalltau  # noqa: E402
 
 from latency_tables import LatencyTable, Protocol, accuracy  # noqa: E402
 from latency_tables.__main__ import main as lt_main  # noqa: E402
-from latency_tables.validate import calibration_archs, sample_archs  # noqa: E402
-from search_space import PRESETS, SearchSpace  # noqa: E402
+from latency_tables.validate import calibration_archs  # noqa: E402
+from search_space import SearchSpace  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _steps import open_steps, session_predictions, time_interleaved  # noqa: E402
+from _steps import open_steps, session_predictions, time_interleaved, unseen_archs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).with_name("reports") / "runtimes"
 RUNTIMES = ("eager", "onnxruntime", "executorch")
-
-
-def _archs(n: int, seed: int) -> list:
-    space = SearchSpace.default()
-    calib = {a.arch_id for a in calibration_archs(space)}
-    return [*sample_archs(space, n, seed, exclude=calib), PRESETS["fasternet_t0"]]
 
 
 def _build(runtime: str, work: Path, budget: float) -> dict:
@@ -71,7 +65,7 @@ def _build(runtime: str, work: Path, budget: float) -> dict:
     return {"table": str(work / f"{name}.csv"), "wall_s": round(time.monotonic() - t0, 1),
             "form": meta.get("form"), "runtime_version": meta.get("runtime_version"),
             "measured_pct": b.get("measured_pct", 100.0), "cv_error_pct": b.get("error_pct"),
-            "form_choice": meta.get("form_choice")}
+            "form_choice": meta.get("form_choice"), "built_at": meta.get("date")}
 
 
 def _forms(steps: dict) -> list[str]:
@@ -168,8 +162,8 @@ def render(steps: dict, run: Path) -> str:
         sa = accuracy(m, np.array(n["session_ms"])) if "session_ms" in n else None
         session = (f"{sa.mape_pct:.2f} % | {sa.within_10_pct:.0f} %" if sa else "– | –")
         after = "–"
-        if n.get("timed_at"):
-            built = datetime.datetime.fromisoformat(LatencyTable.load(t["table"]).meta["date"])
+        if n.get("timed_at") and t.get("built_at"):
+            built = datetime.datetime.fromisoformat(t["built_at"])
             after = f"{(datetime.datetime.fromisoformat(n['timed_at']) - built).total_seconds() / 60:.0f} min"
         ratio = (f"{np.median(m / np.array(base['measured_ms'])):.2f}x" if base else "–")
         lines.append(f"| {r} {t.get('runtime_version') or ''} | {t['form']} "
@@ -210,13 +204,14 @@ def main() -> None:
         path.write_text(json.dumps(steps, indent=1) + "\n")
         (out / "report.md").write_text(render(steps, run))
 
-    for r in RUNTIMES:  # tables built before the step kept their form choice
+    for r in RUNTIMES:  # tables built before the step kept their form choice and date
         t = steps.get(f"table-{r}")
         sidecar = Path(t["table"]).with_suffix(".json") if t else None
-        if t and "form_choice" not in t and sidecar.exists():
-            t["form_choice"] = json.loads(sidecar.read_text()).get("form_choice")
+        if t and not {"form_choice", "built_at"} <= set(t) and sidecar.exists():
+            meta = json.loads(sidecar.read_text())
+            t.update(form_choice=meta.get("form_choice"), built_at=meta.get("date"))
     if not args.report_only:
-        archs = _archs(steps["n"], steps["seed"])
+        archs = unseen_archs(steps["n"], steps["seed"])
         todo = [(kind, r) for r in args.runtimes for kind in ("table", "networks")
                 if f"{kind}-{r}" not in steps]
         for kind, r in todo[:args.max_steps]:

@@ -149,8 +149,8 @@ def _verify_tables(tables: Mapping[str, LatencyPredictor],
     (this machine's table, a 1-minute budgeted build, `latency_tables.here.calibrate_here`).
     A table of evidently another machine (another CPU model or architecture: a board's table
     copied to a laptop) is that machine's and labelled so, not timed. --trust-table (or
-    `TRUST_ENV`) skips the timing, loudly. Derived tables and predictors that are no table pass as they are
-    (their provenance says what they are)."""
+    `TRUST_ENV`) skips the timing, loudly. Derived tables and predictors that are no table
+    pass as they are (their provenance says what they are)."""
     from latency_tables import LatencyTable
     from latency_tables.trust import (
         TrustError,
@@ -204,15 +204,6 @@ def _verify_tables(tables: Mapping[str, LatencyPredictor],
                 raise UsageError(f"--calibrate-latency: {e}") from None
         else:
             raise UsageError(refusal(table, v, config.space))
-    return out
-
-
-def _latency_labels(tables: Mapping[str, LatencyPredictor]) -> dict[str, str]:
-    """What follows a latency printed per trial: " (calibrated x1.53)" for a rescaled table."""
-    out = {}
-    for d, t in tables.items():
-        cal = (getattr(t, "meta", None) or {}).get("calibration")
-        out[d] = f" (calibrated x{cal['factor']:.2f})" if cal else ""
     return out
 
 
@@ -393,7 +384,6 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"--space: {e}") from None
     _check_coverage(space, tables)
     tables = _verify_tables(tables, config)  # before anything is written
-    labels = _latency_labels(tables)
     max_latency = config.max_latency_ms
     # A shared storage (--storage) is opened first: a wrong URL, password or driver, or an
     # unreachable server stops the run before anything is loaded or written.
@@ -522,7 +512,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
                        start=started, presets=len(pending or ()), clock=_clock)
     print(_budget_line(budget, pending, cache), flush=True)
     start = time.perf_counter()
-    progress = _Progress(config.trials, devices, start, labels)
+    progress = _Progress(config.trials, devices, start)
     exhausted = False
     try:
         if config.backend == "ray":
@@ -575,7 +565,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
                 on_trial=progress)
     top = min(len(rungs) - 1, max((rung_of(t) for t in study.get_trials(deepcopy=False)
                                    if t.state == optuna.trial.TrialState.COMPLETE), default=0))
-    _score_presets(study, objective.describe, proxy_at(top), rungs[top], labels,
+    _score_presets(study, objective.describe, proxy_at(top), rungs[top],
                    cache=_preset_cache(config, proxy_at(top), device))
     _print_costs(study)
     fronts = write_outputs(run_dir, study)
@@ -630,10 +620,8 @@ def _wait_for_workers(study: optuna.Study) -> None:
 class _Progress:
     """One live line per finished trial: count, outcome, front size, elapsed, ETA."""
 
-    def __init__(self, n_trials: int, devices: list[str], start: float,
-                 labels: Mapping[str, str] | None = None) -> None:
+    def __init__(self, n_trials: int, devices: list[str], start: float) -> None:
         self.n, self.devices, self.start = n_trials, devices, start
-        self.labels = dict(labels or {})
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         from .runner import describe_trial, evaluated
@@ -643,7 +631,7 @@ class _Progress:
         elapsed = time.perf_counter() - self.start
         eta = elapsed / max(done, 1) * max(self.n - done, 0)
         ua = trial.user_attrs
-        lat = " ".join(f"{d}={ua['latency_ms'][d]:.2f}ms{self.labels.get(d, '')}" for d in self.devices
+        lat = " ".join(f"{d}={ua['latency_ms'][d]:.2f}ms" for d in self.devices
                        if d in ua.get("latency_ms", {}))
         acc = f"acc={ua['accuracy']:.3f}" if "accuracy" in ua else ""
         line = (f"[{done}/{self.n}] trial {trial.number}: {describe_trial(trial)} {acc} {lat} | "
@@ -719,8 +707,7 @@ def _budget_line(budget: RunBudget, pending: list[str] | None, cache: ProxyCache
 
 
 def _score_presets(study: optuna.Study, describe: Callable[[ArchConfig], dict[str, Any]],
-                   proxy: Proxy, fidelity: str, labels: Mapping[str, str] | None = None,
-                   cache: ProxyCache | None = None) -> None:
+                   proxy: Proxy, fidelity: str, cache: ProxyCache | None = None) -> None:
     """Score T0/T1/T2 with the run's tables (`describe`) and `proxy`, the fidelity of the
     highest rung the search reached, so that they compare with the front (once per study
     and fidelity; stored on it). With a `cache`, a result stored by an earlier run with the
@@ -752,8 +739,7 @@ def _score_presets(study: optuna.Study, describe: Callable[[ArchConfig], dict[st
                         "accuracy_se": result.uncertainty,
                         "cached_from": None if hit is None else hit.stored.isoformat()}
         print(f"preset {name} ({fidelity}): acc={scored[name]['accuracy']} "
-              + " ".join(f"{d}={ms:.2f}ms{(labels or {}).get(d, '')}"
-                         for d, ms in info["latency_ms"].items())
+              + " ".join(f"{d}={ms:.2f}ms" for d, ms in info["latency_ms"].items())
               + ("" if hit is None else f" [cached from {hit.stored:%Y-%m-%d %H:%M}]"), flush=True)
         study.set_user_attr("presets", scored)
 
@@ -835,8 +821,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def front_member(run_dir: Path, *, device: str | None, pick: str | None,
-                  max_latency: float | None, storage: str | None = None,
-                  study_name: str | None = None) -> tuple[Any, str]:
+                 max_latency: float | None, storage: str | None = None,
+                 study_name: str | None = None) -> tuple[Any, str]:
     """(the chosen `Candidate`, its front's device): a run's front member by `pick` or
     `max_latency` (`optimize.export.select`), on `device` (default: the run's first)."""
     from .export import select
@@ -866,8 +852,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.pick is None and args.max_latency is None:
         raise UsageError("export: one of --pick or --max-latency is required")
     chosen, device = front_member(Path(args.run), device=args.device, pick=args.pick,
-                                   max_latency=args.max_latency, storage=args.storage,
-                                   study_name=args.study_name)
+                                  max_latency=args.max_latency, storage=args.storage,
+                                  study_name=args.study_name)
     out = Path(args.out)
     try:
         chosen.arch.save(out)
@@ -896,8 +882,8 @@ def _export_runtime(args: argparse.Namespace) -> int:
         if args.pick is None and args.max_latency is None:
             raise UsageError("export: a run folder needs --pick or --max-latency")
         chosen, device = front_member(path, device=args.device, pick=args.pick,
-                                       max_latency=args.max_latency, storage=args.storage,
-                                       study_name=args.study_name)
+                                      max_latency=args.max_latency, storage=args.storage,
+                                      study_name=args.study_name)
         arch = chosen.arch
         origin = (f"{chosen.name} {chosen.arch_id} of {path}: {chosen.latency_ms[device]:.2f} ms "
                   f"per image on {device} (predicted by table {device!r}: {_table_words(device)})")
