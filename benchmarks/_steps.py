@@ -48,7 +48,15 @@ def time_interleaved(archs: list, calib: list, proto: Any, resolution: int, seed
         ms[i] = timed[pos] / proto.batch
     return {"arch_id": [a.arch_id for a in archs], "measured_ms": ms[:len(archs)],
             "calib_id": [a.arch_id for a in calib], "calib_ms": ms[len(archs):],
-            "seconds": round(time.monotonic() - t0, 1)}
+            "calib_archs": [a.to_dict() for a in calib], "seconds": round(time.monotonic() - t0, 1)}
+
+
+def timed_calibration(nets: dict[str, Any]) -> list:
+    """The calibration networks a `time_interleaved` step timed, in its `calib_ms` order (kept
+    in the step: `validate.calibration_archs` may draw others after a change)."""
+    from search_space import ArchConfig
+
+    return [ArchConfig.from_dict(d, source="steps calib_archs") for d in nets["calib_archs"]]
 
 
 def session_predictions(table: Any, archs: list, calib: list, calib_ms: list[float]) -> Any:

@@ -49,7 +49,7 @@ from latency_tables.validate import calibration_archs, fit_correction  # noqa: E
 from search_space import PRESETS, SearchSpace  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _steps import open_steps, time_interleaved, unseen_archs  # noqa: E402
+from _steps import open_steps, time_interleaved, timed_calibration, unseen_archs  # noqa: E402
 
 OUT = Path(__file__).with_name("reports") / "budgeted_build"
 WIDE = Path(__file__).resolve().parents[1] / "search_space" / "wide.yaml"
@@ -89,13 +89,12 @@ def _judge(table_csv: str, space: SearchSpace, nets: dict) -> dict:
     the judged ones (`validate`'s two figures); split by the share of measured rows."""
     table = LatencyTable.load(table_csv)
     by_id = {a.arch_id: a for a in _sample(space, len(nets["arch_id"]), nets["seed"])}
-    by_id.update({a.arch_id: a for a in calibration_archs(space)})
     ids = [i for i in nets["arch_id"] if i in by_id]
     measured = dict(zip(nets["arch_id"], nets["measured_ms"]))
     m = np.array([measured[i] for i in ids]) / table.batch
     raw = np.array([table.raw_ms(by_id[i]) for i in ids])
     stored = np.array([table.predict(by_id[i]) for i in ids])
-    scale, offset = fit_correction(nets["calib_ms"], [table.raw_ms(by_id[i]) for i in nets["calib_id"]])
+    scale, offset = fit_correction(nets["calib_ms"], [table.raw_ms(a) for a in timed_calibration(nets)])
     session = (scale * raw + offset) / table.batch
     share = np.array([table.measured_share(by_id[i]) for i in ids])
     out = {"all": accuracy(m, session).__dict__, "stored": accuracy(m, stored).__dict__,

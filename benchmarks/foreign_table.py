@@ -49,7 +49,7 @@ from latency_tables.validate import calibration_archs  # noqa: E402
 from search_space import SearchSpace  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _steps import open_steps, session_predictions, time_interleaved, unseen_archs  # noqa: E402
+from _steps import open_steps, session_predictions, time_interleaved, timed_calibration, unseen_archs  # noqa: E402
 
 OUT = Path(__file__).with_name("reports") / "foreign_table"
 
@@ -91,7 +91,7 @@ def _predictions(steps: dict, table: LatencyTable) -> dict[str, list[float]]:
     nets = steps["networks"]
     archs = {a.arch_id: a for a in unseen_archs(steps["n"], steps["seed"])}
     chosen = [archs[i] for i in nets["arch_id"]]
-    calib = calibration_archs(SearchSpace.default())
+    calib = timed_calibration(nets)
     tables = {"shipped": table, **{k: LatencyTable.load(steps[k]["table"]) for k in _builds(steps)}}
     out = {}
     for key, t in tables.items():

@@ -45,6 +45,9 @@ def build_here(name: str, space: SearchSpace | None = None, *, proto: Protocol,
     space = space or SearchSpace.default()
     if budget_minutes < 0:
         raise ValueError(f"--budget-minutes: {budget_minutes} must be >= 0 (0: every layer)")
+    if calibrate_n == 1 or calibrate_n < 0:
+        raise ValueError(f"--calibrate: {calibrate_n} networks; the correction (scale and offset) "
+                         "needs at least 2 (0: no correction)")
 
     def phase(name: str) -> Callable[[int, int], None] | None:
         return (lambda done, total, *_: progress(name, done, total)) if progress else None
@@ -54,7 +57,7 @@ def build_here(name: str, space: SearchSpace | None = None, *, proto: Protocol,
     if budget_minutes:  # the calibration networks are part of the budget: measured first
         budget_s = budget_minutes * 60
         check_budget(budget_s, space_layers(space, resolution), proto, networks=2 * calibrate_n)
-        archs = calibration_archs(space, calibrate_n, calib_seed) if calibrate_n else []
+        archs = calibration_archs(space, calibrate_n, calib_seed, resolution) if calibrate_n else []
         ms = measure_networks(archs, proto, resolution, progress=phase("calibration networks"))
         timed = {a.arch_id: m for a, m in zip(archs, ms)}
         budget_s -= time.monotonic() - t0

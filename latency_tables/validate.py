@@ -9,7 +9,8 @@ Correction. A layer timed in its cache context (`latency_tables.measure`) still 
 only a whole network has: Python dispatch between modules, the allocator's behaviour over a
 full forward pass, and weights that fall out of the last-level cache in large networks.
 `calibrate` fits `ms = scale * sum + offset_ms` (least squares on relative error) on a few
-calibration networks sampled with their own seed; `validate` then reports the error, raw and
+calibration networks spanning the space's sizes, drawn with their own seed
+(`calibration_archs`); `validate` then reports the error, raw and
 corrected, on a fresh sample that excludes every calibration network, so the numbers are
 out-of-sample. nn-Meter (Zhang et al., MobiSys 2021) reports its kernel-level predictor the
 same way: share of models within +-10 % of the measured latency on held-out models.
@@ -32,12 +33,14 @@ from search_space import ArchConfig, SearchSpace, build_model, fuse
 from search_space.forms import to_form
 
 from ._device import describe_device
+from .layers import arch_layers
 from .measure import Protocol, Timing, time_compiled, time_network
+from .regress import TERMS
 from .runtimes import get_runtime
 from .table import LatencyTable
 
 __all__ = ["Accuracy", "Validation", "accuracy", "fit_correction", "measure_networks",
-           "sample_archs", "calibration_archs", "calibrate", "validate", "plot_validation",
+           "sample_archs", "calibration_archs", "network_macs", "smallest_arch", "calibrate", "validate", "plot_validation",
            "split_by_measured_share"]
 
 
@@ -108,9 +111,64 @@ def sample_archs(space: SearchSpace, n: int, seed: int,
                      f"{len(set(exclude))} excluded ones (space too small?)")
 
 
-def calibration_archs(space: SearchSpace, n: int = 10, seed: int = 1000) -> list[ArchConfig]:
-    """The calibration networks of a table (`calibrate`'s sample; `validate` excludes them)."""
-    return sample_archs(space, n, seed)
+#: Candidates drawn per calibration network; `calibration_archs` spreads its picks over them.
+_POOL_PER_NETWORK = 20
+
+
+def network_macs(arch: ArchConfig, resolution: int = 224) -> float:
+    """Multiply-accumulates of `arch` at batch 1: the MAC work terms of its layers
+    (`regress.TERMS`). Ranks networks by size without building or timing them."""
+    return sum(v for _, sig in arch_layers(arch, resolution)
+               for k, v in TERMS[sig.kind](sig).items() if k.endswith("macs"))
+
+
+def smallest_arch(space: SearchSpace, start: ArchConfig, resolution: int = 224) -> ArchConfig:
+    """The space's cheapest corner by `network_macs`: from `start`, each knob in turn set to
+    its cheapest choice (the space's constraints kept) until no knob changes."""
+    values = space.values(start)
+    if values is None:
+        raise ValueError(f"{space.source}: {start} is not one of its architectures")
+
+    def cost(v: dict[str, Any]) -> float:
+        arch = space.to_arch(v)
+        return network_macs(arch, resolution) if space.violation(arch) is None else float("inf")
+
+    for _ in range(len(values)):  # coordinate descent; each pass lowers the cost or ends it
+        before = dict(values)
+        for name, choices in space.params().items():
+            values[name] = min(choices, key=lambda c: cost({**values, name: c}))
+        if values == before:
+            break
+    return space.to_arch(values)
+
+
+def calibration_archs(space: SearchSpace, n: int = 10, seed: int = 1000,
+                      resolution: int = 224) -> list[ArchConfig]:
+    """The calibration networks of a table (`calibrate`'s sample; `validate` excludes them):
+    the space's smallest network (`smallest_arch`) and `n - 1` networks at evenly spaced
+    ranks by `network_macs` among `_POOL_PER_NETWORK * n` drawn with `seed`, the pool's
+    smallest and largest included. They span the space's latencies: the correction's offset
+    is fitted where it matters most (a 2-ms network), not extrapolated from a random sample's
+    6-44 ms (benchmarks/reports/foreign_table/report.md)."""
+    if n < 2:
+        raise ValueError(f"calibration networks: n={n}; the correction (scale, offset) needs >= 2")
+    pool = _draw_up_to(space, _POOL_PER_NETWORK * n, seed)
+    pool.sort(key=lambda a: network_macs(a, resolution))
+    ranks = np.unique(np.round(np.linspace(0, len(pool) - 1, n - 1)).astype(int))
+    picks = [smallest_arch(space, pool[0], resolution)] + [pool[i] for i in ranks]
+    return list({a.arch_id: a for a in picks}.values())  # a tiny space may repeat one
+
+
+def _draw_up_to(space: SearchSpace, n: int, seed: int) -> list[ArchConfig]:
+    """`sample_archs`, or as many distinct ones as a small space holds."""
+    try:
+        return sample_archs(space, n, seed)
+    except ValueError:
+        rng, seen = np.random.default_rng(seed), {}
+        for _ in range(100 * n):
+            arch = space.sample(rng)
+            seen[arch.arch_id] = arch
+        return list(seen.values())
 
 
 def measure_networks(archs: list[ArchConfig], proto: Protocol, resolution: int, rounds: int = 2,
@@ -178,7 +236,7 @@ def calibrate(table: LatencyTable, *, n: int = 10, seed: int = 1000, rounds: int
     table's protocol) reuses networks measured earlier in the same session (a budgeted build
     measures them first, inside its budget)."""
     _check_measurable(table)
-    archs = calibration_archs(_space_of(table, space), n, seed)
+    archs = calibration_archs(_space_of(table, space), n, seed, table.resolution)
     archs = [a for a in archs if table.covers(a)]
     if timed is None:
         measured = measure_networks(archs, _table_proto(table), table.resolution, rounds, progress)
@@ -211,7 +269,8 @@ def validate(table: LatencyTable, *, n: int = 50, seed: int = 0, rounds: int = 2
     space = _space_of(table, space)
     corr = table.meta.get("correction") or {}
     calib_seed = int(corr.get("seed", 1000)) if calib_seed is None else calib_seed
-    calib = [a for a in sample_archs(space, calib_n, calib_seed) if table.covers(a)] if calib_n else []
+    calib = ([a for a in calibration_archs(space, calib_n, calib_seed, table.resolution)
+              if table.covers(a)] if calib_n else [])
     exclude = {a.arch_id for a in calib} | set(corr.get("fitted_on", ()))
     archs = [a for a in sample_archs(space, n, seed, exclude=exclude) if table.covers(a)]
     order = np.random.default_rng(seed).permutation(len(calib) + len(archs))
