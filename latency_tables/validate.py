@@ -40,8 +40,8 @@ from .runtimes import get_runtime
 from .table import LatencyTable
 
 __all__ = ["Accuracy", "Validation", "accuracy", "fit_correction", "measure_networks",
-           "sample_archs", "calibration_archs", "network_macs", "smallest_arch", "calibrate", "validate", "plot_validation",
-           "split_by_measured_share"]
+           "sample_archs", "calibration_archs", "network_macs", "smallest_arch", "calibrate",
+           "validate", "plot_validation", "split_by_measured_share"]
 
 
 @dataclasses.dataclass(frozen=True)
