@@ -79,3 +79,15 @@ def unseen_archs(n: int, seed: int, space: Any = None, with_t0: bool = True) -> 
     space = space or SearchSpace.default()
     calib = {a.arch_id for a in calibration_archs(space)}
     return [*sample_archs(space, n, seed, exclude=calib)] + ([PRESETS["fasternet_t0"]] if with_t0 else [])
+
+
+def small_archs(n: int, seed: int, space: Any = None, pool: int = 10) -> list:
+    """The `n` smallest networks by MACs (`validate.network_macs`) among `pool * n` of `space`
+    sampled with `seed`, none a calibration network: the fast end of a front, where a
+    `--max-latency` lands and a table's offset weighs most."""
+    from latency_tables.validate import calibration_archs, network_macs, sample_archs
+    from search_space import SearchSpace
+
+    space = space or SearchSpace.default()
+    calib = {a.arch_id for a in calibration_archs(space)}
+    return sorted(sample_archs(space, pool * n, seed, exclude=calib), key=network_macs)[:n]

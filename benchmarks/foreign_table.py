@@ -49,7 +49,14 @@ from latency_tables.validate import calibration_archs  # noqa: E402
 from search_space import SearchSpace  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _steps import open_steps, session_predictions, time_interleaved, timed_calibration, unseen_archs  # noqa: E402
+from _steps import (  # noqa: E402
+    open_steps,
+    session_predictions,
+    small_archs,
+    time_interleaved,
+    timed_calibration,
+    unseen_archs,
+)
 
 OUT = Path(__file__).with_name("reports") / "foreign_table"
 
@@ -66,7 +73,16 @@ def _build(name: str, work: Path, budget: float) -> dict:
     return {"table": str(work / f"{name}.csv"), "wall_s": round(time.monotonic() - t0, 1),
             "budget_min": budget, "measured_pct": b.get("measured_pct", 100.0),
             "cv_error_pct": b.get("error_pct"), "note": budget_note(table.meta),
-            "models": {k: v["form"] for k, v in (b.get("models") or {}).items()}}
+            "models": {k: v["form"] for k, v in (b.get("models") or {}).items()},
+            "correction": [table.scale, table.offset_ms],
+            "probes": {k: (table.meta.get("probes") or {}).get(k) for k in ("measured_ms", "predicted_ms")}}
+
+
+def _judged(steps: dict) -> list:
+    """The judged networks: `n` sampled with `seed` and FasterNet-T0, then (`n_small`) the
+    smallest of a pool drawn with `seed + 1`."""
+    small = small_archs(steps["n_small"], steps["seed"] + 1) if steps.get("n_small") else []
+    return unseen_archs(steps["n"], steps["seed"]) + small
 
 
 def _row(name: str, measured: np.ndarray, predicted: np.ndarray) -> str:
@@ -89,7 +105,7 @@ def _predictions(steps: dict, table: LatencyTable) -> dict[str, list[float]]:
     from latency_tables.trust import Verification
 
     nets = steps["networks"]
-    archs = {a.arch_id: a for a in unseen_archs(steps["n"], steps["seed"])}
+    archs = {a.arch_id: a for a in _judged(steps)}
     chosen = [archs[i] for i in nets["arch_id"]]
     calib = timed_calibration(nets)
     tables = {"shipped": table, **{k: LatencyTable.load(steps[k]["table"]) for k in _builds(steps)}}
@@ -115,36 +131,68 @@ def render(steps: dict, table_name: str) -> str:
     nets = steps.get("networks")
     if not nets or "predicted" not in nets:
         return "\n".join(lines) + "\n"
-    m, pred = np.array(nets["measured_ms"]), nets["predicted"]
+    m_all, pred = np.array(nets["measured_ms"]), nets["predicted"]
+    n_random = steps["n"] + 1  # and FasterNet-T0; the small networks follow
+    parts = [("random", slice(0, n_random))]
+    if len(m_all) > n_random:
+        parts.append(("small", slice(n_random, len(m_all))))
+    calib_ms = np.array(nets["calib_ms"])
 
-    def row(name: str, key: str) -> list[str]:
-        return [_row(name, m, np.array(pred[key]))] if key in pred else []
+    def table_rows(part: slice) -> list[str]:
+        m = m_all[part]
 
-    lines += [f"{len(m)} unseen networks (seed {steps['seed']}, and FasterNet-T0) timed whole "
-              f"here after the builds ({nets['seconds']:.0f} s), interleaved with the 10 "
-              "calibration networks. Stored: each table with its stored correction (what a user "
-              "gets); session: a correction refitted on the calibration networks timed beside "
-              "the judged ones (for a table built here, its error apart from the machine's "
-              "drift since its build; for the foreign table, a calibration by 10 whole networks "
-              "timed here):", "",
-              "| predictions | N | MAPE | within ±10 % | within ±15 % | worst | mean error | Kendall tau |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-              *row("as shipped", "shipped"),
-              *row("its correction refitted on 10 whole networks timed here (session)", "shipped-session"),
-              *row(f"rescaled by its probes' median ratio (x{v['ratio']:.2f}; `trust.calibrated`, "
-                   "what `--calibrate-latency` did before)" if v else "", "probes")]
+        def row(name: str, key: str) -> list[str]:
+            return [_row(name, m, np.array(pred[key])[part])] if key in pred else []
+
+        out = ["| predictions | N | MAPE | within ±10 % | within ±15 % | worst | mean error | Kendall tau |",
+               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+               *row("as shipped", "shipped"),
+               *row(f"its correction refitted on the {len(calib_ms)} calibration networks timed here "
+                    "(session)", "shipped-session"),
+               *row(f"rescaled by its probes' median ratio (x{v['ratio']:.2f}; `trust.calibrated`, "
+                    "what `--calibrate-latency` did before)" if v else "", "probes")]
+        for k in _builds(steps):
+            b = steps[k]
+            how = (f"with `--prior {table_name}` (removed option, e4e0393)" if k.endswith("prior")
+                   else "no prior")
+            what = (f"built here in {b['budget_min']:g} min, {how} ({b['wall_s'] / 60:.1f} min wall, "
+                    f"{b['measured_pct']:.0f} % of layers timed)")
+            if k == f"build-{CALIBRATE_MINUTES:g}-none":
+                what += ", what `--calibrate-latency` runs"
+            out += row(f"{what}, stored", k) + row(f"{what}, session", f"{k}-session")
+        return out
+
+    for name, part in parts:
+        m = m_all[part]
+        if name == "random":
+            lines += [f"{len(m)} unseen networks (seed {steps['seed']}, and FasterNet-T0, "
+                      f"{m.min():.1f}-{m.max():.1f} ms) timed whole here after the builds "
+                      f"({nets['seconds']:.0f} s for all), interleaved with the {len(calib_ms)} "
+                      f"calibration networks ({calib_ms.min():.1f}-{calib_ms.max():.1f} ms). Stored: "
+                      "each table with its stored correction (what a user gets); session: a "
+                      "correction refitted on the calibration networks timed beside the judged "
+                      "ones (for a table built here, its error apart from the machine's drift "
+                      "since its build; for the foreign table, a calibration by whole networks "
+                      "timed here):", ""]
+        else:
+            lines += ["", f"The {len(m)} smallest of {10 * len(m)} networks drawn with seed "
+                      f"{steps['seed'] + 1} ({m.min():.1f}-{m.max():.1f} ms; the fast end of a "
+                      "front, where a table's offset weighs most), timed in the same rounds:", ""]
+        lines += table_rows(part)
     notes = []
     for k in _builds(steps):
         b = steps[k]
         how = (f"with `--prior {table_name}` (removed option, e4e0393)" if k.endswith("prior")
                else "no prior")
-        what = (f"built here in {b['budget_min']:g} min, {how} ({b['wall_s'] / 60:.1f} min wall, "
-                f"{b['measured_pct']:.0f} % of layers timed)")
-        if k == f"build-{CALIBRATE_MINUTES:g}-none":
-            what += ", what `--calibrate-latency` runs"
-        lines += row(f"{what}, stored", k) + row(f"{what}, session", f"{k}-session")
-        notes.append(f"- {b['budget_min']:g} min, {how}: {b['note']}; regressors "
-                     + ", ".join(f"{kind} {form}" for kind, form in b["models"].items()))
+        note = f"- {b['budget_min']:g} min, {how}: {b['note']}; regressors " + ", ".join(
+            f"{kind} {form}" for kind, form in b["models"].items())
+        if b.get("correction"):
+            note += f"; correction x{b['correction'][0]:.3f} + {b['correction'][1]:.3f} ms"
+        pr = b.get("probes") or {}
+        if pr.get("measured_ms"):
+            note += "; its probes at build, predicted / timed: " + ", ".join(
+                f"{p:.2f} / {t:.2f} ms" for p, t in zip(pr["predicted_ms"], pr["measured_ms"]))
+        notes.append(note)
     lines += ["", *notes]
     first = steps.get("networks-first")
     if first:  # the same networks timed earlier (a run before the calibration networks were)
@@ -164,7 +212,9 @@ def main() -> None:
     p.add_argument("--table", default="amd-epyc")
     p.add_argument("--budgets", type=float, nargs="*", default=[1, 2])
     p.add_argument("--n", type=int, default=50)
-    p.add_argument("--seed", type=int, default=20261207)
+    p.add_argument("--n-small", type=int, default=10,
+                   help="also judge the smallest N of 10 N networks drawn with seed + 1")
+    p.add_argument("--seed", type=int, default=20261208)
     p.add_argument("--work", default=str(Path.home() / ".cache" / "pconv-nas" / "foreign_table"))
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--report-only", action="store_true")
@@ -174,7 +224,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     path = out / "steps.json"
-    steps = open_steps(path, not args.report_only, seed=args.seed, n=args.n, table=args.table)
+    steps = open_steps(path, not args.report_only, seed=args.seed, n=args.n, n_small=args.n_small,
+                       table=args.table)
 
     def save() -> None:
         path.write_text(json.dumps(steps, indent=1) + "\n")
@@ -195,7 +246,7 @@ def main() -> None:
         if "networks" not in steps:
             print("== networks", flush=True)
             steps["networks"] = time_interleaved(
-                unseen_archs(steps["n"], steps["seed"]), calibration_archs(SearchSpace.default()),
+                _judged(steps), calibration_archs(SearchSpace.default()),
                 Protocol.from_dict(table.meta["protocol"]), table.resolution, steps["seed"])
         if "predicted" not in steps["networks"]:
             steps["networks"]["predicted"] = _predictions(steps, table)
