@@ -28,8 +28,11 @@ and one factor left 10 % of unseen networks beyond 15 % (worst +31 %), the 1-min
 one network of 51 (+20 %; benchmarks/reports/foreign_table/report.md).
 
 Results are cached per table and machine (`cache_dir()`, a JSON file keyed by a hash of the
-table's rows and sidecar and of this machine's fingerprint), so repeated searches do not
-re-time; `verify(..., again=True)` (`python -m latency_tables verify NAME --again`) does.
+table's rows and sidecar and of this machine's fingerprint) for `CACHE_HOURS`, so searches
+started within the hour do not re-time; `verify(..., again=True)` (`python -m latency_tables
+verify NAME --again`) does. The cache expires because a machine's speed moves while its
+fingerprint stays: a shared VM ran the same 51 networks x1.05-x1.18 slower an hour later,
+and a VM can move to another host whose CPU reports the same model and caches.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from .measure import Protocol
 from .runtimes import RUNTIMES
 from .table import LatencyTable
 
-__all__ = ["PROBES", "PROBE_TIMERS", "TOLERANCE", "BUILD_MINUTES", "Probe", "ProbeTimer",
+__all__ = ["PROBES", "PROBE_TIMERS", "TOLERANCE", "BUILD_MINUTES", "CACHE_HOURS", "Probe", "ProbeTimer",
            "another_machine", "elsewhere",
            "TrustError", "Verification", "build_command", "cache_dir", "cached_verification",
            "calibrated", "probe_archs", "record_probes", "refusal", "time_probes", "trust_note",
@@ -63,6 +66,8 @@ __all__ = ["PROBES", "PROBE_TIMERS", "TOLERANCE", "BUILD_MINUTES", "Probe", "Pro
 #: (the share nn-Meter reports, Zhang et al., MobiSys 2021; the shipped table validates at
 #: 100 % within it on its own machine).
 TOLERANCE = 0.10
+#: How long a cached verification stands (hours); the probes take a few seconds to re-time.
+CACHE_HOURS = 1.0
 #: Rounds over the probes (min over rounds of the medians, as `validate` measures networks):
 #: a burst of load hits one round of a probe, not both.
 PROBE_ROUNDS = 2
@@ -171,6 +176,17 @@ def record_probes(table: LatencyTable, *, timer: ProbeTimer = time_probes,
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _age_hours(date: str) -> float:
+    """Hours since an ISO date written by `_now` (infinite if unreadable)."""
+    try:
+        then = _dt.datetime.fromisoformat(date)
+    except ValueError:
+        return float("inf")
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=_dt.timezone.utc)
+    return (_dt.datetime.now(_dt.timezone.utc) - then).total_seconds() / 3600
 
 
 # ---------------------------------------------------------------------------- the result
@@ -325,7 +341,7 @@ def verify(table: LatencyTable, *, timer: ProbeTimer = time_probes, again: bool 
     path = _cache_path(table, here, where)
     if not again:
         found = _read(path)
-        if found is not None:
+        if found is not None and _age_hours(found.date) < CACHE_HOURS:
             return found
     archs = probe_archs(table)
     if on_timing:

@@ -196,12 +196,17 @@ def test_the_cache_spares_the_timing_until_the_table_or_the_machine_changes(copy
     assert len(list(cache.glob(f"{EPYC}-*.json"))) == 1
     verify(copy, timer=timer, again=True)  # asked to re-time
     assert timer.calls == 2
+    (path,) = cache.glob(f"{EPYC}-*.json")  # an hour later: the machine may have moved
+    old = json.loads(path.read_text())
+    path.write_text(json.dumps({**old, "date": "2026-01-01T00:00:00+00:00"}))
+    assert not verify(copy, timer=timer).cached and timer.calls == 3
+    assert verify(copy, timer=timer).cached and timer.calls == 3
     changed = LatencyTable(rows=copy.rows, meta={**copy.meta, "correction": None}, name=EPYC)
     verify(changed, timer=timer)  # another correction: other predictions
-    assert timer.calls == 3
+    assert timer.calls == 4
     monkeypatch.setattr(trust_module, "machine_fingerprint", lambda *a, **k: dict(SMALL_L3))
     verify(copy, timer=timer)  # another machine
-    assert timer.calls == 4
+    assert timer.calls == 5
 
 
 def test_what_cannot_be_verified_says_why():
