@@ -3,7 +3,8 @@
     python benchmarks/runtimes.py [--n 50] [--budget 6] [--seed 20261206] [--run results/default-arm-budget]
 
 On the machine this runs on, steps stored in `reports/runtimes/steps.json` as they finish
-(run again to resume; `--report-only` re-renders):
+(run again to resume; `--report-only` re-renders, on any machine: the front step keeps each
+runtime's latencies of the run's candidates):
 
 1. `table-R` for each runtime R: `python -m latency_tables build --runtime R --budget-minutes
    M` (the CLI's own function: the deployment form chosen by measurement, a space-filling
@@ -104,29 +105,40 @@ def _networks(table_csv: str, archs: list, seed: int) -> dict:
             "session_ms": session_predictions(table, archs, calib, timed["calib_ms"]).tolist()}
 
 
-def _front_shift(steps: dict, run: Path) -> list[str]:
-    """The run's candidates on each runtime's table: fronts, members in common, hypervolume."""
+def _front_latencies(steps: dict, run: Path) -> dict | None:
+    """The run's candidates (accuracy as the run estimated it) and each runtime's table's
+    latency of them, kept in the step (the tables live in this machine's work folder)."""
     from optimize.cli import open_run_study
-    from optimize.report import collect, hypervolume, pareto_mask
+    from optimize.report import collect
     from optimize.runner import STUDY_NAME
 
-    cands = [c for c in collect(open_run_study(run, None, STUDY_NAME)) if c.accuracy is not None]
     tables = {r: LatencyTable.load(steps[f"table-{r}"]["table"]) for r in RUNTIMES
               if f"table-{r}" in steps}
-    if len(tables) < 2 or not cands:
+    if len(tables) < 2 or not run.exists():
+        return None
+    cands = [c for c in collect(open_run_study(run, None, STUDY_NAME)) if c.accuracy is not None]
+    return {"run": run.name, "accuracy": [c.accuracy for c in cands],
+            "latency_ms": {r: [t.predict(c.arch) for c in cands] for r, t in tables.items()}}
+
+
+def _front_shift(stored: dict | None) -> list[str]:
+    """Fronts per runtime, members in common, hypervolume of one front on another's latencies."""
+    from optimize.report import hypervolume, pareto_mask
+
+    if not stored or not stored["accuracy"]:
         return []
-    acc = np.array([c.accuracy for c in cands])
-    lat = {r: np.array([t.predict(c.arch) for c in cands]) for r, t in tables.items()}
-    front = {r: set(np.flatnonzero(pareto_mask(acc, lat[r]))) for r in tables}
-    lines = ["", f"### The search's front per runtime ({len(cands)} candidates of `{run.name}`, "
+    acc = np.array(stored["accuracy"])
+    lat = {r: np.array(ms) for r, ms in stored["latency_ms"].items()}
+    front = {r: set(np.flatnonzero(pareto_mask(acc, lat[r]))) for r in lat}
+    lines = ["", f"### The search's front per runtime ({len(acc)} candidates of `{stored['run']}`, "
              "accuracy as the run estimated it, latency from each runtime's table)", "",
              "| runtime | front members | latency span (ms) |", "| --- | ---: | ---: |"]
-    for r in tables:
+    for r in lat:
         f = sorted(front[r])
         lines.append(f"| {r} | {len(f)} | {lat[r][f].min():.1f}-{lat[r][f].max():.1f} |")
     lines += ["", "| A, B | members in common | A's front on B's latencies: hypervolume / B's own |",
               "| --- | ---: | ---: |"]
-    for a, b in itertools.permutations(tables, 2):
+    for a, b in itertools.permutations(lat, 2):
         ref = float(lat[b].max()) * 1.01
         own = hypervolume(acc[sorted(front[b])], lat[b][sorted(front[b])], ref, float(acc.min()))
         other = hypervolume(acc[sorted(front[a])], lat[b][sorted(front[a])], ref, float(acc.min()))
@@ -135,7 +147,7 @@ def _front_shift(steps: dict, run: Path) -> list[str]:
     return lines
 
 
-def render(steps: dict, run: Path) -> str:
+def render(steps: dict) -> str:
     dev = steps.get("device", {})
     lines = ["# Latency as deployed: eager, ONNX Runtime, ExecuTorch (`benchmarks/runtimes.py`)", "",
              f"Machine: {dev.get('cpu_model')} ({dev.get('logical_cpus')} logical CPUs, caches "
@@ -177,7 +189,7 @@ def render(steps: dict, run: Path) -> str:
                   + "; ".join(f"{a} vs {b} {kendalltau(steps[f'networks-{a}']['measured_ms'], steps[f'networks-{b}']['measured_ms']).statistic:.3f}"  # noqa: E501
                               for a, b in itertools.combinations(have, 2)) + "."]
     lines += _forms(steps)
-    lines += _front_shift(steps, run)
+    lines += _front_shift(steps.get("front"))
     return "\n".join(lines) + "\n"
 
 
@@ -202,7 +214,7 @@ def main() -> None:
 
     def save() -> None:
         path.write_text(json.dumps(steps, indent=1) + "\n")
-        (out / "report.md").write_text(render(steps, run))
+        (out / "report.md").write_text(render(steps))
 
     for r in RUNTIMES:  # tables built before the step kept their form choice and date
         t = steps.get(f"table-{r}")
@@ -221,8 +233,9 @@ def main() -> None:
             else:
                 steps[f"networks-{r}"] = _networks(steps[f"table-{r}"]["table"], archs, steps["seed"])
             save()
+        steps["front"] = _front_latencies(steps, run) or steps.get("front")
     save()
-    print(render(steps, run))
+    print(render(steps))
 
 
 if __name__ == "__main__":
