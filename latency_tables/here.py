@@ -1,9 +1,10 @@
 """A table of this machine, whole: what `python -m latency_tables build` does, as a function.
 
-`build_here` runs the steps in order: (a budgeted build) the calibration networks first,
-inside the budget; the layers (`build.build_table`: every one, or a space-filling sample and
-per-kind regressors); the table's correction fitted on the calibration networks; the probe
-networks timed and stored (what `verify` compares with on another machine). The CLI's
+`build_here` runs the steps in order: one round over the calibration networks; the layers
+(`build.build_table`: every one, or a space-filling sample and per-kind regressors); the
+second round over the calibration networks, and the table's correction fitted on them (min
+of the two rounds: they bracket the layers' sweeps); the probe networks timed and stored
+(what `verify` compares with on another machine). A budget holds all of it but the probes. The CLI's
 `build` and the search's `--calibrate-latency` (a short build of this machine where a
 shipped table does not hold) both call it.
 """
@@ -53,24 +54,28 @@ def build_here(name: str, space: SearchSpace | None = None, *, proto: Protocol,
         return (lambda done, total, *_: progress(name, done, total)) if progress else None
 
     t0 = time.monotonic()
-    budget_s, timed = None, None
-    if budget_minutes:  # the calibration networks are part of the budget: measured first
-        budget_s = budget_minutes * 60
+    budget_s = budget_minutes * 60 if budget_minutes else None
+    if budget_s:
         check_budget(budget_s, space_layers(space, resolution), proto, networks=2 * calibrate_n)
-        archs = calibration_archs(space, calibrate_n, calib_seed, resolution) if calibrate_n else []
-        ms = measure_networks(archs, proto, resolution, progress=phase("calibration networks"))
-        timed = {a.arch_id: m for a, m in zip(archs, ms)}
-        budget_s -= time.monotonic() - t0
+    # The calibration networks' two rounds bracket the layers (one before, one after), as the
+    # layers' sweeps span the build: each side's min-of-rounds then sees the same stretch of a
+    # machine whose speed moves by several percent over minutes (a 2-min build whose networks
+    # were timed first had its probes at build +11 % off; benchmarks/reports/foreign_table).
+    archs = calibration_archs(space, calibrate_n, calib_seed, resolution) if calibrate_n else []
+    first = measure_networks(archs, proto, resolution, rounds=1, progress=phase("calibration networks"))
+    if budget_s:  # the budget holds both rounds: the second takes about as long as the first
+        budget_s -= 2 * (time.monotonic() - t0)
     path = build_table(name, space, resolution=resolution, proto=proto, sweeps=sweeps,
                        out_dir=out_dir, progress=phase("layers"), budget_s=budget_s,
                        seed=sample_seed, form_choice=form_choice)
+    second = measure_networks(archs, proto, resolution, rounds=1, progress=phase("calibrate"))
     table = LatencyTable.load(path)
     say(f"wrote {path} and {path.with_suffix('.json').name} in {(time.monotonic() - t0) / 60:.1f} min")
     if budget_note(table.meta):
         say(budget_note(table.meta))
     if calibrate_n:
-        corr = calibrate(table, n=calibrate_n, seed=calib_seed, space=space,
-                         progress=phase("calibrate"), timed=timed)
+        timed = {a.arch_id: min(x, y) for a, x, y in zip(archs, first, second)}
+        corr = calibrate(table, n=calibrate_n, seed=calib_seed, space=space, timed=timed)
         say(f"correction: ms = {corr['scale']:.4f} x sum + {corr['offset_ms']:.3f} ms "
             f"(fitted on {corr['n']} networks, seed {corr['seed']})")
     try:

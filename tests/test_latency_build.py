@@ -159,3 +159,38 @@ def test_calibration_networks_of_a_tiny_space(space):
 
     calib = calibration_archs(space, 10, seed=3, resolution=RES)
     assert len(calib) == 2 and all(space.contains(a) for a in calib)
+
+
+def test_build_here_brackets_the_layers_with_the_calibration_rounds(tmp_path, space, monkeypatch):
+    """One round over the calibration networks before the layers, one after; the correction
+    is fitted on the min of the two (both sides see the same stretch of a drifting machine)."""
+    from latency_tables import here as here_module
+    from latency_tables.validate import calibration_archs
+
+    calls, timings, real_measure, real_build = [], [], here_module.measure_networks, here_module.build_table
+
+    def measure(archs, proto, resolution, rounds=2, progress=None, **kw):
+        calls.append(("networks", rounds))
+        ms = real_measure(archs, proto, resolution, rounds, progress, **kw)
+        ms = [m * (1.5 if len(calls) == 1 else 1.0) for m in ms]  # a slow first round
+        timings.append(ms)
+        return ms
+
+    def build(*args, **kw):
+        calls.append(("layers", None))
+        return real_build(*args, **kw)
+
+    monkeypatch.setattr(here_module, "measure_networks", measure)
+    monkeypatch.setattr(here_module, "build_table", build)
+    monkeypatch.setattr(here_module, "record_probes", lambda table: {"arch_ids": [], "measured_ms": []})
+    table = here_module.build_here("tiny", space, proto=FAST, out_dir=tmp_path, resolution=RES,
+                                   calibrate_n=2, say=lambda line: None)
+    assert calls == [("networks", 1), ("layers", None), ("networks", 1)]
+    archs = calibration_archs(space, 2, 1000, RES)
+    corr = table.meta["correction"]
+    assert corr["fitted_on"] == [a.arch_id for a in archs]
+    best = [min(x, y) for x, y in zip(*timings)]
+    assert (corr["scale"], corr["offset_ms"]) == pytest.approx(
+        fit_correction(best, [table.raw_ms(a) for a in archs]))
+    with pytest.raises(ValueError, match="at least 2"):
+        here_module.build_here("tiny", space, proto=FAST, out_dir=tmp_path, calibrate_n=1)
