@@ -353,6 +353,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
 
     from .budget import RunBudget
     from .early_stop import ParetoEarlyStopping
+    from .measured import time_fronts
     from .objective import Constraints, rung_of
     from .processes import run_processes
     from .report import write_outputs
@@ -568,6 +569,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     _score_presets(study, objective.describe, proxy_at(top), rungs[top],
                    cache=_preset_cache(config, proxy_at(top), device))
     _print_costs(study)
+    time_fronts(study, tables, say=lambda line: print(line, flush=True))  # `optimize.measured`
     fronts = write_outputs(run_dir, study)
     _print_fronts(fronts)
     print(f"\nwrote {run_dir}/: trials.csv pareto.csv pareto.png report.md archs/ run.json "
@@ -764,9 +766,11 @@ def _print_fronts(fronts: list[Any]) -> None:
         rows = [(c, "") for c in f.members] + [(p, "preset") for p in f.presets]
         w = max([8, *(len(c.fidelity) for c, _ in rows)])  # fidelity names: quick, or key=value,...
         ties = ties_with_best(f)
+        here = bool(f.measured)
         print(f"  {'name':14s} {'proposed':>8s} {'fidelity':>{w}s} {'accuracy':>8s} "
               + (f"{'±95%':>6s} {'vs best':>7s} " if ties else "")
-              + f"{'ms/image':>9s} {'params M':>8s}  arch")
+              + f"{'ms/image':>9s} " + (f"{'here ms':>8s} " if here else "")
+              + f"{'params M':>8s}  arch")
         for c, tag in sorted(rows, key=lambda r: r[0].latency_ms.get(f.device, 0.0)):
             acc = "-" if c.accuracy is None else f"{c.accuracy:.4f}"
             proposed = "" if tag else f"x{c.proposed}"
@@ -774,9 +778,13 @@ def _print_fronts(fronts: list[Any]) -> None:
             band = (f"{'-' if err is None else f'{1.96 * err:.3f}':>6s} "
                     f"{'preset' if tag else 'tie' if ties.get(c.arch_id) else 'below':>7s} "
                     if ties else "")
+            ms_here = f.measured.get(c.arch_id)
+            col = (f"{'-' if ms_here is None else f'{ms_here:.2f}':>8s} " if here else "")
             print(f"  {c.name:14s} {proposed:>8s} {c.fidelity or '-':>{w}s} {acc:>8s} {band}"
-                  f"{c.latency_ms[f.device]:9.2f} {(c.params_m or 0):8.2f}  "
+                  f"{c.latency_ms[f.device]:9.2f} {col}{(c.params_m or 0):8.2f}  "
                   f"{c.arch_id if not tag else '(preset)'} {c.arch}")
+        if f.measured_note():
+            print("  " + textwrap.fill(f.measured_note(), width=96, subsequent_indent="  "))
         if ties:
             print("  " + textwrap.fill(tie_note(f).replace("`tie`", "tie"), width=96,
                                        subsequent_indent="  "))

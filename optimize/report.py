@@ -114,6 +114,24 @@ class Front:
     presets: list[Candidate]
     accuracy_source: str = ""      # what the accuracy is (run.json's accuracy_source)
     truth: Mapping[str, GroundTruth] = dataclasses.field(default_factory=dict)  # by arch_id
+    measured: Mapping[str, float] = dataclasses.field(default_factory=dict)  # ms here, by arch_id
+    measured_how: str = ""         # where and how `measured` was timed (`optimize.measured`)
+
+    def measured_note(self) -> str:
+        """One sentence on the times measured here: where, how, and how far the table's
+        predictions of them are (worst, and how many beyond +-10 %); "" if none."""
+        pts = [(c, self.measured[c.arch_id]) for c in [*self.members, *self.presets]
+               if c.arch_id in self.measured and self.device in c.latency_ms]
+        if not pts:
+            return ""
+        err = [(c.latency_ms[self.device] / ms - 1) * 100 for c, ms in pts]
+        worst = max(range(len(err)), key=lambda i: abs(err[i]))
+        beyond = [c.name for c, e in zip([c for c, _ in pts], err) if abs(e) > 10]
+        return (f"Measured here: the {len(pts)} members and presets timed whole {self.measured_how}; "
+                f"the table's predictions of them are {statistics.mean(abs(e) for e in err):.1f} % "
+                f"off on average, worst {err[worst]:+.1f} % ({pts[worst][0].name})"
+                + (f"; beyond +-10 %: {', '.join(beyond)}" if beyond else "; all within +-10 %")
+                + ".")
 
 
 def _state(t: optuna.trial.FrozenTrial) -> str:
@@ -211,10 +229,12 @@ def _highest(candidates: Iterable[Candidate]) -> Iterator[Candidate]:
 
 def fronts(candidates: Sequence[Candidate], presets: Sequence[Candidate],
            sources: Mapping[str, str], *, accuracy_source: str = "",
-           truth: Mapping[str, GroundTruth] | None = None) -> list[Front]:
+           truth: Mapping[str, GroundTruth] | None = None,
+           measured: Mapping[str, Mapping[str, Any]] | None = None) -> list[Front]:
     """One front per device over the fully trained architectures, each once, with the result
-    of the highest rung it reached (`_highest`); each front carries what its accuracy is and
-    the ground truth known of its architectures (`truth`, by arch_id)."""
+    of the highest rung it reached (`_highest`); each front carries what its accuracy is, the
+    ground truth known of its architectures (`truth`, by arch_id) and the times measured here
+    (`measured`, by device: the study's `optimize.measured.MEASURED_HERE`)."""
     done = list(_highest(candidates))
     out = []
     for device, source in sources.items():
@@ -222,9 +242,12 @@ def fronts(candidates: Sequence[Candidate], presets: Sequence[Candidate],
         mask = pareto_mask([c.accuracy for c in pts], [c.latency_ms[device] for c in pts])
         members = sorted((c for c, m in zip(pts, mask) if m), key=lambda c: c.latency_ms[device])
         others = [c for c, m in zip(pts, mask) if not m]
+        here = (measured or {}).get(device) or {}
+        how = f"on {here.get('machine')} ({here.get('protocol')}; {here.get('date')})" if here else ""
         out.append(Front(device=device, source=source, members=members, others=others,
                          presets=[p for p in presets if device in p.latency_ms],
-                         accuracy_source=accuracy_source, truth=dict(truth or {})))
+                         accuracy_source=accuracy_source, truth=dict(truth or {}),
+                         measured=dict(here.get("ms") or {}), measured_how=how))
     return out
 
 
@@ -589,7 +612,7 @@ def write_outputs(run_dir: Path, study: optuna.Study) -> list[Front]:
     cands = collect(study)
     presets = presets_of(study)
     fr = fronts(cands, presets, sources, accuracy_source=str(run.get("accuracy_source") or ""),
-                truth=_run_truth(run))
+                truth=_run_truth(run), measured=study.user_attrs.get("measured_here"))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     _rows(cands, devices).to_csv(run_dir / "trials.csv", index=False)
@@ -603,6 +626,9 @@ def write_outputs(run_dir: Path, study: optuna.Study) -> list[Front]:
         df.insert(df.columns.get_loc("accuracy_se") + 1, "vs_best",
                   [("tie" if ties[c.arch_id] else "below") if c.arch_id in ties else ""
                    for c in f.members])
+        if f.measured:  # beside the table's latency: the time measured here (`optimize.measured`)
+            df.insert(df.columns.get_loc(f"latency_ms_{f.device}") + 1, "measured_here_ms",
+                      [f.measured.get(c.arch_id) for c in f.members])
         front_rows.append(df)
     pareto = pd.concat(front_rows, ignore_index=True) if front_rows else pd.DataFrame()
     pareto.to_csv(run_dir / "pareto.csv", index=False)
@@ -614,6 +640,10 @@ def write_outputs(run_dir: Path, study: optuna.Study) -> list[Front]:
     _plot(fr, run_dir / "pareto.png")
     (run_dir / "report.md").write_text(_report(run, cands, fr))
     return fr
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def _report(run: Mapping[str, Any], cands: Sequence[Candidate], fr: Sequence[Front]) -> str:
@@ -659,11 +689,18 @@ def _report(run: Mapping[str, Any], cands: Sequence[Candidate], fr: Sequence[Fro
             df.insert(df.columns.get_loc("± (95 %)") + 1, "vs best",
                       [("tie" if ties[c.arch_id] else "below") if c.arch_id in ties else ""
                        for c in f.members])
+        if f.measured:
+            df.insert(df.columns.get_loc(f"latency_ms_{f.device}") + 1, "measured here (ms)",
+                      [_ms(f.measured.get(c.arch_id)) for c in f.members])
         out += [markdown_table(df) if len(df) else "(no completed trial yet)", ""]
+        out += [f.measured_note(), ""] if f.measured_note() else []
         out += [tie_note(f)] if ties else []
         if f.presets:
             pdf = _rows(f.presets, [f.device])[["name", "fidelity", "accuracy",
                                                 f"latency_ms_{f.device}", "params_m"]]
+            if f.measured:
+                pdf.insert(pdf.columns.get_loc(f"latency_ms_{f.device}") + 1, "measured here (ms)",
+                           [_ms(f.measured.get(p.arch_id)) for p in f.presets])
             dominated = []
             for p in f.presets:
                 if p.accuracy is None:

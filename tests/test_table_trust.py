@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import search
@@ -319,6 +320,7 @@ def test_search_calibrates_by_measuring_this_machine_when_asked(tmp_path, monkey
         assert "WARNING: this machine's 1-min table" in out and "--budget-minutes 6" in out
         assert run["tables"][EPYC]["verification"]["status"] == "failed"
         assert "does NOT hold on this machine" in run["sources"][EPYC]
+        assert "Measured here: the" in out and "worst -33.3 %" in out and "beyond +-10 %: " in out
         return
     label = f"measured here by --calibrate-latency in place of '{EPYC}'"
     assert f"latency on {EPYC}: " in out and label in out and "verified on this machine" in out
@@ -340,13 +342,23 @@ def test_search_calibrates_by_measuring_this_machine_when_asked(tmp_path, monkey
 
 
 def test_search_says_verified_on_this_machine(tmp_path, monkeypatch, capsys, fake_proxy):
-    fake_timer(monkeypatch, 1.03)
+    timer = fake_timer(monkeypatch, 1.03)
     rc = search.main(_search(tmp_path))
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "verified on this machine (3 probes within 3.0 %" in out
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["tables"][EPYC]["verification"]["status"] == "verified"
+    # the front, timed here at the end (`optimize.measured`): beside each prediction
+    assert timer.calls == 2 and "front members and 3 presets on" in out
+    assert "Measured here: the" in out and "worst -2.9 %" in out and "all within +-10 %" in out
+    pareto = pd.read_csv(tmp_path / "run" / "pareto.csv")
+    assert pareto["measured_here_ms"].to_numpy() == pytest.approx(
+        1.03 * pareto[f"latency_ms_{EPYC}"].to_numpy(), rel=1e-3)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "measured here (ms)" in report and "all within +-10 %" in report
+    assert search.main(["show", str(tmp_path / "run")]) == 0  # kept on the study
+    assert "measured here (ms)" in capsys.readouterr().out
 
 
 def test_a_table_of_another_machine_is_that_machines_not_timed(tmp_path, monkeypatch, capsys,
