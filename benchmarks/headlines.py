@@ -238,9 +238,11 @@ def _foreign() -> list[str]:
 
     p = np.array(pred[key])
     err = (p / m - 1) * 100
+    small = len(m) - steps["n"] - 1  # the smallest of a pool, after the random ones and T0
+    which = f" ({small} of them the smallest of {10 * small})" if small > 0 else ""
     return [f"| {steps['table']} on another machine ({steps['device']['cpu_model']}, caches "
             f"{steps['device']['caches_bytes']['L2'] >> 10} KiB L2), after `--calibrate-latency` "
-            f"(a {CALIBRATE_MINUTES:g}-min build here) | {len(m)} unseen networks within 15 %: "
+            f"(a {CALIBRATE_MINUTES:g}-min build here) | {len(m)} unseen networks{which} within 15 %: "
             f"{within15(key)} (as shipped {within15('shipped')}, rescaled by probes "
             f"{within15('probes')}) | {len(m)} | {np.abs(err).mean():.1f} % | "
             f"{(np.abs(err) <= 10).mean() * 100:.0f} % | {_tau(m, p):.2f} | "
