@@ -438,6 +438,7 @@ class PlotPoint(NamedTuple):
     rung: int
     fidelity: str
     truth: GroundTruth | None      # its accuracy under the reference protocol, if trained
+    measured_ms: float | None = None  # its latency timed whole here (`Front.measured`), if timed
 
 
 class PlotData(NamedTuple):
@@ -470,7 +471,8 @@ def plot_data(front: Front) -> PlotData:
                          accuracy=c.accuracy, error=None if err is None else TIE_Z * err,
                          tie=ties.get(c.arch_id) if kind == "member" else None, rung=c.rung,
                          fidelity=c.fidelity,
-                         truth=None if kind == "dominated" else front.truth.get(c.arch_id))
+                         truth=None if kind == "dominated" else front.truth.get(c.arch_id),
+                         measured_ms=None if kind == "dominated" else front.measured.get(c.arch_id))
 
     points = [point(c, "dominated", "") for c in front.others]
     points += [point(c, "member", f"x{c.proposed}" if c.proposed > 1 else "") for c in front.members]
@@ -580,9 +582,18 @@ def _draw(ax: Any, d: PlotData) -> None:
                          f"seed{'s' if usual > 1 else ''}" + (" unless marked" if any(
                              p.truth.seeds != usual for p in known) else "")
                          + f" ({len(known)} networks)")
+    timed = [p for p in d.points if p.measured_ms is not None]
+    if timed:  # the table's prediction -> the time measured here, on the same accuracy
+        for p in timed:
+            ax.plot([p.latency_ms, p.measured_ms], [p.accuracy] * 2, ls="-", lw=0.9,
+                    c="tab:green", alpha=0.7, zorder=2)
+        ax.scatter([p.measured_ms for p in timed], [p.accuracy for p in timed], marker="|", s=90,
+                   c="tab:green", linewidths=1.6, zorder=5,
+                   label=f"timed whole here ({len(timed)} networks; the line from the table's "
+                         "prediction)")
     for note in d.notes:
         ax.plot([], [], " ", label=note)
-    xs = [p.latency_ms for p in d.points if p.latency_ms > 0]
+    xs = [x for p in d.points for x in (p.latency_ms, p.measured_ms) if x and x > 0]
     if xs and max(xs) > 4 * min(xs):  # past 4x, a linear axis crowds the fast end into a corner
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))

@@ -177,3 +177,22 @@ def test_plot_writes_a_png(tmp_path):
     path = tmp_path / "pareto.png"
     _plot([with_truth, promoted], path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_times_measured_here_go_beside_the_predictions(tmp_path):
+    """Members and presets timed here (`optimize.measured`) are drawn at their measured time on
+    the same accuracy, and the report's sentence names the one beyond +-10 %."""
+    front = hand_front()
+    here = {variant(1).arch_id: 2.1, variant(3).arch_id: 5.0, variant(9).arch_id: 3.4,
+            variant(5).arch_id: 9.9}  # the dominated one: not drawn
+    timed = dataclasses.replace(front, measured=here, measured_how="on Test CPU (eager)")
+    by_name = {p.name: p for p in plot_data(timed).points}
+    assert by_name["trial 1"].measured_ms == 2.1 and by_name["trial 3"].measured_ms == 5.0
+    assert by_name["fasternet_t0"].measured_ms == 3.4
+    assert by_name["trial 0"].measured_ms is None and by_name["trial 5"].measured_ms is None
+    note = timed.measured_note()
+    assert note.startswith("Measured here: the 3 members and presets timed whole on Test CPU (eager)")
+    assert "worst -20.0 % (trial 3)" in note and "beyond +-10 %: trial 3." in note
+    assert front.measured_note() == ""
+    _plot([timed], tmp_path / "pareto.png")
+    assert (tmp_path / "pareto.png").stat().st_size > 10_000
