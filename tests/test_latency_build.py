@@ -119,8 +119,7 @@ def test_merge_builds_keeps_min(tmp_path, space):
 
 
 def test_calibration_networks_span_the_space():
-    """The smallest network of the space first, then evenly spaced ranks by MACs of a seeded
-    pool, its smallest and largest included: the offset is fitted on a small network."""
+    """Evenly spaced ranks by MACs of a seeded pool, its smallest and largest included."""
     from latency_tables.validate import _POOL_PER_NETWORK, calibration_archs, network_macs, sample_archs
 
     space = SearchSpace.default()
@@ -128,30 +127,13 @@ def test_calibration_networks_span_the_space():
     assert len(calib) == 10 and len({a.arch_id for a in calib}) == 10
     macs = [network_macs(a) for a in calib]
     assert macs == sorted(macs)
-    assert calib[0].widths == (24, 48, 96, 192) and calib[0].depths == (1, 1, 2, 1)
-    assert calib[0].n_divs == (16,) * 4 and calib[0].mlp_ratios == (1.5,) * 4
-    pool = [network_macs(a) for a in sample_archs(space, _POOL_PER_NETWORK * 10, 1000)]
-    assert macs[1] == min(pool) and macs[-1] == max(pool)
+    pool = sorted(network_macs(a) for a in sample_archs(space, _POOL_PER_NETWORK * 10, 1000))
+    assert macs[0] == pool[0] and macs[-1] == pool[-1]
+    assert macs[5] == pool[round(5 * (len(pool) - 1) / 9)]
     assert calibration_archs(space, 10, seed=1000) == calib  # seeded
-    assert calibration_archs(space, 10, seed=1001)[1:] != calib[1:]
+    assert calibration_archs(space, 10, seed=1001) != calib
     with pytest.raises(ValueError, match="needs >= 2"):
         calibration_archs(space, 1)
-
-
-def test_smallest_network_keeps_the_constraints():
-    import numpy as np
-    import yaml
-
-    from latency_tables.validate import network_macs, smallest_arch
-    from search_space.space import DEFAULT_SPACE_PATH
-
-    data = yaml.safe_load(DEFAULT_SPACE_PATH.read_text())
-    free = SearchSpace.from_dict(data, source="free")
-    bounded = SearchSpace.from_dict({**data, "constraints": {"min_params_m": 3}}, source="bounded")
-    corner = smallest_arch(free, free.sample(np.random.default_rng(0)))
-    small = smallest_arch(bounded, bounded.sample(np.random.default_rng(0)))
-    assert free.violation(corner) is None and bounded.violation(small) is None
-    assert network_macs(corner) < network_macs(small)
 
 
 def test_calibration_networks_of_a_tiny_space(space):
