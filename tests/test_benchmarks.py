@@ -168,3 +168,18 @@ def test_pool_search_evaluates_distinct_pool_members_and_bounds_hold():
     # A seed gives the same run again.
     assert gt_bench.run_search("tpe", pool, space, "arm", 8, seed=1) == \
         gt_bench.run_search("tpe", pool, space, "arm", 8, seed=1)
+
+
+def test_calibration_choice_refits_on_the_networks_not_picked():
+    cc = importlib.import_module("calibration_choice")
+    rng = __import__("numpy").random.default_rng(0)
+    raw = rng.uniform(1, 60, 71)
+    exact = {"measured_ms": list(1.1 * raw + 0.5), "macs": list(raw * 1e7), "raw_ms": {"t": list(raw)}}
+    judged = cc.judge(exact, repeats=20)["t"]
+    for how in ("at random", "spanning (calibration_archs)"):
+        mape, within10, worst, offset, offset_sd = judged[how]
+        assert mape < 1e-6 and within10 == 100 and offset == pytest.approx(0.5)
+    # a curved truth: the spanning picks bracket it, random ones extrapolate
+    curved = {**exact, "measured_ms": list(raw + 0.004 * raw ** 2 + 0.5)}
+    judged = cc.judge(curved, repeats=200)["t"]
+    assert judged["spanning (calibration_archs)"][2] < judged["at random"][2]  # worst error
