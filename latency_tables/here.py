@@ -129,7 +129,7 @@ def calibrate_here(table: LatencyTable, v: Any, space: SearchSpace | None = None
     else:
         say(f"--calibrate-latency: this machine's table {name!r} ({path}) in place of {table.name!r}")
     check = verify(here)
-    if not check.verified:  # e.g. a probe far smaller than the calibration networks
+    if not check.verified:  # the machine moved since the build, or the table is off in the median
         say(f"WARNING: this machine's {minutes:g}-min table {name!r} misses its own probes here: "
             f"{check.summary()}; every latency says so; a longer build is closer: "
             f"`{build_command(table)}`")

@@ -165,6 +165,28 @@ def test_outside_ten_percent_names_the_ratio_and_how_the_machines_differ(epyc, m
     assert "L3 cache 32 MiB in the table, 8 MiB here" in v.summary()
 
 
+def test_a_table_verified_by_its_probes_time_at_build(copy, tmp_path):
+    """With times at build: every probe within 10 % of it (the machine), the median within 10 %
+    of the predictions (the table); one probe the table mispredicts on its own machine fails
+    neither."""
+    record_probes(copy, timer=FakeTimer([1.0, 1.12, 0.97]))  # the small probe off at build
+    table = LatencyTable.load(tmp_path / f"{EPYC}.csv")
+    v = verify(table, timer=FakeTimer([1.03, 1.12 * 1.03, 0.97 * 1.03]))
+    assert v.verified and v.machine_worst_pct == pytest.approx(3.0, abs=0.01)
+    assert v.summary().startswith("verified on this machine (3 probes within 3.0 % of their time "
+                                  "at build, x1.03 the table's predictions in the median, worst 15.4 %")
+    moved = verify(table, timer=FakeTimer([1.0, 1.12 * 1.15, 0.97]), again=True)  # one probe moved
+    assert not moved.verified and moved.ratio == pytest.approx(1.0)
+    assert ("x1.00 the table's prediction here" in moved.summary() and "this machine runs them "
+            "x1.00 their time at build (x1.00-x1.15; outside +-10 %)" in moved.summary())
+    record_probes(table, timer=FakeTimer(1.12))  # the table off on its own machine, in the median
+    table = LatencyTable.load(tmp_path / f"{EPYC}.csv")
+    off = verify(table, timer=FakeTimer([1.12, 1.12 * 1.05, 1.12]))
+    assert not off.verified and off.machine_worst_pct == pytest.approx(5.0, abs=0.01)
+    assert "x1.12 the table's prediction here" in off.summary()
+    assert "the table is off on its own machine too" in off.summary()
+
+
 def test_every_probe_must_be_within(epyc):
     v = verify(epyc, timer=FakeTimer([1.0, 1.0, 1.15]))  # the median is 1.0, one probe is off
     assert v.ratio == pytest.approx(1.0) and not v.verified
