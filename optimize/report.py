@@ -243,7 +243,11 @@ def fronts(candidates: Sequence[Candidate], presets: Sequence[Candidate],
         members = sorted((c for c, m in zip(pts, mask) if m), key=lambda c: c.latency_ms[device])
         others = [c for c, m in zip(pts, mask) if not m]
         here = (measured or {}).get(device) or {}
-        how = f"on {here.get('machine')} ({here.get('protocol')}; {here.get('date')})" if here else ""
+        how = f"on {here.get('machine')} ({here.get('protocol')}; {here.get('date')}" if here else ""
+        if here and here.get("probes_vs_build"):
+            how += (f"; the table's probes, timed with them, ran x{here['probes_vs_build']:.2f} "
+                    "their time at build")
+        how += ")" if here else ""
         out.append(Front(device=device, source=source, members=members, others=others,
                          presets=[p for p in presets if device in p.latency_ms],
                          accuracy_source=accuracy_source, truth=dict(truth or {}),

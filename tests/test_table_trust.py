@@ -327,6 +327,8 @@ def test_search_calibrates_by_measuring_this_machine_when_asked(tmp_path, monkey
         epyc.rows.assign(ms=epyc.rows["ms"] * 2.0).to_csv(Path(out_dir) / f"{name}.csv", index=False)
         meta = {k: v for k, v in epyc.meta.items() if not k.startswith("_")}
         (Path(out_dir) / f"{name}.json").write_text(json.dumps(meta))
+        built = LatencyTable.load(Path(out_dir) / f"{name}.csv")  # its probes, as predicted
+        record_probes(built, timer=lambda archs, table: [table.predict(a) for a in archs])
         return LatencyTable.load(Path(out_dir) / f"{name}.csv")
 
     monkeypatch.setattr(here_module, "build_here", fake_build)
@@ -346,6 +348,9 @@ def test_search_calibrates_by_measuring_this_machine_when_asked(tmp_path, monkey
         return
     label = f"measured here by --calibrate-latency in place of '{EPYC}'"
     assert f"latency on {EPYC}: " in out and label in out and "verified on this machine" in out
+    # the front timed with the table's probes: how fast the machine ran against the build
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "with its 3 probes" in out and "the table's probes, timed with them, ran x1.01" in report
     assert run["tables"][EPYC]["verification"]["status"] == "verified"
     assert label in run["sources"][EPYC] and "WARNING" not in out
     import optuna
