@@ -90,8 +90,8 @@ def build_here(name: str, space: SearchSpace | None = None, *, proto: Protocol,
 
 #: The build `--calibrate-latency` runs where a measured table does not hold here: on a 2-core
 #: AMD EPYC (Zen 5) where the shipped `amd-epyc` table (Zen 3) predicted 51 unseen networks
-#: 50 % too slow, a 1-minute build of this machine had MAPE 4.1 % (100 % within 15 %), the
-#: probes' one factor 11.7 % (63 %) (benchmarks/reports/foreign_table/report.md).
+#: 40 % too slow, a 1-minute build of this machine had MAPE 2.1 % (100 % within 10 %), the
+#: probes' one factor 5.0 % (92 %) (benchmarks/reports/foreign_table/report.md).
 CALIBRATE_MINUTES = 1.0
 
 

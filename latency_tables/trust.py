@@ -26,9 +26,10 @@ build command for this machine with its duration) unless asked to calibrate: the
 this machine's table in a 1-minute budgeted build (`here.calibrate_here`, kept where `auto`
 finds it). `calibrated` is the cheaper alternative it replaced, kept for comparison
 (`benchmarks/foreign_table.py`): the table rescaled by the probes' median ratio, one factor
-for every network; on a Zen 5 EPYC with the shipped Zen 3 table the probes ran x0.38-x0.67
-and one factor left 37 % of 51 unseen networks beyond 15 % (worst -23 %), the 1-minute
-build none (benchmarks/reports/foreign_table/report.md).
+for every network; on a Zen 5 EPYC with the shipped Zen 3 table the probes ran x0.53-x0.76
+and one factor left 8 % of 51 unseen networks beyond 10 % (worst +17 %; on an earlier seed,
+with the previous small probe, 37 % beyond 15 %), the 1-minute build none
+(benchmarks/reports/foreign_table/report.md).
 
 Results are cached per table and machine (`cache_dir()`, a JSON file keyed by a hash of the
 table's rows and sidecar and of this machine's fingerprint) for `CACHE_HOURS`, so searches

@@ -130,11 +130,11 @@ def calibration_archs(space: SearchSpace, n: int = 10, seed: int = 1000,
     meets (its 0.5th to 99.5th percentile), so the correction's offset is fitted on small
     networks rather than extrapolated to them.
 
-    Measured on a Zen 5 VM (re-fitting on 61-71 networks timed in one session, three
-    sessions, `benchmarks/reports/foreign_table`): these beat 10 drawn at random on every
-    table tried (1-minute table: MAPE 3.5 vs 3.8 %, worst 10 vs 12 %). Adding the space's
-    smallest network (1.4 ms, which runs faster whole than its layers' sum) pinned the
-    offset below zero and cost the bulk: 90 % within 10 % instead of 98 %."""
+    Measured on a Zen 5 VM (`benchmarks/calibration_choice.py`, re-fitting on 71 networks
+    timed in one session): these beat 10 drawn at random on every table tried (1-minute
+    table: MAPE 2.41 vs 2.53 %, worst 14 vs 17 %). Adding the space's smallest network
+    (1.4 ms, which runs faster whole than its layers' sum) pinned the offset below zero and
+    cost the bulk (a one-off re-fit, not in `benchmarks/`: 90 % within 10 % instead of 98 %)."""
     if n < 2:
         raise ValueError(f"calibration networks: n={n}; the correction (scale, offset) needs >= 2")
     pool = _draw_up_to(space, _POOL_PER_NETWORK * n, seed)
