@@ -4,9 +4,9 @@
 (`build.build_table`: every one, or a space-filling sample and per-kind regressors); the
 second round over the calibration networks, and the table's correction fitted on them (min
 of the two rounds: they bracket the layers' sweeps); the probe networks timed and stored
-(what `verify` compares with on another machine). A budget holds all of it but the probes. The CLI's
-`build` and the search's `--calibrate-latency` (a short build of this machine where a
-shipped table does not hold) both call it.
+(what `verify` compares with on another machine). A budget holds all of it but the probes.
+The CLI's `build` and the search's `--calibrate-latency` (a short build of this machine
+where a shipped table does not hold) both call it.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def calibrate_here(table: LatencyTable, v: Any, space: SearchSpace | None = None
         say(f"--calibrate-latency: this machine's table {name!r} ({path}) in place of {table.name!r}")
     check = verify(here)
     if not check.verified:  # the machine moved since the build, or the table is off in the median
-        say(f"WARNING: this machine's {minutes:g}-min table {name!r} misses its own probes here: "
+        say(f"WARNING: this machine's {minutes:g}-min table {name!r} does not verify here: "
             f"{check.summary()}; every latency says so; a longer build is closer: "
             f"`{build_command(table)}`")
     here = trusted(here, check)
