@@ -54,8 +54,9 @@ def time_fronts(study: optuna.Study, tables: Mapping[str, Any], *,
                 say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Time the members and presets of each front whose table `timed_here`, store the times
     on the study (`MEASURED_HERE`) and return them: {device: {"ms": {arch_id: ms per image},
-    "machine", "protocol", "date"}}. `timer(archs, table)` (default `trust.time_probes`) is a
-    seam for tests."""
+    "probes_vs_build" (median time here / time at build of the table's probes, timed in the
+    same rounds; None for a table without build times), "machine", "protocol", "date"}}.
+    `timer(archs, table)` (default `trust.time_probes`) is a seam for tests."""
     from latency_tables._device import cpu_model
     from latency_tables.trust import probe_archs, time_probes
 
