@@ -122,9 +122,9 @@ def render(steps: dict) -> str:
              f"{dev.get('caches_bytes')}), torch {dev.get('torch')}; {steps['date']}. "
              f"`search.py --device {steps['table']} --calibrate-latency --trials "
              f"{steps['trials']} --seed S`, then every architecture it evaluated timed whole "
-             "here with the table's protocol, right after it (the machine just out of the "
-             "search's training). Error: the table's prediction against that time (negative: "
-             "predicted too fast).", ""]
+             "here with the table's protocol, right after it (in the same process, the machine "
+             "just out of the search's training). Error: the table's prediction against that "
+             "time (negative: predicted too fast).", ""]
     if not runs:
         return "\n".join(lines) + "\n"
     lines += [f"Table: {runs[0]['source']}", "",

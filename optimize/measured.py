@@ -13,8 +13,8 @@ the report, `pareto.csv` and the printed front put the time measured here beside
 prediction, and say where they part by more than `latency_tables.trust.TOLERANCE`.
 
 The table's probes are timed in the same rounds, against their time at build: a machine's
-speed moves (a 2-core VM ran the same 90 networks about 5 % slower right after a search's
-training than 15 minutes later, `benchmarks/reports/front_latency`), and the note says by how
+speed moves (a 2-core VM ran the same 90 networks about 5 % slower in the minutes after
+each search than 10 minutes after the last, `benchmarks/reports/front_latency`), and the note says by how
 much it ran slower or faster than at the table's build while the front was timed.
 
 A table of another machine (a board's table searched on a laptop), a derived table, or one
