@@ -3,7 +3,7 @@ or calibrated by layers timed here (issue 23, goal: never off by more than 15 % 
 saying so; calibrated, within 15 % on unseen networks).
 
     python benchmarks/foreign_table.py [--table amd-epyc] [--budgets 1 2] [--n 50] [--n-small 10]
-                                       [--seed 20261210]
+                                       [--seed 20261212]
 
 Steps, each stored in `reports/foreign_table/steps.json` as it finishes (run it again to
 resume; `--report-only` re-renders; a report is of one machine, the script refuses to resume
