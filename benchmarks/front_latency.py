@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _steps import open_steps  # noqa: E402
+from _steps import open_steps, session_predictions, time_interleaved  # noqa: E402
 
 OUT = Path(__file__).with_name("reports") / "front_latency"
 
@@ -81,7 +81,6 @@ def _after(steps: dict, work: Path) -> dict:
     (`_steps.time_interleaved`): each candidate's error with the stored correction and with a
     session correction refitted on the calibration networks timed beside it, i.e. apart from
     how far the machine's speed has moved since the build."""
-    from _steps import session_predictions, time_interleaved
 
     from latency_tables import LatencyTable, Protocol
     from latency_tables.validate import calibration_archs

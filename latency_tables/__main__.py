@@ -32,6 +32,7 @@ from .table import SHIPPED_DIR, LatencyTable, MissingLayerError, TableNotFoundEr
 from .trust import PROBE_ROUNDS, cached_verification, verify
 from .validate import (
     calibrate,
+    correction_note,
     plot_validation,
     split_by_measured_share,
     validate,
@@ -136,14 +137,12 @@ def _close_then_print(bars: dict[str, Any], line: str) -> None:
     print(line, flush=True)
 
 
-def _calibrate(table: LatencyTable, n: int, seed: int, space: SearchSpace | None,
-               timed: dict[str, float] | None = None) -> None:
+def _calibrate(table: LatencyTable, n: int, seed: int, space: SearchSpace | None) -> None:
     """Fit and store a measured table's correction, with a progress bar; print it."""
     bar, update = _bar("calibrate", "net")
-    corr = calibrate(table, n=n, seed=seed, space=space, progress=update, timed=timed)
+    corr = calibrate(table, n=n, seed=seed, space=space, progress=update)
     bar.close()
-    print(f"correction: ms = {corr['scale']:.4f} x sum + {corr['offset_ms']:.3f} ms "
-          f"(fitted on {corr['n']} networks, seed {corr['seed']})")
+    print(correction_note(corr))
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:

@@ -25,7 +25,7 @@ from .layers import space_layers
 from .measure import Protocol
 from .table import LatencyTable
 from .trust import PROBE_ROUNDS, TrustError, record_probes
-from .validate import _space_of, calibrate, calibration_archs, measure_networks
+from .validate import _space_of, calibrate, calibration_archs, correction_note, measure_networks
 
 __all__ = ["CALIBRATE_MINUTES", "build_here", "calibrate_here"]
 
@@ -60,7 +60,7 @@ def build_here(name: str, space: SearchSpace | None = None, *, proto: Protocol,
     # The calibration networks' two rounds bracket the layers (one before, one after), as the
     # layers' sweeps span the build: each side's min-of-rounds then sees the same stretch of a
     # machine whose speed moves by several percent over minutes (a 2-min build whose networks
-    # were timed first had its probes at build +11 % off; benchmarks/reports/foreign_table).
+    # were timed first had its probes at build +11 % off: foreign_table report at 9d94b72).
     archs = calibration_archs(space, calibrate_n, calib_seed, resolution) if calibrate_n else []
     first = measure_networks(archs, proto, resolution, rounds=1, progress=phase("calibration networks"))
     if budget_s:  # the budget holds both rounds: the second takes about as long as the first
@@ -76,8 +76,7 @@ def build_here(name: str, space: SearchSpace | None = None, *, proto: Protocol,
     if calibrate_n:
         timed = {a.arch_id: min(x, y) for a, x, y in zip(archs, first, second)}
         corr = calibrate(table, n=calibrate_n, seed=calib_seed, space=space, timed=timed)
-        say(f"correction: ms = {corr['scale']:.4f} x sum + {corr['offset_ms']:.3f} ms "
-            f"(fitted on {corr['n']} networks, seed {corr['seed']})")
+        say(correction_note(corr))
     try:
         probes = record_probes(table)  # what `verify` compares with on another machine
     except TrustError as e:  # e.g. a runtime whose probes cannot be timed here yet

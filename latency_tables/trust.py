@@ -35,7 +35,8 @@ Results are cached per table and machine (`cache_dir()`, a JSON file keyed by a 
 table's rows and sidecar and of this machine's fingerprint) for `CACHE_HOURS`, so searches
 started within the hour do not re-time; `verify(..., again=True)` (`python -m latency_tables
 verify NAME --again`) does. The cache expires because a machine's speed moves while its
-fingerprint stays: a shared VM ran the same 51 networks x1.05-x1.18 slower an hour later,
+fingerprint stays: a shared VM ran the same 51 networks x1.05-x1.18 slower an hour later
+(foreign_table report at c383f87),
 and a VM can move to another host whose CPU reports the same model and caches.
 """
 
@@ -80,7 +81,7 @@ PROBE_ROUNDS = 2
 BUILD_MINUTES = 6
 
 #: Probe networks: FasterNet-T0 (the paper's), a small ReLU net with 5x5 PConv and large
-#: partial ratios, and a wide GELU net with mixed per-stage knobs; 3-35 ms each on one EPYC
+#: partial ratios, and a wide GELU net with mixed per-stage knobs; 4-25 ms each on one EPYC
 #: core, a few seconds together. All in the default space, so the shipped tables cover them,
 #: and all inside the sizes the calibration networks span (`validate.calibration_archs`: the
 #: small one at the 1.4th percentile by MACs): a probe below them would test how the

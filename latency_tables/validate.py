@@ -40,7 +40,7 @@ from .runtimes import get_runtime
 from .table import LatencyTable
 
 __all__ = ["Accuracy", "Validation", "accuracy", "fit_correction", "measure_networks",
-           "sample_archs", "calibration_archs", "network_macs", "calibrate",
+           "sample_archs", "calibration_archs", "network_macs", "calibrate", "correction_note",
            "validate", "plot_validation", "split_by_measured_share"]
 
 
@@ -96,8 +96,9 @@ def fit_correction(measured: Iterable[float], raw: Iterable[float]) -> tuple[flo
 
 
 def sample_archs(space: SearchSpace, n: int, seed: int,
-                 exclude: Iterable[str] = ()) -> list[ArchConfig]:
-    """`n` distinct architectures from `space` (seeded), none whose id is in `exclude`."""
+                 exclude: Iterable[str] = (), *, at_most: bool = False) -> list[ArchConfig]:
+    """`n` distinct architectures from `space` (seeded), none whose id is in `exclude`; with
+    `at_most`, fewer where the space holds fewer (else ValueError)."""
     rng = np.random.default_rng(seed)
     skip, out = set(exclude), []
     for _ in range(100 * n):  # bounded: a tiny space may hold fewer than n new architectures
@@ -107,6 +108,8 @@ def sample_archs(space: SearchSpace, n: int, seed: int,
             out.append(arch)
             if len(out) == n:
                 return out
+    if at_most:
+        return out
     raise ValueError(f"{space.source}: cannot draw {n} distinct architectures outside the "
                      f"{len(set(exclude))} excluded ones (space too small?)")
 
@@ -137,22 +140,10 @@ def calibration_archs(space: SearchSpace, n: int = 10, seed: int = 1000,
     cost the bulk (a one-off re-fit, not in `benchmarks/`: 90 % within 10 % instead of 98 %)."""
     if n < 2:
         raise ValueError(f"calibration networks: n={n}; the correction (scale, offset) needs >= 2")
-    pool = _draw_up_to(space, _POOL_PER_NETWORK * n, seed)
+    pool = sample_archs(space, _POOL_PER_NETWORK * n, seed, at_most=True)
     pool.sort(key=lambda a: network_macs(a, resolution))
     ranks = np.unique(np.round(np.linspace(0, len(pool) - 1, n)).astype(int))
     return [pool[i] for i in ranks]
-
-
-def _draw_up_to(space: SearchSpace, n: int, seed: int) -> list[ArchConfig]:
-    """`sample_archs`, or as many distinct ones as a small space holds."""
-    try:
-        return sample_archs(space, n, seed)
-    except ValueError:
-        rng, seen = np.random.default_rng(seed), {}
-        for _ in range(100 * n):
-            arch = space.sample(rng)
-            seen[arch.arch_id] = arch
-        return list(seen.values())
 
 
 def measure_networks(archs: list[ArchConfig], proto: Protocol, resolution: int, rounds: int = 2,
@@ -208,6 +199,12 @@ def _check_measurable(table: LatencyTable) -> None:
 
 def _table_proto(table: LatencyTable) -> Protocol:
     return Protocol.from_dict(table.meta.get("protocol", {}))
+
+
+def correction_note(corr: dict[str, Any]) -> str:
+    """The line a build or `calibrate` prints for a fitted correction."""
+    return (f"correction: ms = {corr['scale']:.4f} x sum + {corr['offset_ms']:.3f} ms "
+            f"(fitted on {corr['n']} networks, seed {corr['seed']})")
 
 
 def calibrate(table: LatencyTable, *, n: int = 10, seed: int = 1000, rounds: int = 2,

@@ -783,8 +783,9 @@ def _print_fronts(fronts: list[Any]) -> None:
             print(f"  {c.name:14s} {proposed:>8s} {c.fidelity or '-':>{w}s} {acc:>8s} {band}"
                   f"{c.latency_ms[f.device]:9.2f} {col}{(c.params_m or 0):8.2f}  "
                   f"{c.arch_id if not tag else '(preset)'} {c.arch}")
-        if f.measured_note():
-            print("  " + textwrap.fill(f.measured_note(), width=96, subsequent_indent="  "))
+        note = f.measured_note()
+        if note:
+            print("  " + textwrap.fill(note, width=96, subsequent_indent="  "))
         if ties:
             print("  " + textwrap.fill(tie_note(f).replace("`tie`", "tie"), width=96,
                                        subsequent_indent="  "))

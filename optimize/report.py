@@ -708,7 +708,8 @@ def _report(run: Mapping[str, Any], cands: Sequence[Candidate], fr: Sequence[Fro
             df.insert(df.columns.get_loc(f"latency_ms_{f.device}") + 1, "measured here (ms)",
                       [_ms(f.measured.get(c.arch_id)) for c in f.members])
         out += [markdown_table(df) if len(df) else "(no completed trial yet)", ""]
-        out += [f.measured_note(), ""] if f.measured_note() else []
+        note = f.measured_note()
+        out += [note, ""] if note else []
         out += [tie_note(f)] if ties else []
         if f.presets:
             pdf = _rows(f.presets, [f.device])[["name", "fidelity", "accuracy",
