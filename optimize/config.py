@@ -88,7 +88,8 @@ class SearchConfig:
                          "arm or arm,gpu); `search.py devices` lists them; default: this machine")
     calibrate_latency: bool = option(False, help="where a measured table does not hold on this "
                                      "machine (its probe networks, timed here before any trial, "
-                                     "are outside +-10 %% of its predictions), measure this "
+                                     "are outside +-10 %% of their time at build or of its "
+                                     "predictions), measure this "
                                      "machine's table in a 1-minute budgeted build (kept: the "
                                      "next search finds it) and use it (default: refuse, naming "
                                      "the build that measures this machine)")
