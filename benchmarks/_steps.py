@@ -31,21 +31,14 @@ def open_steps(path: Path, resume: bool = True, **settings: Any) -> dict[str, An
 
 def time_interleaved(archs: list, calib: list, proto: Any, resolution: int, seed: int) -> dict[str, Any]:
     """`archs` and the calibration networks `calib` timed whole in one session, in a seeded
-    shuffled order (`validate.measure_networks`: 2 rounds, min of medians, ms per image): a
+    shuffled order (`validate.measure_shuffled`: 2 rounds, min of medians, ms per image): a
     session correction fitted on the latter sees the machine state of the former, so a table
     is judged apart from the machine's drift since its build (a shared VM drifts by several
     percent over minutes), as `validate` does."""
-    import numpy as np
+    from latency_tables.validate import measure_shuffled
 
-    from latency_tables.validate import measure_networks
-
-    both = list(archs) + list(calib)
-    order = np.random.default_rng(seed).permutation(len(both))
     t0 = time.monotonic()
-    timed = measure_networks([both[i] for i in order], proto, resolution, rounds=2)
-    ms = [0.0] * len(both)
-    for pos, i in enumerate(order):
-        ms[i] = timed[pos] / proto.batch
+    ms = [m / proto.batch for m in measure_shuffled(list(archs) + list(calib), proto, resolution, seed)]
     return {"arch_id": [a.arch_id for a in archs], "measured_ms": ms[:len(archs)],
             "calib_id": [a.arch_id for a in calib], "calib_ms": ms[len(archs):],
             "calib_archs": [a.to_dict() for a in calib], "seconds": round(time.monotonic() - t0, 1)}

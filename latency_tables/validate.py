@@ -39,7 +39,7 @@ from .regress import TERMS
 from .runtimes import get_runtime
 from .table import LatencyTable
 
-__all__ = ["Accuracy", "Validation", "accuracy", "fit_correction", "measure_networks",
+__all__ = ["Accuracy", "Validation", "accuracy", "fit_correction", "measure_networks", "measure_shuffled",
            "sample_archs", "calibration_archs", "network_macs", "calibrate", "correction_note",
            "validate", "plot_validation", "split_by_measured_share"]
 
@@ -176,6 +176,19 @@ def measure_networks(archs: list[ArchConfig], proto: Protocol, resolution: int, 
     return best
 
 
+def measure_shuffled(archs: list[ArchConfig], proto: Protocol, resolution: int, seed: int,
+                     rounds: int = 2, progress: Callable[[int, int], None] | None = None) -> list[float]:
+    """`measure_networks` over `archs` in a seeded shuffled order, returned in `archs` order: a
+    drift of the machine during the rounds falls on every group of them alike (calibration
+    networks timed beside judged ones)."""
+    order = np.random.default_rng(seed).permutation(len(archs))
+    timed = measure_networks([archs[i] for i in order], proto, resolution, rounds, progress)
+    out = [0.0] * len(archs)
+    for pos, i in enumerate(order):
+        out[i] = timed[pos]
+    return out
+
+
 def _space_of(table: LatencyTable, space: SearchSpace | None) -> SearchSpace:
     if space is not None:
         return space
@@ -254,13 +267,8 @@ def validate(table: LatencyTable, *, n: int = 50, seed: int = 0, rounds: int = 2
               if table.covers(a)] if calib_n else [])
     exclude = {a.arch_id for a in calib} | set(corr.get("fitted_on", ()))
     archs = [a for a in sample_archs(space, n, seed, exclude=exclude) if table.covers(a)]
-    order = np.random.default_rng(seed).permutation(len(calib) + len(archs))
-    both = calib + archs
-    timed = measure_networks([both[i] for i in order], _table_proto(table), table.resolution,
-                             rounds, progress)
-    measured = [0.0] * len(both)
-    for pos, i in enumerate(order):
-        measured[i] = timed[pos]
+    measured = measure_shuffled(calib + archs, _table_proto(table), table.resolution, seed,
+                                rounds, progress)
     b = table.batch
     m_cal, m_val = measured[:len(calib)], measured[len(calib):]
     scale, offset = (fit_correction(m_cal, [table.raw_ms(a) for a in calib]) if len(calib) >= 2
